@@ -1,0 +1,28 @@
+"""`fastvid bench KIND`: one module per benchmark kind, each with add_arguments(p) and run(args)."""
+
+from __future__ import annotations
+
+import importlib
+
+# kind -> (module, help)
+BENCHMARKS = {
+    "loader": ("fastvid.benchmarks.loader", "clips/s, data-wait, CPU%% and GPU util of the loaders vs a torchvision-style baseline"),
+    "events": ("fastvid.benchmarks.events", "events/s of the event representations, single and batched, per device"),
+    "events-io": ("fastvid.benchmarks.events_io", "events/s from event shards to device tensors"),
+    "crop": ("fastvid.benchmarks.crop", "clips/s of the fused multi-scale crop+resize+normalize"),
+    "train": ("fastvid.benchmarks.train", "training clips/s and data-wait per model vs synthetic on-device input"),
+    "all": ("fastvid.benchmarks.all", "run every benchmark that fits the device; one JSON and a PNG chart"),
+}
+
+
+def add_arguments(parser):
+    sub = parser.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
+    for name, (module, help_text) in BENCHMARKS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(_bench_run=mod.run)
+
+
+def run(args):
+    return args._bench_run(args)

@@ -1,0 +1,67 @@
+"""The `fastvid` command line: one sub-command per job, each defined in the module that does it.
+
+Each command module exposes `add_arguments(parser)` and `run(args) -> int`; modules are
+imported only when their command runs, so `fastvid --help` stays fast and GPU-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). "shard" and "bench" have sub-commands of their own.
+COMMANDS = {
+    "shard": ("fastvid.shard.cli", "turn a video or event dataset into WebDataset tar shards"),
+    "manifest": ("fastvid.shard.merge", "merge the partial manifests of a multi-node shard job"),
+    "inspect": ("fastvid.shard.inspect", "summarize (and --verify) a shard set"),
+    "train": ("fastvid.train.cli", "train a video classifier (torchvision reference flags; torchrun ready)"),
+    "bench": ("fastvid.benchmarks.cli", "measure loaders, kernels and training throughput"),
+    "quickstart": ("fastvid.quickstart", "generate a small dataset, shard it, train and evaluate, end to end"),
+    "profile": ("fastvid.profile", "sample GPU utilization/memory/clocks of a command (CSV + PNG)"),
+}
+
+
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastvid", description="fastvid: fast video and event-camera data loading and training")
+    from fastvid import __version__
+
+    parser.add_argument("--version", action="version", version=f"fastvid {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Only the chosen command's module is imported (so a broken optional module cannot break the rest).
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0 if not argv else 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+        # One clear line for user errors; set FASTVID_DEBUG=1 for the traceback.
+        import os
+
+        if os.environ.get("FASTVID_DEBUG"):
+            raise
+        print(f"fastvid {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
