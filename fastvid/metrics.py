@@ -44,6 +44,7 @@ class ResourceSampler:
         self.keep_samples = keep_samples
         self.samples: list[Sample] = []
         self._nvml, self._handles = _nvml_handles(gpu_indices)
+        self._known = {}
         self._stop = threading.Event()
         self._thread = None
         self._n = 0
@@ -58,10 +59,17 @@ class ResourceSampler:
         return bool(self._handles)
 
     def _procs(self):
+        # Keep one Process object per pid: psutil's cpu_percent(None) measures since the previous
+        # call on the same object, so fresh objects for children would always read 0%.
         try:
-            return [self.process, *self.process.children(recursive=True)]
+            children = self.process.children(recursive=True)
         except Exception:
-            return [self.process]
+            children = []
+        alive = {self.process.pid: self.process}
+        for child in children:
+            alive[child.pid] = self._known.get(child.pid, child)
+        self._known = alive
+        return list(alive.values())
 
     def _cpu_and_rss(self, procs):
         cpu, rss = 0.0, 0

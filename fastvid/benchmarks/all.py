@@ -26,6 +26,11 @@ def add_arguments(p):
     p.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run, not for reporting)")
 
 
+def _is_ratio_key(key: str) -> bool:
+    words = key.lower().replace("-", "_").split("_")
+    return "speedup" in words or "vs" in words or "ratio" in words or key.lower().startswith("x_")
+
+
 def _speedups(name: str, result: dict) -> dict:
     """{label: ratio} from a benchmark result: every key named like '*speedup*' or '*_vs_*', at any depth."""
     found = {}
@@ -34,7 +39,7 @@ def _speedups(name: str, result: dict) -> dict:
         if isinstance(obj, dict):
             for k, v in obj.items():
                 walk(f"{prefix}/{k}" if prefix else str(k), v)
-        elif isinstance(obj, (int, float)) and ("speedup" in prefix or "_vs_" in prefix or "ratio" in prefix):
+        elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and _is_ratio_key(prefix.rsplit("/", 1)[-1]):
             found[f"{name}: {prefix}"] = float(obj)
 
     walk("", result)

@@ -1,0 +1,254 @@
+"""`fastvid bench events-io`: events/s from event shards to representation tensors on the device.
+
+Measures, on GEN1-like recordings (generated here unless --shards is given):
+* shard: `fastvid shard events` throughput (events/s written);
+* decode: `iter_segments` throughput (shards -> host numpy events);
+* loader: `EventSequenceLoader` end to end (shards -> (B, C, H, W) tensors on the device, one batched
+  representation call per step), also as a multiple of real time (GEN1 averages ~0.67 M events/s);
+* baseline: the no-shard way, read each window from the DAT file (memory-mapped binary search) and
+  build its representation with one `represent` call per window; the ratio is loader vs baseline.
+`run_benchmark(...) -> dict` is what `fastvid bench all` calls.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+GEN1_EVENTS_PER_S = 0.67e6  # average GEN1 event rate of a recording
+
+
+def make_gen1_like(src: Path, recordings: int, duration_s: float, rate_meps: float, sensor_size=(304, 240),
+                   seed: int = 0) -> dict:
+    """GEN1-like `<name>_td.dat` + `<name>_bbox.npy` files: uniform random events (incompressible
+    x/y, so the compression numbers are a worst case) and a few boxes every 250 ms."""
+    from fastvid.events.io import read_dat_header, write_dat
+    from fastvid.events.types import EVENT_DTYPE
+
+    src.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    total = 0
+    box_dtype = np.dtype([("ts", "<u8"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"), ("h", "<f4"), ("class_id", "u1"),
+                          ("confidence", "<f4"), ("track_id", "<u4")])
+    for r in range(recordings):
+        dat = src / f"rec{r:03d}_td.dat"
+        duration_us = int(duration_s * 1e6)
+        n = int(rate_meps * 1e6 * duration_s)
+        if not dat.exists() or read_dat_header(dat).num_events != n:  # reuse only data of the same size
+            ev = np.empty(n, EVENT_DTYPE)
+            ev["t"] = np.sort(rng.integers(0, duration_us, n))
+            ev["x"] = rng.integers(0, sensor_size[0], n)
+            ev["y"] = rng.integers(0, sensor_size[1], n)
+            ev["p"] = rng.integers(0, 2, n)
+            write_dat(dat, ev, sensor_size)
+            ts = np.repeat(np.arange(0, duration_us, 250_000), 3)
+            boxes = np.zeros(len(ts), box_dtype)
+            boxes["ts"] = ts
+            boxes["x"], boxes["y"], boxes["w"], boxes["h"] = 10, 20, 40, 30
+            boxes["class_id"] = rng.integers(0, 2, len(ts))
+            boxes["confidence"] = 1
+            boxes["track_id"] = np.tile(np.arange(3), len(ts) // 3)
+            np.save(src / f"rec{r:03d}_bbox.npy", boxes)
+        total += n
+    return {"recordings": recordings, "seconds_per_recording": duration_s, "events": total, "event_rate_meps": rate_meps}
+
+
+def _numba_threads():
+    try:
+        import numba
+
+        return numba.get_num_threads()
+    except Exception:
+        return None
+
+
+def _load_average():
+    import os
+
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _warm_up(representation: str, bins: int, sensor_size, device: str) -> None:
+    """Compile the Numba kernels / load the CUDA module outside the timed parts."""
+    from fastvid.events.represent import represent_batch
+    from fastvid.events.types import EVENT_DTYPE
+
+    ev = np.zeros(4, EVENT_DTYPE)
+    ev["t"] = [0, 1, 2, 3]
+    represent_batch(ev, np.array([0, 2, 4]), representation, sensor_size, bins=bins, t0=[0, 0], t1=[4, 4], device=device)
+    _sync(device)
+
+
+def bench_baseline(src: Path, window_ms: float, representation: str, bins: int, sensor_size, device: str,
+                   max_windows: int | None = None) -> dict:
+    """Per window: read_dat(t0, t1) from the DAT file, then one `represent` call."""
+    from fastvid.events.io import dat_time_span, read_dat
+    from fastvid.events.represent import represent
+
+    window_us = int(window_ms * 1000)
+    events = windows = 0
+    start = time.perf_counter()
+    for dat in sorted(src.glob("*_td.dat")):
+        span = dat_time_span(dat)
+        if span is None:
+            continue
+        for t0 in range(span[0] // window_us * window_us, span[1] + 1, window_us):
+            ev = read_dat(dat, t0, t0 + window_us)
+            represent(ev, representation, sensor_size=sensor_size, bins=bins, t0=t0, t1=t0 + window_us, device=device)
+            events += len(ev)
+            windows += 1
+            if max_windows is not None and windows >= max_windows:
+                break
+        if max_windows is not None and windows >= max_windows:
+            break
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"events": events, "windows": windows, "seconds": round(seconds, 4), "events_per_s": events / seconds,
+            "real_time_x": events / seconds / GEN1_EVENTS_PER_S}
+
+
+def run_benchmark(device: str = "auto", work_dir: str = "bench_work/events-io", quick: bool = False, shards=None,
+                  recordings: int | None = None, duration_s: float | None = None, rate_meps: float = 0.67,
+                  segment_ms: float = 500.0, window_ms: float = 50.0, batch_size: int | None = None,
+                  representation: str = "stacked_histogram", bins: int = 10, baseline: bool = True,
+                  repeats: int | None = None, numba_threads: int | None = None, compress_level: int = 1) -> dict:
+    from fastvid import _gpu
+    from fastvid.benchmarks.common import device_info
+    from fastvid.events.sequence import EventSequenceLoader
+    from fastvid.events.shard import iter_segments, shard_events
+
+    device = _gpu.resolve_device(device)
+    recordings = recordings or (2 if quick else 3)
+    duration_s = duration_s or (1.0 if quick else 5.0)
+    repeats = repeats or (1 if quick else 3)
+    if numba_threads:  # the CPU kernels' thread count (oversubscribed CPUs make parallel regions stall)
+        import numba
+
+        numba.set_num_threads(numba_threads)
+    work = Path(work_dir)
+    result = {"device": device, "device_info": device_info(), "quick": quick, "repeats": repeats,
+              "representation": representation, "numba_threads": _numba_threads(),
+              "load_average_before": _load_average(),
+              "bins": bins, "window_ms": window_ms, "segment_ms": segment_ms, "compress_level": compress_level,
+              "gen1_events_per_s_of_recording": GEN1_EVENTS_PER_S}
+    src = None
+    if shards is None:
+        src = work / "gen1_like"
+        result["data"] = make_gen1_like(src, recordings, duration_s, rate_meps)
+        shards = work / f"shards_{int(segment_ms)}ms"
+        if shards.exists():  # our own output of an earlier run: shard again so the timing is real
+            shutil.rmtree(shards)
+        start = time.perf_counter()
+        shard_events(src, shards, segment_ms=segment_ms, compress_level=compress_level)
+        seconds = time.perf_counter() - start
+        result["shard"] = {"seconds": round(seconds, 3), "events_per_s": result["data"]["events"] / seconds}
+        raw_bytes = sum(p.stat().st_size for p in src.glob("*_td.dat"))
+        shard_bytes = sum(p.stat().st_size for p in Path(shards).glob("*.tar"))
+        result["shard"]["bytes_per_event"] = shard_bytes / max(result["data"]["events"], 1)
+        result["shard"]["dat_bytes_per_event"] = raw_bytes / max(result["data"]["events"], 1)
+
+    # decode only: shards -> host numpy (best of `repeats`: the CPU may be shared)
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        events = segments = 0
+        for sample in iter_segments(shards):
+            events += len(sample["events"])
+            segments += 1
+        timings.append(time.perf_counter() - start)
+    seconds = min(timings)
+    result["decode"] = {"segments": segments, "events": events, "seconds": round(seconds, 4),
+                        "events_per_s": events / seconds, "real_time_x": events / seconds / GEN1_EVENTS_PER_S}
+
+    # end to end: shards -> device tensors
+    loader = EventSequenceLoader(shards, batch_size=batch_size or recordings, window_ms=window_ms,
+                                 representation=representation, bins=bins, device=device, shuffle=False)
+    _warm_up(representation, bins, loader.sensor_size, device)
+    timings = []
+    for _ in range(repeats):
+        loader.stats.update(events=0, windows=0, padding_windows=0)
+        start = time.perf_counter()
+        steps = 0
+        for batch in loader:
+            steps += 1
+            shape = tuple(batch["x"].shape)
+        _sync(device)
+        timings.append(time.perf_counter() - start)
+    seconds = min(timings)
+    ev = loader.stats["events"]
+    result["loader"] = {"steps": steps, "batch_shape": list(shape), "windows": loader.stats["windows"],
+                        "padding_windows": loader.stats["padding_windows"], "events": ev, "seconds": round(seconds, 4),
+                        "events_per_s": ev / seconds, "steps_per_s": steps / seconds,
+                        "real_time_x": ev / seconds / GEN1_EVENTS_PER_S}
+    result["loader_vs_gen1_real_time"] = result["loader"]["real_time_x"]
+
+    if baseline and src is not None:
+        runs = [bench_baseline(src, window_ms, representation, bins, loader.sensor_size, device) for _ in range(repeats)]
+        result["baseline_dat_per_window"] = max(runs, key=lambda r: r["events_per_s"])
+        result["speedup_loader_vs_dat_per_window"] = (result["loader"]["events_per_s"]
+                                                      / result["baseline_dat_per_window"]["events_per_s"])
+    result["load_average_after"] = _load_average()
+    return result
+
+
+def add_arguments(p):
+    p.add_argument("--shards", default=None, help="an existing event shard set (default: generate GEN1-like data and shard it)")
+    p.add_argument("--work-dir", default="bench_work/events-io", help="where generated recordings and shards are kept")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--recordings", type=int, default=None, help="generated recordings (default 3; --quick 2)")
+    p.add_argument("--duration-s", type=float, default=None, help="seconds per generated recording (default 5; --quick 1)")
+    p.add_argument("--rate-meps", type=float, default=0.67, help="generated event rate, M events/s (GEN1 average: 0.67)")
+    p.add_argument("--segment-ms", type=float, default=500.0)
+    p.add_argument("--window-ms", type=float, default=50.0)
+    p.add_argument("--batch-size", type=int, default=None, help="parallel streams (default: number of recordings)")
+    p.add_argument("--representation", default="stacked_histogram")
+    p.add_argument("--bins", type=int, default=10)
+    p.add_argument("--no-baseline", action="store_true", help="skip the per-window DAT read baseline")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement, best kept (default 3; --quick 1)")
+    p.add_argument("--compress-level", type=int, default=1, help="shard deflate level for generated data (0 = stored)")
+    p.add_argument("--numba-threads", type=int, default=None, help="threads of the CPU representation kernels (default: numba's)")
+    p.add_argument("--quick", action="store_true", help="small inputs (a smoke run, not for reporting)")
+    p.add_argument("--json", default=None, help="result path (default bench/results/events-io-<device>.json; '-' prints)")
+
+
+def run(args) -> int:
+    from fastvid import _gpu
+    from fastvid.benchmarks.common import write_json
+
+    device = _gpu.resolve_device(args.device)
+    result = run_benchmark(device=device, work_dir=args.work_dir, quick=args.quick, shards=args.shards,
+                           recordings=args.recordings, duration_s=args.duration_s, rate_meps=args.rate_meps,
+                           segment_ms=args.segment_ms, window_ms=args.window_ms, batch_size=args.batch_size,
+                           representation=args.representation, bins=args.bins, baseline=not args.no_baseline,
+                           repeats=args.repeats, numba_threads=args.numba_threads,
+                           compress_level=args.compress_level)
+    path = args.json or f"bench/results/events-io-{'cuda' if device.startswith('cuda') else 'cpu'}.json"
+    write_json(result, path)
+    lines = [f"events-io on {result['device_info']['device']} ({result['representation']}, bins {result['bins']}, "
+             f"{result['window_ms']} ms windows):"]
+    if "shard" in result:
+        lines.append(f"  shard   {result['shard']['events_per_s'] / 1e6:8.2f} M events/s "
+                     f"({result['shard']['bytes_per_event']:.2f} B/event in shards vs {result['shard']['dat_bytes_per_event']:.2f} in DAT)")
+    lines.append(f"  decode  {result['decode']['events_per_s'] / 1e6:8.2f} M events/s  ({result['decode']['real_time_x']:.0f}x GEN1 real time)")
+    lines.append(f"  loader  {result['loader']['events_per_s'] / 1e6:8.2f} M events/s  ({result['loader']['real_time_x']:.0f}x GEN1 real time) "
+                 f"-> {result['loader']['batch_shape']} on {device}")
+    if "baseline_dat_per_window" in result:
+        b = result["baseline_dat_per_window"]
+        lines.append(f"  baseline (DAT read + represent per window) {b['events_per_s'] / 1e6:.2f} M events/s; "
+                     f"loader is {result['speedup_loader_vs_dat_per_window']:.1f}x")
+    lines.append(f"  -> {path}")
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,46 @@
+"""`fastvid shard events SRC OUT --format gen1 --segment-ms 500`: event recordings -> event shards.
+
+fastvid/shard/cli.py delegates its `events` sub-command here (add_arguments / run).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(parser):
+    parser.add_argument("src", help="dataset folder (GEN1: *_td.dat with *_bbox.npy next to each, any depth) or one *_td.dat")
+    parser.add_argument("out", help="output folder for the shards, DALI indexes and manifest.json")
+    parser.add_argument("--format", default="gen1", choices=["gen1"], help="dataset layout (default: gen1)")
+    parser.add_argument("--segment-ms", type=float, default=500.0, help="duration of one sample, in ms (default: 500)")
+    parser.add_argument("--split", default="train", help="split name, the prefix of every shard (default: train)")
+    parser.add_argument("--classes", default=None, help="comma-separated class names, index = class_id (default GEN1: car,pedestrian)")
+    parser.add_argument("--allow-missing-boxes", action="store_true", help="shard recordings without a _bbox.npy (no boxes) instead of failing them")
+    parser.add_argument("--compress-level", type=int, default=1, help="deflate level of the event columns: 1 (default, fast) to 9, 0 = uncompressed (fastest to read)")
+    parser.add_argument("--max-samples", type=int, default=None, help="segments per shard (default: the writer's)")
+    parser.add_argument("--max-shard-bytes", type=int, default=None, help="bytes per shard (default: the writer's)")
+    parser.add_argument("--workers", type=int, default=1, help="encoding processes (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample order over shards")
+    parser.add_argument("--node-rank", type=int, default=0, help="this node's part of a multi-node job")
+    parser.add_argument("--num-nodes", type=int, default=1, help="number of nodes sharing the job")
+    parser.add_argument("--strict", action="store_true", help="exit with an error if any recording failed")
+
+
+def run(args) -> int:
+    from fastvid.events.shard import shard_events
+
+    writer_kw = {"workers": args.workers, "seed": args.seed, "node_rank": args.node_rank,
+                 "num_nodes": args.num_nodes, "strict": args.strict}
+    if args.max_samples is not None:
+        writer_kw["max_samples"] = args.max_samples
+    if args.max_shard_bytes is not None:
+        writer_kw["max_shard_bytes"] = args.max_shard_bytes
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    manifest = shard_events(args.src, args.out, format=args.format, segment_ms=args.segment_ms, split=args.split,
+                            classes=classes, require_boxes=not args.allow_missing_boxes,
+                            compress_level=args.compress_level, **writer_kw)
+    for failure in manifest["failures"][:5]:
+        print(f"failed: {failure['source']}: {failure['error']}", file=sys.stderr)
+    if len(manifest["failures"]) > 5:
+        print(f"... and {len(manifest['failures']) - 5} more failures (see manifest.json)", file=sys.stderr)
+    return 0

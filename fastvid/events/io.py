@@ -1,0 +1,398 @@
+"""Reading event recordings and their box labels into fastvid's in-memory layout.
+
+* Prophesee DAT (`*_td.dat`, as in GEN1): ASCII header lines starting with '%' (``% Width 304``,
+  ``% Height 240``, ``% Version 2`` ...), then one byte event type and one byte event size, then
+  8-byte events: uint32 timestamp (us) and a uint32 word with x in bits 0-13, y in bits 14-27 and
+  the polarity in bit 28. The file is memory-mapped; a time range is found by binary search on the
+  (sorted) timestamps, so only the requested events are touched.
+* Box labels (`*_bbox.npy`): structured arrays with `ts` (or `t`), x, y, w, h, class_id,
+  confidence, track_id, normalized to :data:`BOX_DTYPE`.
+* Plain arrays: `.npy` / `.npz` / `.h5` holding x, y, t, p.
+
+Everything returns :data:`fastvid.events.types.EVENT_DTYPE` arrays. Broken files raise one
+ValueError naming the file and the byte offset of the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastvid.events.types import EVENT_DTYPE
+
+# On-disk DAT event: timestamp + packed address word.
+DAT_EVENT_SIZE = 8
+_DAT_RAW_DTYPE = np.dtype([("t", "<u4"), ("w", "<u4")])
+_X_MASK = 0x3FFF  # bits 0-13
+_Y_SHIFT, _Y_MASK = 14, 0x3FFF  # bits 14-27
+_P_SHIFT = 28  # bit 28
+
+# Boxes of every label file are normalized to this layout (t in microseconds, like events).
+BOX_DTYPE = np.dtype(
+    [
+        ("t", "<i8"),
+        ("x", "<f4"),
+        ("y", "<f4"),
+        ("w", "<f4"),
+        ("h", "<f4"),
+        ("class_id", "<i4"),
+        ("confidence", "<f4"),
+        ("track_id", "<i4"),
+    ]
+)
+
+# Sortedness is checked in chunks so a full-file check never materializes the whole file.
+_CHECK_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class DatHeader:
+    """What the header of a DAT file says, plus where the events are."""
+
+    path: str
+    width: int | None
+    height: int | None
+    version: int | None
+    event_type: int
+    event_size: int
+    data_offset: int  # byte offset of the first event
+    num_events: int
+    fields: dict
+
+    @property
+    def sensor_size(self) -> tuple[int, int] | None:
+        """(width, height) as in EVENT representations, or None when the header does not say."""
+        if self.width is None or self.height is None:
+            return None
+        return (self.width, self.height)
+
+
+def _header_int(path, key, value, offset):
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{path}: bad DAT header at byte {offset}: '{key}' should be an integer, got {value!r}") from None
+
+
+def read_dat_header(path: str | os.PathLike) -> DatHeader:
+    """Parse the header of a Prophesee DAT file (no events are read).
+
+    Raises ValueError for a missing/undecodable header, an event size other than 8 bytes, or a
+    payload that is not a whole number of events (a truncated file), with the byte offset.
+    """
+    path = str(path)
+    size = os.path.getsize(path)  # FileNotFoundError names the file
+    fields: dict[str, str] = {}
+    width = height = version = None
+    with open(path, "rb") as f:
+        first = f.read(1)
+        if first != b"%":
+            raise ValueError(
+                f"{path}: bad DAT header at byte 0: a Prophesee DAT file starts with '%' header lines "
+                f"(e.g. '% Width 304'), found {first!r}"
+            )
+        f.seek(0)
+        # Header lines run until the first line that does not start with '%' (or an explicit '% end').
+        while True:
+            line_start = f.tell()
+            if f.read(1) != b"%":
+                f.seek(line_start)
+                break
+            line = f.readline()
+            if not line.endswith(b"\n"):
+                raise ValueError(f"{path}: bad DAT header at byte {line_start}: the file ends inside a header line")
+            try:
+                text = line.decode("ascii").strip()
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}: bad DAT header at byte {line_start}: header line is not ASCII text") from None
+            if text == "end":
+                break
+            key, _, value = text.partition(" ")
+            value = value.strip()
+            fields[key] = value
+            lower = key.lower()
+            if lower == "width":
+                width = _header_int(path, key, value, line_start)
+            elif lower == "height":
+                height = _header_int(path, key, value, line_start)
+            elif lower == "version":
+                version = _header_int(path, key, value, line_start)
+            elif lower == "geometry" and "x" in value:  # newer writers: '% geometry 1280x720'
+                w, _, h = value.partition("x")
+                width, height = _header_int(path, key, w, line_start), _header_int(path, key, h, line_start)
+        type_offset = f.tell()
+        type_size = f.read(2)
+    if len(type_size) < 2:
+        raise ValueError(f"{path}: bad DAT header at byte {type_offset}: the file ends before the event type/size bytes")
+    event_type, event_size = type_size[0], type_size[1]
+    if event_size != DAT_EVENT_SIZE:
+        raise ValueError(
+            f"{path}: bad DAT header at byte {type_offset + 1}: event size is {event_size} bytes, "
+            f"only {DAT_EVENT_SIZE}-byte events (timestamp + packed x/y/p) are supported"
+        )
+    if (width is None) != (height is None):
+        raise ValueError(f"{path}: bad DAT header: it gives only one of Width/Height ({fields})")
+    data_offset = type_offset + 2
+    payload = size - data_offset
+    num_events, rest = divmod(payload, DAT_EVENT_SIZE)
+    if rest:
+        raise ValueError(
+            f"{path}: truncated DAT file: {payload} event bytes after the header is not a whole number of "
+            f"{DAT_EVENT_SIZE}-byte events; the last event starts at byte {data_offset + num_events * DAT_EVENT_SIZE} "
+            f"and has only {rest} bytes"
+        )
+    return DatHeader(path, width, height, version, event_type, event_size, data_offset, num_events, fields)
+
+
+def _dat_memmap(header: DatHeader) -> np.ndarray:
+    if header.num_events == 0:
+        return np.zeros(0, _DAT_RAW_DTYPE)
+    return np.memmap(header.path, dtype=_DAT_RAW_DTYPE, mode="r", offset=header.data_offset, shape=(header.num_events,))
+
+
+def _bisect_left(ts, value: int, lo: int = 0, hi: int | None = None) -> int:
+    """First index with ts[i] >= value, touching O(log n) entries of the memory map (np.searchsorted
+    would copy the whole strided timestamp column first)."""
+    hi = len(ts) if hi is None else hi
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if int(ts[mid]) < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _check_sorted(path, t: np.ndarray, first_index: int, data_offset: int, event_size: int, previous=None) -> None:
+    """Raise naming the byte offset of the first event whose timestamp goes backwards."""
+    if previous is not None and len(t) and int(t[0]) < int(previous):
+        bad = first_index
+    else:
+        drops = np.flatnonzero(t[1:] < t[:-1])
+        if not len(drops):
+            return
+        bad = first_index + int(drops[0]) + 1
+    raise ValueError(
+        f"{path}: timestamps are not sorted: event {bad} at byte {data_offset + bad * event_size} "
+        f"goes back in time"
+    )
+
+
+def dat_index_range(path_or_header, t_start=None, t_end=None) -> tuple[int, int]:
+    """Event index range [i0, i1) of the events with t_start <= t < t_end (binary search)."""
+    header = path_or_header if isinstance(path_or_header, DatHeader) else read_dat_header(path_or_header)
+    raw = _dat_memmap(header)
+    ts = raw["t"]
+    i0 = 0 if t_start is None else _bisect_left(ts, int(t_start))
+    i1 = header.num_events if t_end is None else _bisect_left(ts, int(t_end), lo=i0)
+    return i0, i1
+
+
+def decode_dat_words(t_raw: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """Unpack DAT timestamps + address words into an EVENT_DTYPE array."""
+    words = np.asarray(words, dtype=np.uint32)
+    out = np.empty(len(words), EVENT_DTYPE)
+    out["t"] = t_raw
+    out["x"] = words & _X_MASK
+    out["y"] = (words >> _Y_SHIFT) & _Y_MASK
+    out["p"] = (words >> _P_SHIFT) & 1
+    return out
+
+
+def read_dat(
+    path: str | os.PathLike,
+    t_start: int | None = None,
+    t_end: int | None = None,
+    *,
+    return_header: bool = False,
+    check_sorted: bool = True,
+):
+    """Read the events of a Prophesee DAT file with t_start <= t < t_end (us; None = open end).
+
+    Only the requested range is read from the memory map. With `check_sorted` the timestamps that
+    are read are checked to go forward (a full read checks the whole file, in chunks).
+    Returns the EVENT_DTYPE array, or (events, DatHeader) with `return_header=True`; the sensor
+    size is `header.sensor_size` = (width, height).
+    """
+    header = read_dat_header(path)
+    raw = _dat_memmap(header)
+    if t_start is not None and t_end is not None and t_end < t_start:
+        raise ValueError(f"{path}: t_end={t_end} is before t_start={t_start}")
+    if t_start is None and t_end is None:
+        i0, i1 = 0, header.num_events
+    else:
+        i0, i1 = dat_index_range(header, t_start, t_end)
+    out = np.empty(i1 - i0, EVENT_DTYPE)
+    previous = None
+    for a in range(i0, i1, _CHECK_CHUNK):
+        b = min(a + _CHECK_CHUNK, i1)
+        chunk = np.array(raw[a:b])  # one copy out of the page cache
+        if check_sorted:
+            _check_sorted(header.path, chunk["t"], a, header.data_offset, header.event_size, previous)
+            previous = chunk["t"][-1]
+        out[a - i0 : b - i0] = decode_dat_words(chunk["t"], chunk["w"])
+    del raw
+    return (out, header) if return_header else out
+
+
+def check_dat_sorted(path_or_header) -> DatHeader:
+    """Stream through a DAT file once and raise if any timestamp goes backwards."""
+    header = path_or_header if isinstance(path_or_header, DatHeader) else read_dat_header(path_or_header)
+    raw = _dat_memmap(header)
+    previous = None
+    for a in range(0, header.num_events, _CHECK_CHUNK):
+        t = np.array(raw["t"][a : a + _CHECK_CHUNK])
+        _check_sorted(header.path, t, a, header.data_offset, header.event_size, previous)
+        previous = t[-1]
+    return header
+
+
+def dat_time_span(path_or_header) -> tuple[int, int] | None:
+    """(first, last) timestamp of a DAT file, or None when it holds no events."""
+    header = path_or_header if isinstance(path_or_header, DatHeader) else read_dat_header(path_or_header)
+    if header.num_events == 0:
+        return None
+    raw = _dat_memmap(header)
+    return int(raw["t"][0]), int(raw["t"][-1])
+
+
+# --------------------------------------------------------------------------------------- boxes
+
+
+def normalize_boxes(arr: np.ndarray, source: str = "boxes") -> np.ndarray:
+    """Any GEN1-style box array -> BOX_DTYPE, sorted by time (stable)."""
+    names = arr.dtype.names or ()
+    time_field = "ts" if "ts" in names else "t" if "t" in names else None
+    missing = [n for n in ("x", "y", "w", "h", "class_id") if n not in names]
+    if time_field is None or missing:
+        need = missing + ([] if time_field else ["ts or t"])
+        raise ValueError(f"{source}: box array lacks field(s) {need}; it has {list(names)}")
+    out = np.empty(len(arr), BOX_DTYPE)
+    out["t"] = arr[time_field]
+    for name in ("x", "y", "w", "h", "class_id"):
+        out[name] = arr[name]
+    out["confidence"] = arr["confidence"] if "confidence" in names else 1.0
+    out["track_id"] = arr["track_id"] if "track_id" in names else -1
+    if len(out) > 1 and np.any(out["t"][1:] < out["t"][:-1]):
+        out = out[np.argsort(out["t"], kind="stable")]
+    return out
+
+
+def read_boxes(path: str | os.PathLike) -> np.ndarray:
+    """Read a `_bbox.npy` label file into a BOX_DTYPE array (field `ts` renamed `t`), sorted by t."""
+    path = str(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable .npy box file ({exc})") from None
+    if arr.dtype.names is None:
+        raise ValueError(f"{path}: expected a structured box array with fields ts/t, x, y, w, h, class_id; got dtype {arr.dtype}")
+    return normalize_boxes(arr.reshape(-1), path)
+
+
+def empty_boxes() -> np.ndarray:
+    return np.zeros(0, BOX_DTYPE)
+
+
+# ------------------------------------------------------------------------------- plain arrays
+
+
+def _columns_to_events(x, y, t, p, source: str) -> np.ndarray:
+    n = len(t)
+    if not (len(x) == len(y) == len(p) == n):
+        raise ValueError(f"{source}: x, y, t, p have different lengths ({len(x)}, {len(y)}, {n}, {len(p)})")
+    out = np.empty(n, EVENT_DTYPE)
+    out["t"], out["x"], out["y"] = t, x, y
+    out["p"] = np.asarray(p) > 0  # accepts 0/1 and -1/+1 polarity conventions
+    return out
+
+
+def _structured_to_events(arr: np.ndarray, source: str) -> np.ndarray:
+    names = arr.dtype.names
+    if names is not None:
+        missing = [n for n in "xytp" if n not in names]
+        if missing:
+            raise ValueError(f"{source}: event array lacks field(s) {missing}; it has {list(names)}")
+        return _columns_to_events(arr["x"], arr["y"], arr["t"], arr["p"], source)
+    if arr.ndim == 2 and arr.shape[1] == 4:  # plain (N, 4) columns in the order x, y, t, p
+        return _columns_to_events(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], source)
+    raise ValueError(f"{source}: expected a structured array with x, y, t, p or an (N, 4) array of x, y, t, p; got {arr.dtype} {arr.shape}")
+
+
+def _load_array_events(path: str) -> np.ndarray:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npy":
+        return _structured_to_events(np.load(path, allow_pickle=False), path)
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            if {"x", "y", "t", "p"} <= keys:
+                return _columns_to_events(z["x"], z["y"], z["t"], z["p"], path)
+            if len(keys) == 1:
+                return _structured_to_events(z[next(iter(keys))], path)
+            raise ValueError(f"{path}: .npz should hold arrays x, y, t, p (or one structured events array); it has {sorted(keys)}")
+    if suffix in (".h5", ".hdf5"):
+        from fastvid import _gpu
+
+        h5py = _gpu.require("h5py", "reading .h5 event files")
+        with h5py.File(path, "r") as f:
+            group = f["events"] if "events" in f and hasattr(f["events"], "keys") else f  # DSEC-style events/x ...
+            keys = set(group.keys())
+            if not {"x", "y", "t", "p"} <= keys:
+                raise ValueError(f"{path}: .h5 should hold datasets x, y, t, p (at the root or under 'events/'); it has {sorted(keys)}")
+            return _columns_to_events(group["x"][:], group["y"][:], group["t"][:], group["p"][:], path)
+    raise ValueError(f"{path}: unknown event file type {suffix!r}; expected .dat, .npy, .npz or .h5")
+
+
+def read_events(path: str | os.PathLike, t_start: int | None = None, t_end: int | None = None, **kw) -> np.ndarray:
+    """Read events from .dat (memory-mapped, see read_dat) or .npy/.npz/.h5 holding x, y, t, p.
+
+    Returns the EVENT_DTYPE array of the events with t_start <= t < t_end. Unsorted timestamps
+    raise a ValueError naming the file and the index of the first event that goes back in time.
+    """
+    path = str(path)
+    if Path(path).suffix.lower() == ".dat":
+        return read_dat(path, t_start, t_end, **kw)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such event file")
+    events = _load_array_events(path)
+    t = events["t"]
+    drops = np.flatnonzero(t[1:] < t[:-1])
+    if len(drops):
+        i = int(drops[0]) + 1
+        raise ValueError(f"{path}: timestamps are not sorted: event {i} (t={int(t[i])}) goes back in time")
+    i0 = 0 if t_start is None else int(np.searchsorted(t, t_start, "left"))
+    i1 = len(t) if t_end is None else int(np.searchsorted(t, t_end, "left"))
+    return events[i0:max(i0, i1)]
+
+
+# ------------------------------------------------------------------------------------ writing
+
+
+def write_dat(path: str | os.PathLike, events: np.ndarray, sensor_size=(304, 240), event_type: int = 0) -> Path:
+    """Write EVENT_DTYPE events as a Prophesee DAT file (Version 2 header), atomically.
+
+    Used to make GEN1-like data for benchmarks and demos; timestamps must fit uint32 and x/y 14 bits.
+    """
+    path = Path(path)
+    t = np.asarray(events["t"], dtype=np.int64)
+    if len(t) and (t.min() < 0 or t.max() > np.iinfo(np.uint32).max):
+        raise ValueError(f"{path}: DAT timestamps must be in [0, 2**32) us")
+    raw = np.empty(len(events), _DAT_RAW_DTYPE)
+    raw["t"] = t
+    raw["w"] = ((events["x"].astype(np.uint32) & _X_MASK) | ((events["y"].astype(np.uint32) & _Y_MASK) << _Y_SHIFT)
+                | ((events["p"].astype(np.uint32) & 1) << _P_SHIFT))
+    width, height = sensor_size
+    header = (f"% Data file containing Event2D events.\n% Version 2\n% Height {int(height)}\n% Width {int(width)}\n"
+              ).encode("ascii") + bytes([event_type, DAT_EVENT_SIZE])
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(header)
+        raw.tofile(f)
+    tmp.replace(path)
+    return path

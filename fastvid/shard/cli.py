@@ -1,0 +1,118 @@
+"""`fastvid shard videos SRC OUT` and `fastvid shard events ...`: dataset on disk -> WebDataset shard set.
+
+`videos` discovers the dataset (fastvid.shard.sources), re-encodes or remuxes every clip
+(fastvid.shard.transcode) and writes shards, DALI indexes and the manifest (fastvid.shard.writer).
+`events` belongs to fastvid.events.cli and is only imported when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import re
+
+SIZE_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'500MB', '1GiB', '3e8' -> bytes."""
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).upper() not in SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 500MB, 1GiB, 300000000)")
+    return int(float(m.group(1)) * SIZE_UNITS[m.group(2).upper()])
+
+
+def add_common_arguments(p) -> None:
+    """Options every shard job has (the events command may reuse them)."""
+    p.add_argument("--split", default="train", help="split name, used in shard names (default: train)")
+    p.add_argument("--max-samples", type=int, default=1000, help="at most this many samples per shard (default: 1000)")
+    p.add_argument("--max-shard-bytes", type=parse_size, default=parse_size("1GiB"),
+                   help="start a new shard before one would exceed this size (default: 1GiB)")
+    p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                   help="encoding processes (default: number of CPUs, at most 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle of samples across shards (default: 0)")
+    p.add_argument("--num-nodes", type=int, default=1, help="split the job over this many machines (default: 1)")
+    p.add_argument("--node-rank", type=int, default=0, help="this machine's part, 0..num-nodes-1 (default: 0)")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when any input failed")
+
+
+def add_video_arguments(p) -> None:
+    p.add_argument("src", help="dataset root (class folders, list-file root, or frames root)")
+    p.add_argument("out", help="output directory for shards, indexes and manifest.json")
+    p.add_argument("--layout", choices=("kinetics", "list", "frames"), default="kinetics",
+                   help="kinetics: SRC/<class>/<video>; list: --list FILE (path label lines, or a Kinetics CSV); "
+                        "frames: leaf folders of JPEG/PNG frames (default: kinetics)")
+    p.add_argument("--list", dest="list_file", help="list file: 'relative/path label' lines, or a Kinetics CSV "
+                   "(label,youtube_id,time_start,time_end,split)")
+    p.add_argument("--video-root", help="where the list/CSV paths are found (default: SRC)")
+    p.add_argument("--classes", dest="classes_file", help="class names, one per line (line i = label i)")
+    p.add_argument("--codec", choices=("vp9", "h264", "copy"), default="vp9",
+                   help="vp9 (decodable by DALI on CPU and GPU), h264 (libx264; NVDEC on GPU), or copy "
+                        "(remux the original stream, no re-encode) (default: vp9)")
+    p.add_argument("--short-side", type=int, help="resize so the short side is this many pixels (even; aspect kept)")
+    p.add_argument("--fps", type=float, help="output frame rate (default: the source's); for --layout frames, "
+                   "the rate the frames were taken at")
+    p.add_argument("--gop", type=int, default=8, help="keyframe interval in frames (default: 8, cheap random access)")
+    p.add_argument("--crf", type=int, help="quality, lower is better (default: 23 for h264, 32 for vp9)")
+    p.add_argument("--preset", default="veryfast", help="libx264 preset (default: veryfast)")
+    add_common_arguments(p)
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="shard_kind", metavar="KIND", required=True)
+    videos = sub.add_parser("videos", help="video files or frame folders -> video shards",
+                            description="Turn a video dataset into WebDataset tar shards with DALI indexes and a manifest.")
+    add_video_arguments(videos)
+    videos.set_defaults(_shard_run=run_videos)
+    # The events command's options live in fastvid.events.cli (imported only for `fastvid shard`, and a
+    # broken events module must not take `shard videos` down with it).
+    events = sub.add_parser("events", help="event-camera recordings -> event shards",
+                            description="Turn event-camera recordings into event shards.")
+    try:
+        from fastvid.events import cli as events_cli
+    except Exception as exc:  # reported when the events command is actually run
+        events.add_argument("events_args", nargs=argparse.REMAINDER)
+        events.set_defaults(_shard_run=functools.partial(_events_unavailable, reason=f"{type(exc).__name__}: {exc}"))
+    else:
+        events_cli.add_arguments(events)
+        events.set_defaults(_shard_run=events_cli.run)
+
+
+def _events_unavailable(args, reason: str) -> int:
+    raise RuntimeError(f"the events command could not be loaded ({reason})")
+
+
+def run(args) -> int:
+    return args._shard_run(args)
+
+
+def video_options(args):
+    from fastvid.shard.transcode import TranscodeOptions
+
+    frames = args.layout == "frames"
+    if frames and not args.fps:
+        raise ValueError("--layout frames needs --fps (the rate the frames were taken at)")
+    if frames and args.codec == "copy":
+        raise ValueError("--codec copy cannot be used with --layout frames (there is no video stream to copy); use vp9 or h264")
+    return TranscodeOptions(codec=args.codec, short_side=args.short_side, fps=None if frames else args.fps, gop=args.gop,
+                            crf=args.crf, preset=args.preset, frames_fps=args.fps if frames else None)
+
+
+def run_videos(args) -> int:
+    from fastvid.shard import sources, transcode
+    from fastvid.shard.writer import write_shard_set
+
+    options = video_options(args)
+    items, classes = sources.discover(args.layout, args.src, list_file=args.list_file, video_root=args.video_root,
+                                      classes_file=args.classes_file)
+    recorded = {"layout": args.layout, "codec": options.codec, "container": "webm" if options.codec == "vp9" else "mp4",
+                "short_side": options.short_side, "fps": options.fps, "frames_fps": options.frames_fps,
+                "gop": options.gop if options.codec != "copy" else None, "crf": options.crf,
+                "preset": options.preset if options.codec == "h264" else None}
+    write_shard_set(items, functools.partial(transcode.encode_sample, options=options), args.out, kind="video",
+                    classes=classes, options=recorded, split=args.split, max_samples=args.max_samples,
+                    max_shard_bytes=args.max_shard_bytes, workers=args.workers, seed=args.seed,
+                    node_rank=args.node_rank, num_nodes=args.num_nodes, strict=args.strict, desc=f"shard {args.split}")
+    return 0

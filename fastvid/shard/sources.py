@@ -1,0 +1,304 @@
+"""Dataset layouts as people have them on disk -> lists of video items and class names (no decoding here).
+
+Layouts:
+- `kinetics`: SRC/<class name>/<video file> (classes sorted by name, label = index);
+- `list`: a PaddleVideo-style list file of `relative/path label` lines (also `path num_frames label`),
+  or a Kinetics CSV `label,youtube_id,time_start,time_end,split` whose clips are looked up under
+  `video_root` (as trimmed `<id>_<start>_<end>.mp4` files, or full `<id>.mp4` videos cut to the times);
+- `frames`: every leaf folder of JPEG/PNG frames is one video (Kinetics rawframes, iPER images_HD),
+  labelled by a list file or by its parent folder's name.
+Each item carries a unique webdataset key derived from its relative path (no dots: webdataset
+splits a member name at the first dot) and a size/mtime stamp so a resumed job notices changed inputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import os
+import re
+from pathlib import Path
+
+VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".flv", ".mpg", ".mpeg", ".ts", ".3gp", ".ogv", ".wmv"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+LAYOUTS = ("kinetics", "list", "frames")
+MAX_KEY_LEN = 90  # keeps tar member names inside the ustar 100-byte name field
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoItem:
+    key: str                  # webdataset __key__
+    source: str               # path relative to the dataset root, as reported in json/failures
+    path: str                 # absolute path of the video file or frame folder
+    label: int
+    label_name: str
+    start: float | None = None  # cut [start, end) seconds (Kinetics CSV)
+    end: float | None = None
+    is_frames: bool = False
+    stamp: str = ""            # size/mtime of the input, part of the resume fingerprint
+
+    def fingerprint(self) -> list:
+        """What a resumed job compares: everything but the absolute path, so `SRC` may be spelled differently."""
+        return [self.key, self.source, self.label, self.label_name, self.start, self.end, self.is_frames, self.stamp]
+
+
+def sanitize_key(relative: str) -> str:
+    """Key for a relative path: extension dropped, '/' -> '__', anything but [A-Za-z0-9_-] -> '_'."""
+    path = Path(relative)
+    stem = str(path.with_suffix("")) if path.suffix.lower() in VIDEO_EXTENSIONS else str(path)
+    key = re.sub(r"[^A-Za-z0-9_-]+", "_", stem.replace(os.sep, "/").replace("/", "__")).strip("_") or "sample"
+    if len(key) > MAX_KEY_LEN:
+        key = key[:MAX_KEY_LEN - 9] + "_" + hashlib.sha1(relative.encode()).hexdigest()[:8]
+    return key
+
+
+def unique_keys(relatives: list[str]) -> list[str]:
+    """Sanitized keys made unique by a numeric suffix, deterministic for a given input order."""
+    used: set[str] = set()
+    keys = []
+    for rel in relatives:
+        base = key = sanitize_key(rel)
+        n = 1
+        while key in used:
+            n += 1
+            key = f"{base}_{n}"
+        used.add(key)
+        keys.append(key)
+    return keys
+
+
+def file_stamp(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    if path.is_dir():
+        return f"dir:{len(os.listdir(path))}:{st.st_mtime_ns}"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _make_items(entries, root: Path, is_frames: bool = False) -> list[VideoItem]:
+    """entries: (relative path, label, label name, start, end, source name) -> VideoItems with unique keys."""
+    keys = unique_keys([e[5] for e in entries])
+    items = []
+    for key, (rel, label, name, start, end, source) in zip(keys, entries):
+        path = (root / rel) if not Path(rel).is_absolute() else Path(rel)
+        items.append(VideoItem(key=key, source=source, path=str(path), label=int(label), label_name=name, start=start,
+                               end=end, is_frames=is_frames, stamp=file_stamp(path)))
+    return items
+
+
+def _require_dir(path, what: str) -> Path:
+    path = Path(path).absolute()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {what} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"{path}: {what} must be a directory")
+    return path
+
+
+def kinetics_layout(src) -> tuple[list[VideoItem], list[str]]:
+    """SRC/<class>/<video>: classes sorted by name (Kinetics convention), videos found recursively per class."""
+    root = _require_dir(src, "dataset root")
+    class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    if not class_dirs:
+        raise ValueError(f"{root}: no class folders (expected SRC/<class name>/<video file>)")
+    classes = [d.name for d in class_dirs]
+    entries = []
+    for label, d in enumerate(class_dirs):
+        for f in sorted(d.rglob("*")):
+            if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS and not f.name.startswith("."):
+                rel = f.relative_to(root).as_posix()
+                entries.append((rel, label, d.name, None, None, rel))
+    if not entries:
+        raise ValueError(f"{root}: no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) in its class folders")
+    return _make_items(entries, root), classes
+
+
+def read_class_names(path) -> list[str]:
+    """One class name per line (line i = label i)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: class list not found")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{path}: class list is empty")
+    return names
+
+
+def parse_list_file(path) -> list[tuple[str, str]]:
+    """(relative path, label token) per non-empty line of `path label` or `path num_frames label`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: list file not found")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            raise ValueError(f"{path}:{n}: expected 'relative/path label', got {line!r}")
+        # The path may contain spaces; the label is the last token (rawframes lists put num_frames before it).
+        if len(parts) >= 3 and parts[-2].isdigit() and parts[-1].lstrip("-").isdigit():
+            rel = " ".join(parts[:-2])
+        else:
+            rel = " ".join(parts[:-1])
+        rows.append((rel, parts[-1]))
+    if not rows:
+        raise ValueError(f"{path}: list file has no entries")
+    return rows
+
+
+def labels_from_tokens(rows: list[tuple[str, str]], class_names: list[str] | None, where: str):
+    """Integer labels (names from `class_names` or the folders) or names (sorted -> labels); returns (labels, names, classes)."""
+    tokens = [t for _, t in rows]
+    if all(t.lstrip("-").isdigit() for t in tokens):
+        labels = [int(t) for t in tokens]
+        if min(labels) < 0:
+            raise ValueError(f"{where}: negative label {min(labels)}")
+        num = max(labels) + 1
+        if class_names is not None:
+            if len(class_names) < num:
+                raise ValueError(f"{where}: label {num - 1} but the class list has only {len(class_names)} names")
+            classes = list(class_names)
+        else:
+            classes = _names_from_folders(rows, labels, num)
+        return labels, [classes[i] for i in labels], classes
+    classes = sorted(set(tokens)) if class_names is None else list(class_names)
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(tokens) - set(index))
+    if unknown:
+        raise ValueError(f"{where}: labels {unknown[:5]} are not in the class list")
+    return [index[t] for t in tokens], tokens, classes
+
+
+def _names_from_folders(rows, labels, num) -> list[str]:
+    """Class names for integer labels: the common parent folder of each label's paths when that is
+    unambiguous (PaddleVideo's `abseiling/x.mp4 0`), else the label number as text."""
+    folders: dict[int, set[str]] = {}
+    for (rel, _), label in zip(rows, labels):
+        parent = Path(rel).parent.name
+        folders.setdefault(label, set()).add(parent)
+    names = []
+    for i in range(num):
+        parents = folders.get(i, set())
+        names.append(next(iter(parents)) if len(parents) == 1 and "" not in parents else str(i))
+    if len(set(names)) != len(names):
+        return [str(i) for i in range(num)]
+    return names
+
+
+def list_layout(list_file, root, class_names: list[str] | None = None) -> tuple[list[VideoItem], list[str]]:
+    """PaddleVideo-style list of `relative/path label` lines, paths relative to `root`."""
+    root = _require_dir(root, "video root")
+    rows = parse_list_file(list_file)
+    labels, names, classes = labels_from_tokens(rows, class_names, str(list_file))
+    entries = [(rel, label, name, None, None, rel) for (rel, _), label, name in zip(rows, labels, names)]
+    return _make_items(entries, root), classes
+
+
+def is_kinetics_csv(path) -> bool:
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        return False
+    with open(path, newline="") as f:
+        header = f.readline()
+    return "youtube_id" in header
+
+
+def kinetics_csv_layout(csv_file, video_root, class_names: list[str] | None = None) -> tuple[list[VideoItem], list[str]]:
+    """Kinetics annotation CSV rows -> clips under video_root (trimmed files, or full videos cut to the times)."""
+    csv_file = Path(csv_file)
+    root = _require_dir(video_root, "--video-root")
+    with open(csv_file, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"label", "youtube_id", "time_start", "time_end"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{csv_file}: missing CSV columns {sorted(missing)} (expected label,youtube_id,time_start,time_end,split)")
+        rows = list(reader)
+    if not rows:
+        raise ValueError(f"{csv_file}: no rows")
+    by_stem: dict[str, Path] = {}
+    for f in sorted(root.rglob("*")):
+        if f.suffix.lower() in VIDEO_EXTENSIONS and f.is_file():
+            by_stem.setdefault(f.stem, f)
+    classes = sorted({r["label"] for r in rows}) if class_names is None else list(class_names)
+    index = {name: i for i, name in enumerate(classes)}
+    entries, key_names = [], []
+    for n, row in enumerate(rows, 2):
+        name = row["label"]
+        if name not in index:
+            raise ValueError(f"{csv_file}:{n}: label {name!r} is not in the class list")
+        try:
+            t0, t1 = float(row["time_start"]), float(row["time_end"])
+        except ValueError:
+            raise ValueError(f"{csv_file}:{n}: time_start/time_end must be numbers") from None
+        clip_stem = f"{row['youtube_id']}_{int(t0):06d}_{int(t1):06d}"
+        if clip_stem in by_stem:  # already trimmed (the usual Kinetics download)
+            path, start, end = by_stem[clip_stem], None, None
+        elif row["youtube_id"] in by_stem:  # the full video: cut on the fly
+            path, start, end = by_stem[row["youtube_id"]], t0, t1
+        else:  # not downloaded: recorded as a failure when encoded
+            path, start, end = root / name / f"{clip_stem}.mp4", None, None
+        rel = path.relative_to(root).as_posix()
+        entries.append((rel, index[name], name, start, end, rel if start is None else f"{rel}[{t0:g}-{t1:g}s]"))
+        # Keys name the clip, not the file: one full video can give several clips.
+        key_names.append(f"{Path(rel).parent.as_posix()}/{clip_stem}")
+    items = _make_items(entries, root)
+    return [dataclasses.replace(it, key=key) for it, key in zip(items, unique_keys(key_names))], classes
+
+
+def frame_folders(root: Path) -> list[Path]:
+    """Leaf folders (no sub-folders) holding at least one image, sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if not dirnames and any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in filenames):
+            found.append(Path(dirpath))
+    return sorted(found)
+
+
+def frames_layout(src, list_file=None, class_names: list[str] | None = None) -> tuple[list[VideoItem], list[str]]:
+    """Each leaf folder of frames is one video; labels from `list_file` (folder paths) or the parent folder name."""
+    root = _require_dir(src, "frames root")
+    if list_file is not None:
+        rows = parse_list_file(list_file)
+        labels, names, classes = labels_from_tokens(rows, class_names, str(list_file))
+        entries = [(rel, label, name, None, None, rel) for (rel, _), label, name in zip(rows, labels, names)]
+        return _make_items(entries, root, is_frames=True), classes
+    folders = frame_folders(root)
+    if not folders:
+        raise ValueError(f"{root}: no folders of frame images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    rels = [f.relative_to(root).as_posix() for f in folders]
+    parents = [Path(r).parent.name for r in rels]
+    if any(not p for p in parents):
+        raise ValueError(f"{root}: frame folders directly under the root have no parent folder to name their class; "
+                         "give --list FILE with 'folder label' lines")
+    classes = sorted(set(parents)) if class_names is None else list(class_names)
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(parents) - set(index))
+    if unknown:
+        raise ValueError(f"{root}: class folders {unknown[:5]} are not in the class list")
+    entries = [(rel, index[p], p, None, None, rel) for rel, p in zip(rels, parents)]
+    return _make_items(entries, root, is_frames=True), classes
+
+
+def discover(layout: str, src, *, list_file=None, video_root=None, classes_file=None) -> tuple[list[VideoItem], list[str]]:
+    """Items and class names for one of LAYOUTS."""
+    class_names = read_class_names(classes_file) if classes_file else None
+    if layout == "kinetics":
+        items, classes = kinetics_layout(src)
+        if class_names is not None:
+            raise ValueError("--classes applies to --layout list and frames (kinetics takes class names from the folders)")
+        return items, classes
+    if layout == "list":
+        if list_file is None:
+            raise ValueError("--layout list needs --list FILE")
+        if is_kinetics_csv(list_file):
+            return kinetics_csv_layout(list_file, video_root or src, class_names)
+        return list_layout(list_file, video_root or src, class_names)
+    if layout == "frames":
+        return frames_layout(src, list_file, class_names)
+    raise ValueError(f"--layout {layout!r}: expected one of {LAYOUTS}")
