@@ -145,3 +145,21 @@ def test_cli_shard_events(gen1_dir, tmp_path, capsys):
     assert sum(s["meta"]["num_events"] for s in iter_segments(out)) == total
     rc = fastvid_main(["shard", "events", str(tmp_path / "nowhere"), str(out)])
     assert rc == 1 and "nowhere" in capsys.readouterr().err
+
+
+def test_inspect_counts_events_and_boxes_per_class(gen1_dir, tmp_path):
+    from fastvid.shard.inspect import format_summary, summarize
+
+    src, recs = gen1_dir
+    out = tmp_path / "shards"
+    evshard.shard_events(src, out, segment_ms=500, max_samples=3)
+    summary = summarize(out, verify=True)
+    assert summary["problems"] == []
+    assert summary["num_events"] == sum(len(r[0]) for r in recs.values())
+    assert summary["num_recordings"] == 3
+    boxes = np.concatenate([s["boxes"] for s in iter_segments(out)])
+    classes = read_manifest(out)["classes"]
+    expected = {classes[c]: int(n) for c, n in zip(*np.unique(boxes["class_id"], return_counts=True))}
+    assert summary["boxes_per_class"] == expected
+    assert sum(expected.values()) == sum(len(r[4]) for r in recs.values())
+    assert "events from 3 recordings" in format_summary(summary)

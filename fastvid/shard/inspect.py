@@ -32,7 +32,7 @@ def iter_samples(tar_path):
                 if current_key is not None:
                     yield current_key, fields
                 current_key, fields = key, {}
-            if ext in ("cls", "json", "txt"):
+            if ext in ("cls", "json", "txt", "boxes.npy"):
                 fields[ext] = tar.extractfile(member).read()
             else:
                 fields[ext] = member.size
@@ -48,6 +48,7 @@ def summarize(out_dir, verify: bool = False) -> dict:
     per_class = collections.Counter()
     codecs, resolutions, fps_hist, containers = (collections.Counter() for _ in range(4))
     frames, durations = [], []
+    num_events, recordings = 0, set()  # event shard sets
     component_sets = collections.Counter()
     problems: list[str] = []
     keys_seen: set[str] = set()
@@ -101,7 +102,25 @@ def summarize(out_dir, verify: bool = False) -> dict:
                         frames.append(info["num_frames"])
                     if info.get("duration"):
                         durations.append(float(info["duration"]))
-                if label is not None:
+                if manifest["kind"] == "events":
+                    # Event samples carry boxes, not one label: count boxes per class instead.
+                    if isinstance(info, dict):
+                        num_events += int(info.get("num_events", 0))
+                        recordings.add(info.get("recording"))
+                        if info.get("t1") is not None and info.get("t0") is not None:
+                            durations.append((info["t1"] - info["t0"]) / 1e6)
+                    if "boxes.npy" in fields:
+                        import io
+
+                        import numpy as np
+
+                        try:
+                            boxes = np.load(io.BytesIO(fields["boxes.npy"]), allow_pickle=False)
+                            for cid, n in zip(*np.unique(boxes["class_id"], return_counts=True)):
+                                per_class[int(cid)] += int(n)
+                        except (ValueError, KeyError, OSError) as exc:
+                            problems.append(f"{shard['name']}: {key}.boxes.npy unreadable ({exc})")
+                elif label is not None:
                     per_class[label] += 1
                 if verify and manifest["kind"] == "video":
                     missing = [c for c in ("cls", "json") if c not in fields]
@@ -153,6 +172,10 @@ def summarize(out_dir, verify: bool = False) -> dict:
         "failures": manifest["failures"],
         "options": manifest["options"],
     }
+    if manifest["kind"] == "events":
+        summary["num_events"] = num_events
+        summary["num_recordings"] = len(recordings)
+        summary["boxes_per_class"] = summary.pop("samples_per_class")
     if verify:
         summary["problems"] = problems
     return summary
@@ -191,13 +214,18 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  frames per clip: min {f['min']}, mean {f['mean']}, max {f['max']}")
     if summary["codecs"]:
         lines.append("  codecs: " + ", ".join(f"{k} {v}" for k, v in summary["codecs"].items()))
-    per_class = summary["samples_per_class"]
+    if summary["kind"] == "events":
+        lines.append(f"  {summary['num_events']:,} events from {summary['num_recordings']} recordings, "
+                     f"{summary['total_duration_s']:.1f} s of recording")
+        per_class, unit = summary["boxes_per_class"], "boxes"
+    else:
+        per_class, unit = summary["samples_per_class"], "samples"
     if per_class:
         counts = list(per_class.values())
-        lines.append(f"  samples per class: min {min(counts)}, max {max(counts)}")
-        lines += ["  " + line for line in _histogram_lines("per class", per_class, limit=20)]
+        lines.append(f"  {unit} per class: min {min(counts)}, max {max(counts)}")
+        lines += ["  " + line for line in _histogram_lines(f"{unit} per class", per_class, limit=20)]
     if summary["empty_classes"]:
-        lines.append(f"  classes with no samples: {summary['empty_classes'][:10]}")
+        lines.append(f"  classes with no {unit}: {summary['empty_classes'][:10]}")
     lines += ["  " + line for line in _histogram_lines("resolution (WxH)", summary["resolutions"])]
     lines += ["  " + line for line in _histogram_lines("fps", summary["fps"])]
     failures = summary["failures"]
