@@ -1,1 +1,28 @@
-"""fastvid.kernels: CUDA C kernels (compiled at first use with CuPy/NVRTC) and their Numba CPU twins."""
+"""fastvid.kernels: CUDA C kernels (compiled at first use with CuPy/NVRTC) and their Numba CPU twins.
+
+- `boxes`: pure multi-scale crop geometry (`sample_multiscale_boxes`, TSM's GroupMultiScaleCrop rules).
+- `crop`: the fused crop + bilinear resize + flip + normalize (`crop_resize_normalize`), Numba and CUDA.
+- `cuda`: loading the `*.cu` sources shipped in this package with CuPy's RawModule, cached per device.
+- `events.cu`: event-to-tensor kernels; their Python entry points live in `fastvid.events.representations`.
+
+Numba and CuPy are imported only when a kernel is first used, so `import fastvid.kernels` stays light.
+"""
+
+from fastvid.kernels.boxes import center_boxes, sample_multiscale_boxes
+
+_EXPORTS = {
+    "crop_resize_normalize": "fastvid.kernels.crop",
+    "crop_resize_normalize_reference": "fastvid.kernels.crop",
+    "load_module": "fastvid.kernels.cuda",
+    "cuda_source": "fastvid.kernels.cuda",
+}
+
+__all__ = ["sample_multiscale_boxes", "center_boxes", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fastvid.kernels' has no attribute {name!r}")

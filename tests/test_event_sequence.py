@@ -60,7 +60,7 @@ def test_plan_refills_greedily_and_pads():
 
 def test_windows_match_single_represent_calls(event_set):
     # (import from the module: the package attribute `represent` is shadowed by the submodule once imported)
-    from fastvid.events.represent import represent
+    from fastvid.events.representations import represent
 
     out, originals = event_set
     B = 3  # 42 windows over 3 streams: the greedy refill leaves padding at the end

@@ -19,9 +19,20 @@ def add_arguments(parser):
     sub = parser.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
     for name, (module, help_text) in BENCHMARKS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        mod = importlib.import_module(module)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:  # one benchmark's missing dependency must not break the others
+            p.set_defaults(_bench_run=_unavailable(name, exc))
+            continue
         mod.add_arguments(p)
         p.set_defaults(_bench_run=mod.run)
+
+
+def _unavailable(name, exc):
+    def run(args):
+        raise RuntimeError(f"benchmark {name!r} is unavailable: {exc}")
+
+    return run
 
 
 def run(args):

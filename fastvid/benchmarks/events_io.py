@@ -83,7 +83,7 @@ def _sync(device: str) -> None:
 
 def _warm_up(representation: str, bins: int, sensor_size, device: str) -> None:
     """Compile the Numba kernels / load the CUDA module outside the timed parts."""
-    from fastvid.events.represent import represent_batch
+    from fastvid.events.representations import represent_batch
     from fastvid.events.types import EVENT_DTYPE
 
     ev = np.zeros(4, EVENT_DTYPE)
@@ -96,7 +96,7 @@ def bench_baseline(src: Path, window_ms: float, representation: str, bins: int, 
                    max_windows: int | None = None) -> dict:
     """Per window: read_dat(t0, t1) from the DAT file, then one `represent` call."""
     from fastvid.events.io import dat_time_span, read_dat
-    from fastvid.events.represent import represent
+    from fastvid.events.representations import represent
 
     window_us = int(window_ms * 1000)
     events = windows = 0

@@ -4,9 +4,9 @@ event shards and the streaming sequence loader. Names are imported lazily from t
 from fastvid.events.types import EVENT_DTYPE
 
 _EXPORTS = {
-    "represent": "fastvid.events.represent",
-    "represent_batch": "fastvid.events.represent",
-    "REPRESENTATIONS": "fastvid.events.represent",
+    "represent": "fastvid.events.representations",
+    "represent_batch": "fastvid.events.representations",
+    "REPRESENTATIONS": "fastvid.events.representations",
     "read_dat": "fastvid.events.io",
     "read_boxes": "fastvid.events.io",
     "read_events": "fastvid.events.io",

@@ -370,7 +370,7 @@ class EventSequenceLoader:
     def __iter__(self):
         import torch
 
-        from fastvid.events.represent import represent_batch
+        from fastvid.events.representations import represent_batch
 
         kw = {"bins": self.bins}
         if self.tau_us is not None:

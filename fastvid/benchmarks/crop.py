@@ -1,0 +1,103 @@
+"""`fastvid bench crop`: clips/s of the fused multi-scale crop + resize + flip + normalize.
+
+A batch of uint8 clips (N, T, H, W, 3) gets TSM multi-scale boxes and random flips, then goes through
+`crop_resize_normalize` (Numba on cpu, one CUDA launch on cuda) and through the torch baseline in the
+same run: per clip crop -> F.interpolate(bilinear) -> flip -> normalize, the way a torchvision-style
+transform does it. Timings are interleaved round-robin; the median is reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastvid.benchmarks.common import device_info, write_json
+from fastvid.benchmarks.events import _median_seconds
+
+
+def add_arguments(p):
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "all"],
+                   help="auto: cuda if visible, plus cpu")
+    p.add_argument("--batch", type=int, default=8, help="clips per call")
+    p.add_argument("--clip-len", type=int, default=16)
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=340)
+    p.add_argument("--out-size", type=int, default=224)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median reported)")
+    p.add_argument("--json", default=None, help="write the result here ('-' prints it)")
+
+
+def _devices(device: str) -> list[str]:
+    from fastvid import _gpu
+
+    gpu = _gpu.cuda_available() and _gpu.cupy_available()
+    if device == "cpu":
+        return ["cpu"]
+    if device == "cuda":
+        if not gpu:
+            raise RuntimeError("bench crop --device cuda: no CUDA GPU with CuPy is visible")
+        return ["cuda"]
+    return ["cpu", "cuda"] if gpu else ["cpu"]
+
+
+def run_benchmark(device="auto", batch=8, clip_len=16, height=256, width=340, out_size=224, dtype="float32",
+                  repeats=10, quick=False, progress=True, work_dir=None) -> dict:
+    """Time the fused kernel and the torch F.interpolate baseline per device; returns a JSON-ready dict.
+
+    `quick` shrinks the batch and repeats for a smoke run; `work_dir` is accepted for `bench all` (unused).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from fastvid.kernels import crop_resize_normalize, crop_resize_normalize_reference, sample_multiscale_boxes
+
+    if quick:
+        batch, clip_len, repeats = min(batch, 2), min(clip_len, 8), min(repeats, 3)
+    out_dtype = getattr(torch, dtype)
+    rng = np.random.default_rng(0)
+    frames_np = rng.integers(0, 256, (batch, clip_len, height, width, 3), dtype=np.uint8)
+    boxes = sample_multiscale_boxes(height, width, batch, seed=0, out_size=out_size)
+    flip = rng.random(batch) < 0.5
+    rows = []
+    for dev in tqdm(_devices(device), desc="bench crop", disable=not progress):
+        frames = torch.from_numpy(frames_np).to(dev)
+        sync = torch.cuda.synchronize if dev == "cuda" else None
+        fns = {
+            "fused": lambda: crop_resize_normalize(frames, boxes, out_size, flip=flip, device=dev, out_dtype=out_dtype),
+            "torch_interpolate": lambda: crop_resize_normalize_reference(frames, boxes, out_size, flip=flip).to(out_dtype),
+        }
+        seconds, best = _median_seconds(fns, repeats, sync, with_min=True)
+        for impl, sec in seconds.items():
+            rows.append({"device": dev, "implementation": impl if impl != "fused" else ("numba" if dev == "cpu" else "cupy cuda"),
+                         "ms_per_batch": sec * 1e3, "clips_per_s": batch / sec,
+                         "best_clips_per_s": batch / best[impl],
+                         "speedup_vs_torch": seconds["torch_interpolate"] / sec})
+    return {
+        "benchmark": "crop",
+        "device_info": device_info(),
+        "config": {"batch": batch, "clip_len": clip_len, "height": height, "width": width, "out_size": out_size,
+                   "dtype": dtype, "repeats": repeats, "statistic": "median",
+                   "boxes": "sample_multiscale_boxes (TSM scales, 13 fixed offsets)", "input": "uint8 on the device"},
+        "results": rows,
+        "speedup_vs_torch_interpolate": {f"fused_{r['device']}_vs_torch_interpolate": r["speedup_vs_torch"]
+                                         for r in rows if r["implementation"] != "torch_interpolate"},
+    }
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'device':6} {'implementation':18} {'clips/s':>9} {'ms/batch':>9} {'x torch':>8}"]
+    for r in result["results"]:
+        lines.append(f"{r['device']:6} {r['implementation']:18} {r['clips_per_s']:9.1f} {r['ms_per_batch']:9.2f} "
+                     f"{r['speedup_vs_torch']:8.2f}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    result = run_benchmark(args.device, args.batch, args.clip_len, args.height, args.width, args.out_size, args.dtype,
+                           args.repeats)
+    print(format_table(result))
+    cfg = result["config"]
+    print(f"crop: {cfg['batch']}x{cfg['clip_len']} frames {cfg['height']}x{cfg['width']} -> {cfg['out_size']} "
+          f"on {result['device_info']['device']}")
+    write_json(result, args.json)
+    return 0

@@ -1,0 +1,196 @@
+"""`fastvid bench events`: events/s of every event representation, single window and batched, per device.
+
+Windows look like Prophesee GEN1 (about 33k events per 50 ms on a 304x240 sensor). Each kind is timed
+on the CPU (Numba) and, when a GPU is visible, on CUDA (input columns already on the GPU), one window
+per call ("single") and `--batch` windows per call ("batched"). numpy's np.add.at version runs in the
+same process on the same windows as the baseline, so the ratios hold even on a busy machine: single-window
+calls and the baseline are interleaved round-robin, and the median (and the best) time is reported.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from fastvid.benchmarks.common import device_info, write_json
+from fastvid.events.types import EVENT_DTYPE, GEN1_SENSOR_SIZE
+
+ALL_KINDS = ("histogram", "stacked_histogram", "voxel_grid", "time_surface", "event_frame")
+
+
+def add_arguments(p):
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "all"],
+                   help="where to run the kernels (auto: cuda if visible, plus cpu)")
+    p.add_argument("--kinds", nargs="+", default=list(ALL_KINDS), choices=list(ALL_KINDS))
+    p.add_argument("--events-per-window", type=int, default=33_000)
+    p.add_argument("--window-us", type=int, default=50_000)
+    p.add_argument("--batch", type=int, default=16, help="windows per batched call on the CPU")
+    p.add_argument("--cuda-batch", type=int, default=128,
+                   help="windows per batched call on the GPU (a GPU needs millions of events per launch)")
+    p.add_argument("--bins", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (median reported)")
+    p.add_argument("--json", default=None, help="write the result here ('-' prints it)")
+
+
+def synthetic_windows(n_windows: int, events_per_window: int, window_us: int, sensor_size=GEN1_SENSOR_SIZE, seed=0):
+    """Concatenated GEN1-like windows (time-sorted inside each) and their N+1 offsets."""
+    rng = np.random.default_rng(seed)
+    width, height = sensor_size
+    n = n_windows * events_per_window
+    ev = np.zeros(n, EVENT_DTYPE)
+    starts = np.repeat(np.arange(n_windows, dtype=np.int64) * window_us, events_per_window)
+    ev["t"] = starts + np.sort(rng.integers(0, window_us, (n_windows, events_per_window)), axis=1).ravel()
+    ev["x"] = rng.integers(0, width, n)
+    ev["y"] = rng.integers(0, height, n)
+    ev["p"] = rng.integers(0, 2, n)
+    offsets = np.arange(n_windows + 1, dtype=np.int64) * events_per_window
+    return ev, offsets
+
+
+def _devices(device: str) -> list[str]:
+    from fastvid import _gpu
+
+    gpu = _gpu.cuda_available() and _gpu.cupy_available()
+    if device == "cpu":
+        return ["cpu"]
+    if device == "cuda":
+        if not gpu:
+            raise RuntimeError("bench events --device cuda: no CUDA GPU with CuPy is visible")
+        return ["cuda"]
+    return ["cpu", "cuda"] if gpu else ["cpu"]
+
+
+def _median_seconds(fns: dict, repeats: int, sync=None, with_min=False):
+    """Round-robin timing of several callables (interleaved so load spikes hit all of them alike).
+
+    Returns {name: median seconds}, and also {name: fastest seconds} with `with_min`."""
+    times = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up: compilation, caches, allocator
+        fn()
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if sync:
+                sync()
+            start = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    return (median, {name: min(ts) for name, ts in times.items()}) if with_min else median
+
+
+def run_benchmark(device="auto", kinds=ALL_KINDS, events_per_window=33_000, window_us=50_000, batch=16, bins=5,
+                  repeats=20, sensor_size=GEN1_SENSOR_SIZE, cuda_batch=128, quick=False, progress=True,
+                  work_dir=None) -> dict:
+    """Measure every (kind, device, single/batched) plus the np.add.at baseline; returns a JSON-ready dict.
+
+    `quick` shrinks repeats and batches for a smoke run; `work_dir` is accepted for `bench all` (unused:
+    the windows are generated in memory).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from fastvid.events.representations import represent, represent_batch, represent_batch_reference, represent_reference
+
+    if quick:
+        repeats, batch, cuda_batch = min(repeats, 5), min(batch, 4), min(cuda_batch, 16)
+    devices = _devices(device)
+    ev, offsets = synthetic_windows(max(batch, cuda_batch if "cuda" in devices else 0), events_per_window, window_us,
+                                    sensor_size)
+    one = ev[:events_per_window]
+    rows = []
+    jobs = [(kind, dev) for kind in kinds for dev in devices]
+    for kind, dev in tqdm(jobs, desc="bench events", disable=not progress):
+        n_batch = cuda_batch if dev == "cuda" else batch
+        batch_offsets = offsets[:n_batch + 1]
+        if dev == "cuda":
+            cols = {k: torch.from_numpy(np.ascontiguousarray(ev[k][:batch_offsets[-1]])).cuda() for k in ("t", "x", "y", "p")}
+            one_cols = {k: v[:events_per_window] for k, v in cols.items()}
+            sync = torch.cuda.synchronize
+        else:
+            cols, one_cols, sync = ev[:batch_offsets[-1]], one, None
+        # Single-window calls and the numpy baseline are interleaved with each other; batched calls are
+        # timed on their own, so the worker threads they wake do not slow the single-threaded ones down.
+        single = {"single": lambda: represent(one_cols, kind, sensor_size, bins=bins, device=dev)}
+        if dev == "cpu":
+            single["numpy_add_at"] = lambda: represent_reference(one, kind, sensor_size, bins=bins)
+        batched = {"batched": lambda: represent_batch(cols, batch_offsets, kind, sensor_size, bins=bins, device=dev)}
+        if dev == "cpu":  # the same windows into one fresh (N, C, H, W) array: the fair batched baseline
+            batched["numpy_add_at_batched"] = lambda: represent_batch_reference(cols, batch_offsets, kind, sensor_size,
+                                                                                bins=bins)
+        seconds, best = _median_seconds(single, repeats, sync, with_min=True)
+        seconds_b, best_b = _median_seconds(batched, repeats, sync, with_min=True)
+        seconds.update(seconds_b)
+        best.update(best_b)
+        for mode, sec in seconds.items():
+            is_batch = mode.startswith("batched") or mode.endswith("_batched")
+            n_events = int(batch_offsets[-1]) if is_batch else events_per_window
+            rows.append({"kind": kind, "device": dev, "mode": mode,
+                         "implementation": "numpy np.add.at" if mode.startswith("numpy") else
+                         {"cpu": "numba", "cuda": "cupy cuda"}[dev],
+                         "windows": n_batch if is_batch else 1, "events": n_events,
+                         "ms_per_call": sec * 1e3, "events_per_s": n_events / sec,
+                         "best_ms_per_call": best[mode] * 1e3, "best_events_per_s": n_events / best[mode]})
+    # Single calls are compared with the single-window baseline, batched calls with the batched one
+    # (the GPU's batched calls too: the CPU numpy baseline is what they replace).
+    speedups = {}
+    for kind in kinds:
+        base = {m: next((r for r in rows if r["kind"] == kind and r["mode"] == m), None)
+                for m in ("numpy_add_at", "numpy_add_at_batched")}
+        for r in rows:
+            if r["kind"] != kind or r["mode"].startswith("numpy"):
+                continue
+            ref = base["numpy_add_at_batched" if r["mode"] == "batched" else "numpy_add_at"]
+            if ref:
+                speedups[_speedup_key(kind, r["device"], r["mode"])] = r["events_per_s"] / ref["events_per_s"]
+    result = {
+        "benchmark": "events",
+        "device_info": device_info(),
+        "config": {"events_per_window": events_per_window, "window_us": window_us, "batch": batch,
+                   "cuda_batch": cuda_batch if "cuda" in devices else None, "bins": bins,
+                   "repeats": repeats, "sensor_size": list(sensor_size), "statistic": "median",
+                   "input": "structured numpy array on cpu; torch CUDA columns already on the GPU for cuda"},
+        "results": rows,
+        "speedup_vs_numpy_add_at": speedups,
+        "targets": {"voxel_grid numba single >= 5x np.add.at": speedups.get(_speedup_key("voxel_grid", "cpu", "single")),
+                    "voxel_grid numba batched >= 5x np.add.at (batched)": speedups.get(
+                        _speedup_key("voxel_grid", "cpu", "batched")),
+                    "voxel_grid cuda batched >= 20e9 events/s": next(
+                        (r["events_per_s"] for r in rows if r["kind"] == "voxel_grid" and r["device"] == "cuda"
+                         and r["mode"] == "batched"), None)},
+    }
+    return result
+
+
+def _speedup_key(kind: str, device: str, mode: str) -> str:
+    """e.g. 'voxel_grid_cpu_single_vs_np_add_at' (a self-describing ratio name for `bench all`'s chart)."""
+    return f"{kind}_{device}_{mode}_vs_np_add_at"
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'kind':18} {'device':6} {'mode':20} {'Mevents/s':>10} {'ms/call':>9} {'x np.add.at':>11}"]
+    for r in result["results"]:
+        sp = result["speedup_vs_numpy_add_at"].get(_speedup_key(r["kind"], r["device"], r["mode"]))
+        lines.append(f"{r['kind']:18} {r['device']:6} {r['mode']:20} {r['events_per_s'] / 1e6:10.1f} "
+                     f"{r['ms_per_call']:9.3f} {'' if sp is None else f'{sp:11.1f}'}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    result = run_benchmark(args.device, tuple(args.kinds), args.events_per_window, args.window_us, args.batch, args.bins,
+                           args.repeats, cuda_batch=args.cuda_batch)
+    print(format_table(result))
+    single = result["targets"]["voxel_grid numba single >= 5x np.add.at"]
+    batched = result["targets"]["voxel_grid numba batched >= 5x np.add.at (batched)"]
+    if single is not None:
+        print(f"voxel_grid: Numba CPU is {single:.1f}x (single window) and {batched:.1f}x (batch of {result['config']['batch']}) numpy "
+              f"np.add.at (target >= 5x) on {result['device_info']['device']}")
+    gpu = result["targets"]["voxel_grid cuda batched >= 20e9 events/s"]
+    if gpu is not None:
+        print(f"voxel_grid: CUDA batched {gpu / 1e9:.1f} billion events/s (target >= 20 on one H100)")
+    write_json(result, args.json)
+    return 0
