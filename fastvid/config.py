@@ -1,0 +1,197 @@
+"""Typed training configuration: dataclass defaults <- YAML file <- command-line flags.
+
+Field names are the `dest` names of torchvision's references/video_classification/train.py flags
+(clip_len, lr_warmup_epochs, ...), plus fastvid's own (backend, preset, amp_dtype, ...). A YAML file
+may spell keys with dashes or underscores; unknown keys and wrong types are errors naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    # --- torchvision reference flags (same meaning; defaults as the reference unless noted) ---
+    data_path: str | None = None          # directory holding the train/val shard sets
+    train_dir: str = "train"              # shard set sub-directory (torchvision: a folder of videos)
+    val_dir: str = "val"
+    model: str = "r2plus1d_18"
+    device: str = "auto"                  # torchvision: "cuda"; "auto" = cuda when visible, else cpu
+    clip_len: int = 16
+    frame_rate: float | None = 15.0
+    clips_per_video: int = 5
+    batch_size: int = 24
+    epochs: int = 45
+    workers: int = 10
+    lr: float = 0.64
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_milestones: list[int] = field(default_factory=lambda: [20, 30, 40])
+    lr_gamma: float = 0.1
+    lr_warmup_epochs: int = 10
+    lr_warmup_method: str = "linear"
+    lr_warmup_decay: float = 0.001
+    print_freq: int = 10
+    output_dir: str = "."
+    resume: str = ""
+    start_epoch: int = 0
+    cache_dataset: bool = False
+    sync_bn: bool = False
+    test_only: bool = False
+    use_deterministic_algorithms: bool = False
+    world_size: int = 1
+    dist_url: str = "env://"
+    amp: bool = False
+    kinetics_version: str | None = None   # "400"/"600": checked against the shard set's class count
+    train_resize_size: list[int] | None = None  # None: the preset's (video_resnet: 128 171)
+    train_crop_size: list[int] | None = None    # None: the preset's (video_resnet: 112 112)
+    val_resize_size: list[int] | None = None
+    val_crop_size: list[int] | None = None
+    weights: str | None = None            # a torchvision-format checkpoint file
+    # --- fastvid additions ---
+    config: str | None = None
+    backend: str = "auto"                 # loader backend: auto | dali | pyav
+    preset: str | None = None             # augmentation preset; None: from the model (tsm, s3d, video_resnet)
+    frame_stride: int = 1                 # used when frame_rate is None
+    channels_last: bool = False
+    compile: bool = False
+    amp_dtype: str = "bf16"               # bf16 | fp16 (fp16 uses a GradScaler)
+    grad_clip: float | None = None        # max global grad norm
+    profile_steps: str | None = None      # "A-B": torch.profiler trace of global steps [A, B)
+    seed: int = 0
+    model_kwargs: dict = field(default_factory=dict)  # extra builder kwargs, e.g. {"width": 16}
+    model_width: int | None = None        # shorthand for model_kwargs width (channel width of the first stage)
+    max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests, benchmarks)
+    label_smoothing: float = 0.0
+    eval_every: int = 1                   # evaluate every N epochs (and after the last)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELD_TYPES = typing.get_type_hints(TrainConfig)
+FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _coerce(name: str, value, source: str):
+    """Check/convert `value` for field `name` (ints accepted for floats, sequences for lists)."""
+    hint = FIELD_TYPES[name]
+    if value is None:
+        if type(None) in typing.get_args(hint):
+            return None
+        raise ValueError(f"{source}: {name} must not be null")
+    base = hint
+    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        base = next(a for a in typing.get_args(hint) if a is not type(None))
+    origin = typing.get_origin(base) or base
+    try:
+        if origin is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if origin is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError
+            return value
+        if origin is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError
+            return float(value)
+        if origin is str:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)  # kinetics_version: 400
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if origin is list:
+            items = [value] if isinstance(value, int) else list(value)
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+                raise TypeError
+            return items
+        if origin is dict:
+            if not isinstance(value, dict):
+                raise TypeError
+            return dict(value)
+    except TypeError:
+        pass
+    raise ValueError(f"{source}: {name} must be {_type_name(base)}, got {value!r}")
+
+
+def _type_name(t) -> str:
+    origin = typing.get_origin(t)
+    if origin is list:
+        return "a list of integers"
+    if origin is dict or t is dict:
+        return "a mapping"
+    return getattr(t, "__name__", str(t))
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML config into {field: value} with dashed keys normalized; clear errors on bad files."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must be a mapping of option: value, got {type(data).__name__}")
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name == "wd":
+            name = "weight_decay"
+        if name not in FIELD_TYPES:
+            raise ValueError(f"config file {path}: unknown option {key!r}")
+        out[name] = _coerce(name, value, f"config file {path}")
+    return out
+
+
+def build_config(overrides: dict | None = None, config_path: str | Path | None = None) -> TrainConfig:
+    """TrainConfig from defaults, then the YAML file (if any), then explicit `overrides`."""
+    overrides = dict(overrides or {})
+    config_path = overrides.get("config", config_path)
+    values = load_yaml(config_path) if config_path else {}
+    for name, value in overrides.items():
+        if name not in FIELD_TYPES:
+            raise ValueError(f"unknown training option {name!r}")
+        values[name] = _coerce(name, value, "command line")
+    if config_path:
+        values["config"] = str(config_path)
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    if cfg.amp_dtype not in ("bf16", "fp16"):
+        raise ValueError(f"amp_dtype must be bf16 or fp16, got {cfg.amp_dtype!r}")
+    if cfg.lr_warmup_method not in ("linear", "constant"):
+        raise ValueError(f"Invalid warmup lr method '{cfg.lr_warmup_method}'. Only linear and constant are supported.")
+    for name in ("clip_len", "batch_size", "clips_per_video", "frame_stride", "print_freq", "eval_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("train_resize_size", "train_crop_size", "val_resize_size", "val_crop_size"):
+        v = getattr(cfg, name)
+        if v is not None and len(v) not in (1, 2):
+            raise ValueError(f"{name} takes 1 or 2 integers (h w), got {v}")
+    if cfg.profile_steps is not None:
+        parse_step_range(cfg.profile_steps)
+
+
+def parse_step_range(text: str) -> tuple[int, int]:
+    """'A-B' -> (A, B) with 0 <= A < B."""
+    try:
+        a, b = (int(x) for x in str(text).split("-"))
+    except ValueError:
+        raise ValueError(f"profile_steps must look like A-B (e.g. 10-20), got {text!r}") from None
+    if not 0 <= a < b:
+        raise ValueError(f"profile_steps {text!r}: need 0 <= A < B")
+    return a, b

@@ -1,0 +1,114 @@
+"""`fastvid train` flags: torchvision's references/video_classification/train.py flags with the same
+names, meanings and defaults, plus fastvid's. Every flag defaults to "not given" (argparse.SUPPRESS)
+so that only flags typed on the command line override a --config YAML file; the real defaults live
+in fastvid.config.TrainConfig and are shown in --help.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fastvid.config import TrainConfig, build_config
+
+D = TrainConfig()
+S = argparse.SUPPRESS
+
+
+def _kv(text: str):
+    """KEY=VALUE with VALUE parsed as YAML (so width=16 is an int)."""
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def _optional_float(text: str):
+    return None if text.lower() in ("none", "native", "0") else float(text)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    def add(*flags, **kw):
+        default = getattr(D, kw.get("dest") or flags[-1].lstrip("-").replace("-", "_"), None)
+        if "help" in kw and kw.get("action") not in ("store_true",) and default not in (None, {}):
+            kw["help"] += f" (default: {default})"
+        p.add_argument(*flags, default=S, **kw)
+
+    g = p
+    add("--config", metavar="FILE.yaml", help="YAML file of options (dashed or underscored names); flags given here override it")
+    add("--data-path", help="directory holding the shard sets made by `fastvid shard` (train-dir and val-dir inside)")
+    add("--train-dir", help="name of the training shard set directory under --data-path")
+    add("--val-dir", help="name of the validation shard set directory under --data-path")
+    add("--model", help="model name (fastvid.models.list_models())")
+    add("--device", help="cuda, cpu, or auto")
+    add("--clip-len", type=int, metavar="N", help="number of frames per clip")
+    add("--frame-rate", type=_optional_float, help="resample videos to this frame rate (none: native rate, see --frame-stride)")
+    add("--clips-per-video", type=int, metavar="N", help="clips per video (random at train, uniform at eval, averaged per video)")
+    add("-b", "--batch-size", type=int, help="clips per process; the total batch is world_size x batch_size")
+    add("--epochs", type=int, metavar="N", help="number of total epochs to run")
+    add("-j", "--workers", type=int, metavar="N", help="loader threads (DALI) / decode workers (PyAV) per process")
+    add("--lr", type=float, help="initial learning rate (for the whole world's batch)")
+    add("--momentum", type=float, metavar="M", help="SGD momentum")
+    add("--wd", "--weight-decay", type=float, metavar="W", dest="weight_decay", help="weight decay")
+    add("--lr-milestones", nargs="+", type=int, help="epochs at which the lr is multiplied by --lr-gamma")
+    add("--lr-gamma", type=float, help="decrease lr by a factor of lr-gamma")
+    add("--lr-warmup-epochs", type=int, help="the number of epochs to warmup")
+    add("--lr-warmup-method", choices=["linear", "constant"], help="the warmup method")
+    add("--lr-warmup-decay", type=float, help="the lr factor at the start of warmup")
+    add("--print-freq", type=int, help="steps between progress updates (and NaN / preemption checks)")
+    add("--output-dir", help="where checkpoints, metrics.jsonl and traces go")
+    add("--resume", help="checkpoint to resume from (e.g. OUTPUT/checkpoint.pth)")
+    add("--start-epoch", type=int, metavar="N", help="start epoch (taken from the checkpoint when resuming)")
+    add("--cache-dataset", action="store_true",
+        help="accepted for compatibility and ignored: shards need no clip-index cache (torchvision caches its VideoClips scan)")
+    add("--sync-bn", action="store_true", help="convert BatchNorm to SyncBatchNorm before DDP")
+    add("--test-only", action="store_true", help="only evaluate (use with --resume or --weights)")
+    add("--use-deterministic-algorithms", action="store_true", help="force deterministic torch algorithms")
+    add("--world-size", type=int, help="number of processes (set by torchrun through WORLD_SIZE)")
+    add("--dist-url", help="url used to set up distributed training")
+    add("--weights", help="torchvision-format weights FILE (state_dict or {'model': ...}) to start from")
+    add("--amp", action="store_true", help="mixed precision (bf16 by default, see --amp-dtype)")
+    add("--kinetics-version", choices=["400", "600"], help="Kinetics version: checked against the shard set's classes")
+    add("--train-resize-size", nargs="+", type=int, help="train resize (h w); default: the preset's")
+    add("--train-crop-size", nargs="+", type=int, help="train crop (h w); default: the preset's")
+    add("--val-resize-size", nargs="+", type=int, help="eval resize (h w); default: the preset's")
+    add("--val-crop-size", nargs="+", type=int, help="eval crop (h w); default: the preset's")
+    # fastvid additions
+    add("--backend", choices=["auto", "dali", "pyav"], help="loader backend")
+    add("--preset", choices=["video_resnet", "s3d", "tsm"], help="augmentation preset; default follows the model")
+    add("--frame-stride", type=int, help="take every Nth frame when --frame-rate is none")
+    add("--channels-last", action="store_true", help="channels_last_3d memory format for model and input")
+    add("--compile", action="store_true", help="torch.compile the model")
+    add("--amp-dtype", choices=["bf16", "fp16"], help="autocast dtype with --amp (fp16 adds a GradScaler)")
+    add("--grad-clip", type=float, metavar="NORM", help="clip the global gradient norm")
+    add("--profile-steps", metavar="A-B", help="write a torch.profiler trace of global steps A..B to OUTPUT/profile/")
+    add("--seed", type=int, help="random seed (model init and clip sampling)")
+    add("--model-kwarg", action="append", type=_kv, dest="model_kwargs", metavar="KEY=VALUE",
+        help="extra model builder argument, repeatable (e.g. width=16)")
+    add("--model-width", type=int, metavar="W", help="channel width of the first stage (torchvision: 64); same architecture, fewer channels")
+    add("--max-steps-per-epoch", type=int, metavar="N", help="cut every epoch to N steps")
+    add("--label-smoothing", type=float, help="cross-entropy label smoothing")
+    add("--eval-every", type=int, metavar="N", help="evaluate every N epochs and after the last")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig for parsed flags: defaults <- --config YAML <- flags given."""
+    given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command",)}
+    if "model_kwargs" in given:
+        given["model_kwargs"] = dict(given["model_kwargs"])
+    cfg = build_config(given)
+    if "model_kwargs" in given and cfg.config:
+        # flags add to (not replace) the YAML's model_kwargs
+        from fastvid.config import load_yaml
+
+        merged = dict(load_yaml(cfg.config).get("model_kwargs") or {})
+        merged.update(given["model_kwargs"])
+        cfg.model_kwargs = merged
+    return cfg
+
+
+def parse_config(argv: list[str]) -> TrainConfig:
+    p = argparse.ArgumentParser(prog="fastvid train")
+    add_arguments(p)
+    return config_from_args(p.parse_args(argv))

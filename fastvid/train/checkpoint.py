@@ -1,0 +1,87 @@
+"""Checkpoints: atomic writes of OUTPUT/checkpoint.pth and OUTPUT/model_<epoch>.pth, loading for
+--resume, and torchvision-format weights for --weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+
+def atomic_save(obj, path: str | os.PathLike) -> Path:
+    """torch.save to a temp name in the same directory, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def save_checkpoint(state: dict, output_dir: str | os.PathLike, epoch: int | None) -> Path:
+    """Write checkpoint.pth (always) and model_<epoch>.pth (for a completed epoch)."""
+    out = Path(output_dir)
+    if epoch is not None:
+        atomic_save(state, out / f"model_{epoch}.pth")
+    return atomic_save(state, out / "checkpoint.pth")
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated / not a torch file
+        raise ValueError(f"checkpoint {path} could not be read: {exc}") from exc
+    missing = [k for k in ("model", "optimizer", "lr_scheduler", "epoch") if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {missing}; is it a fastvid/torchvision training checkpoint?")
+    return ckpt
+
+
+def classifier_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the final classifier layer (the one that depends on num_classes)."""
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv3d)) and name:
+            last = name
+    return {k for k in model.state_dict() if last and k.startswith(last + ".")}
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """Load a torchvision-format state_dict (bare, or under "model"/"state_dict"), tolerating a
+    "module." prefix and a classifier of another size (kept fresh). Returns the keys left fresh."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"--weights {path}: not a file. torchvision weight enum names (e.g. R2Plus1D_18_Weights.KINETICS400_V1) "
+            "need torchvision to download them; save `weights.get_state_dict()` to a file and pass its path"
+        )
+    sd = torch.load(p, map_location="cpu", weights_only=False)
+    if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
+        sd = sd["model"]
+    elif isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
+    own = model.state_dict()
+    fresh = sorted(k for k in classifier_keys(model) if k in sd and sd[k].shape != own[k].shape)
+    for k in fresh:
+        del sd[k]
+    unexpected = [k for k in sd if k not in own]
+    missing = [k for k in own if k not in sd and k not in fresh]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
+    if unexpected or missing or wrong:
+        def few(items):
+            return f"{items[:3]}{'...' if len(items) > 3 else ''}"
+
+        raise ValueError(f"--weights {path} does not fit this model: missing {few(missing)}, unexpected {few(unexpected)}, "
+                         f"wrong shapes {few(wrong)}")
+    model.load_state_dict(sd, strict=False)
+    return fresh

@@ -1,0 +1,375 @@
+"""`fastvid train` end to end: process group, loaders over shard sets, model (+SyncBN, DDP, compile),
+optimizer/schedule, resume, the epoch loop, checkpoints, metrics.jsonl, profiling and preemption."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from fastvid.config import TrainConfig, parse_step_range
+from fastvid.train import distributed as D
+from fastvid.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from fastvid.train.engine import StepContext, evaluate, train_one_epoch
+from fastvid.train.optim import build_lr_scheduler, build_optimizer
+from fastvid.train.syncbn import convert_sync_batchnorm
+
+MODEL_PRESETS = {"tsm_resnet50": "tsm", "s3d": "s3d"}
+
+
+def log(info: D.DistInfo, *parts) -> None:
+    if info.is_main:
+        print(*parts, flush=True)
+
+
+class StepProfiler:
+    """torch.profiler over global steps [A, B), trace written to OUTPUT/profile/trace_rank<r>.json."""
+
+    def __init__(self, step_range: str, out_dir: Path, rank: int, device: torch.device):
+        self.start, self.stop = parse_step_range(step_range)
+        self.path = out_dir / "profile" / f"trace_rank{rank}.json"
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        self.prof = torch.profiler.profile(activities=acts, record_shapes=True)
+        self.active = False
+        self.done = False
+
+    def before_step(self, step: int):
+        if not self.active and not self.done and step == self.start:
+            self.prof.start()
+            self.active = True
+
+    def after_step(self, step: int):
+        if self.active:
+            self.prof.step()
+            if step + 1 >= self.stop:
+                self.finish()
+
+    def finish(self):
+        if self.active:
+            self.prof.stop()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            self.prof.export_chrome_trace(str(tmp))
+            tmp.replace(self.path)
+            self.active, self.done = False, True
+            print(f"profiler trace written to {self.path}", flush=True)
+
+
+class StopFlag:
+    """SIGTERM (preemption) -> finish the current step, checkpoint, exit 0."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def install(self):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _size(v):
+    """[h, w] -> (h, w); [n] -> n (a short side for the tsm preset, a square elsewhere)."""
+    return None if v is None else (tuple(v) if len(v) == 2 else int(v[0]))
+
+
+def build_loader(cfg: TrainConfig, info: D.DistInfo, split_dir: str, train: bool, preset: str):
+    from fastvid.data import VideoLoader
+
+    if not cfg.data_path:
+        raise ValueError("--data-path is required: the directory holding the shard sets made by `fastvid shard`")
+    path = Path(cfg.data_path) / split_dir
+    if not (path / "manifest.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is not a shard set (no manifest.json); --data-path/--{'train' if train else 'val'}-dir must name "
+            "a directory written by `fastvid shard videos`"
+        )
+    return VideoLoader(
+        str(path),
+        batch_size=cfg.batch_size,
+        clip_len=cfg.clip_len,
+        frame_stride=cfg.frame_stride,
+        clips_per_video=cfg.clips_per_video,
+        train=train,
+        preset=preset,
+        crop_size=_size(cfg.train_crop_size if train else cfg.val_crop_size),
+        resize_size=_size(cfg.train_resize_size if train else cfg.val_resize_size),
+        frame_rate=cfg.frame_rate,
+        backend=cfg.backend,
+        device=str(info.device),  # "cuda:<local_rank>": each rank decodes on its own GPU
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=cfg.seed,
+        num_threads=cfg.workers,
+        num_workers=cfg.workers,
+        dtype=torch.float32,
+        channels_last=cfg.channels_last,
+        drop_last=train,
+    )
+
+
+def _channels_last(model: nn.Module) -> nn.Module:
+    for p in model.parameters():
+        if p.dim() == 5:
+            p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+        elif p.dim() == 4:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
+def _autocast_dtype(cfg: TrainConfig):
+    if not cfg.amp:
+        return None
+    return torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def run_training(cfg: TrainConfig) -> int:
+    info = D.init_distributed(cfg.device, cfg.dist_url)
+    stop = StopFlag().install()
+    try:
+        rc = _run(cfg, info, stop)
+        # Leave together: a rank tearing down gloo while another still writes a checkpoint can abort it.
+        D.barrier()
+        return rc
+    finally:
+        stop.restore()
+        D.cleanup()
+
+
+def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
+    from tqdm import tqdm
+
+    from fastvid.models import get_model
+
+    out_dir = Path(cfg.output_dir)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    log(info, f"fastvid train: {cfg.model} on {info.device} x{info.world_size}"
+        f"{' (' + info.backend + ')' if info.backend else ''}, output {out_dir}")
+    if cfg.cache_dataset:
+        log(info, "note: --cache-dataset is unnecessary with shards (there is no clip index to build) and is ignored")
+    if cfg.use_deterministic_algorithms:
+        torch.use_deterministic_algorithms(True)
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.use_deterministic_algorithms
+    preset = cfg.preset or MODEL_PRESETS.get(cfg.model, "video_resnet")
+
+    val_loader = build_loader(cfg, info, cfg.val_dir, train=False, preset=preset)
+    train_loader = None if cfg.test_only else build_loader(cfg, info, cfg.train_dir, train=True, preset=preset)
+    num_classes = (train_loader or val_loader).num_classes
+    for name, loader in (("train", train_loader), ("val", val_loader)):
+        if loader is not None:
+            log(info, f"{name} loader: {loader!r}")
+    if train_loader is not None and val_loader.num_classes != num_classes:
+        raise ValueError(f"train shards have {num_classes} classes but val shards {val_loader.num_classes}")
+    if cfg.kinetics_version and int(cfg.kinetics_version) != num_classes:
+        log(info, f"warning: --kinetics-version {cfg.kinetics_version} but the shard set has {num_classes} classes; using {num_classes}")
+
+    torch.manual_seed(cfg.seed)
+    model_kwargs = dict(cfg.model_kwargs)
+    if cfg.model_width:
+        model_kwargs["width"] = cfg.model_width
+    model = get_model(cfg.model, num_classes=num_classes, **model_kwargs)
+    if cfg.weights:
+        fresh = load_weights(model, cfg.weights)
+        log(info, f"loaded weights {cfg.weights}" + (f" (new classifier: {', '.join(fresh)})" if fresh else ""))
+    if cfg.sync_bn:
+        model, n = convert_sync_batchnorm(model, info.device)
+        kinds = sorted({type(m).__name__ for m in model.modules() if "SyncBatchNorm" in type(m).__name__})
+        log(info, f"SyncBatchNorm: converted {n} BatchNorm layers ({', '.join(kinds)})" if n else "SyncBatchNorm: the model has no BatchNorm layers")
+    model.to(info.device)
+    if cfg.channels_last:
+        _channels_last(model)
+    model_without_ddp = model
+    if info.distributed:
+        # Gradients as views into the all-reduce buckets: one copy less per step.
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                                                    gradient_as_bucket_view=True)
+    if cfg.compile:
+        model = torch.compile(model)
+
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    amp_dtype = _autocast_dtype(cfg)
+    scaler = torch.amp.GradScaler(info.device.type) if amp_dtype == torch.float16 else None
+
+    steps_per_epoch = len(train_loader) if train_loader is not None else 0
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    if train_loader is not None and steps_per_epoch == 0:
+        raise ValueError(f"the training shard set {Path(cfg.data_path) / cfg.train_dir} gives 0 batches of {cfg.batch_size} "
+                         f"per rank with {info.world_size} ranks; use a smaller --batch-size or more videos")
+    optimizer, opt_name = build_optimizer(model_without_ddp.parameters(), cfg, info.device)
+    lr_scheduler = build_lr_scheduler(optimizer, cfg, max(steps_per_epoch, 1))
+
+    start_epoch, resume_step = cfg.start_epoch, 0
+    if cfg.resume:
+        ckpt = load_checkpoint(cfg.resume)
+        model_without_ddp.load_state_dict(ckpt["model"])
+        if not cfg.test_only:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            start_epoch = ckpt["epoch"] + 1
+            if ckpt.get("resume_epoch") == start_epoch:
+                resume_step = int(ckpt.get("resume_step", 0))
+                if ckpt.get("loader") is not None and hasattr(train_loader, "load_state_dict"):
+                    train_loader.load_state_dict(ckpt["loader"])
+        log(info, f"resumed from {cfg.resume}: epoch {start_epoch}" + (f", step {resume_step}" if resume_step else ""))
+
+    eval_kwargs = dict(device=info.device, clips_per_video=cfg.clips_per_video, autocast_dtype=amp_dtype, channels_last=cfg.channels_last)
+    if cfg.test_only:
+        if info.device.type == "cuda":
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        val_loader.set_epoch(0)
+        with tqdm(total=len(val_loader), desc="Test", disable=not info.is_main, dynamic_ncols=True) as bar:
+            res = evaluate(model, val_loader, progress=bar, **eval_kwargs)
+        log(info, f" * Clip Acc@1 {res['val_clip_acc1']:.3f} Clip Acc@5 {res['val_clip_acc5']:.3f}")
+        log(info, f" * Video Acc@1 {res['val_acc1']:.3f} Video Acc@5 {res['val_acc5']:.3f} ({res['val_videos']} videos)")
+        if info.is_main:
+            tmp = out_dir / ".eval.json.tmp"
+            tmp.write_text(json.dumps({**res, "model": cfg.model, "checkpoint": cfg.resume or cfg.weights,
+                                       "world_size": info.world_size}, indent=2) + "\n")
+            tmp.replace(out_dir / "eval.json")
+        return 0
+
+    log(info, f"optimizer: {opt_name}; {steps_per_epoch} steps/epoch x {cfg.batch_size} clips x {info.world_size} ranks; "
+        f"AMP {cfg.amp_dtype if amp_dtype else 'off'}; channels_last {cfg.channels_last}; compile {cfg.compile}")
+    profiler = StepProfiler(cfg.profile_steps, out_dir, info.rank, info.device) if cfg.profile_steps else None
+    ctx = StepContext(device=info.device, optimizer=optimizer, lr_scheduler=lr_scheduler, criterion=criterion,
+                      autocast_dtype=amp_dtype, scaler=scaler, grad_clip=cfg.grad_clip, channels_last=cfg.channels_last,
+                      print_freq=cfg.print_freq, profiler=profiler, stop_requested=stop)
+    try:
+        return _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_loader, optimizer, lr_scheduler,
+                       scaler, start_epoch, resume_step, steps_per_epoch, eval_kwargs, out_dir)
+    finally:
+        if profiler is not None:
+            profiler.finish()  # also on errors: an active profiler at interpreter exit can crash it
+
+
+def _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_loader, optimizer, lr_scheduler, scaler,
+            start_epoch, resume_step, steps_per_epoch, eval_kwargs, out_dir) -> int:
+    from tqdm import tqdm
+
+    from fastvid.metrics import ResourceSampler
+
+    profiler = ctx.profiler
+    metrics_path = out_dir / "metrics.jsonl"
+    t_train = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        # Seeding per (seed, epoch, rank) makes dropout etc. identical after a resume.
+        torch.manual_seed(cfg.seed + 1000 * epoch + info.rank)
+        train_loader.set_epoch(epoch)
+        if info.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(info.device)
+        sampler = ResourceSampler(interval=0.5, gpu_indices=[info.device.index] if info.device.type == "cuda" else None).start()
+        cpu_t0, wall_t0 = _cpu_seconds(), time.perf_counter()
+        with tqdm(total=steps_per_epoch, initial=resume_step, desc=f"Epoch [{epoch}]", disable=not info.is_main,
+                  dynamic_ncols=True, file=sys.stderr) as bar:
+            res = train_one_epoch(model, train_loader, ctx, epoch=epoch, num_steps=steps_per_epoch, start_step=resume_step, progress=bar)
+        usage = sampler.stop()
+        if not usage["num_samples"]:
+            # Epoch shorter than the sampling interval: fall back to this process's CPU time and peak RSS.
+            usage["cpu_percent"] = 100.0 * (_cpu_seconds() - cpu_t0) / max(time.perf_counter() - wall_t0, 1e-9)
+            usage["rss_max_bytes"] = _peak_rss_bytes()
+        state = {
+            "model": model_without_ddp.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "epoch": epoch,
+            "args": cfg.to_dict(),
+            "world_size": info.world_size,
+            "loader": train_loader.state_dict() if hasattr(train_loader, "state_dict") else None,
+        }
+        if res.preempted:
+            # Mid-epoch: the checkpoint says "epoch-1 done, continue epoch at step N".
+            state.update(epoch=epoch - 1, resume_epoch=epoch, resume_step=resume_step + res.steps)
+            if info.is_main:
+                save_checkpoint(state, out_dir, epoch=None)
+            D.barrier()
+            if profiler is not None:
+                profiler.finish()
+            log(info, f"SIGTERM: saved {out_dir / 'checkpoint.pth'} at epoch {epoch} step {resume_step + res.steps}; "
+                f"resume with --resume {out_dir / 'checkpoint.pth'}")
+            return 0
+        resume_step = 0
+
+        # Rank-summed throughput and CPU; rank-averaged loss, data wait and GPU utilization.
+        max_mem = (torch.cuda.max_memory_allocated(info.device) if info.device.type == "cuda" else (usage["rss_max_bytes"] or 0)) / 2**20
+        agg = torch.tensor([res.clips / max(res.wall_s, 1e-9), res.wait_s / max(res.wall_s, 1e-9), res.loss,
+                            usage["cpu_percent"] or 0.0, usage["gpu_util_mean"] or 0.0, max_mem], dtype=torch.float64)
+        if info.backend == "nccl":
+            agg = agg.to(info.device)
+        D.all_reduce(agg)
+        agg = (agg / torch.tensor([1, info.world_size, info.world_size, 1, info.world_size, info.world_size], dtype=torch.float64, device=agg.device)).tolist()
+
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": agg[2], "steps": res.steps}
+        is_last = epoch + 1 == cfg.epochs
+        if (epoch + 1) % cfg.eval_every == 0 or is_last:
+            val_loader.set_epoch(0)
+            with tqdm(total=len(val_loader), desc=f"Test [{epoch}]", disable=not info.is_main, dynamic_ncols=True, file=sys.stderr) as bar:
+                row.update(evaluate(model, val_loader, progress=bar, **eval_kwargs))
+        else:
+            row.update(val_acc1=None, val_acc5=None)
+        row.update(
+            clips_per_s=round(agg[0], 2),
+            data_wait_frac=round(agg[1], 4),
+            gpu_util_mean=round(agg[4], 1) if usage["gpu_util_mean"] is not None else None,
+            cpu_percent=round(agg[3], 1),
+            max_mem=round(agg[5], 1),
+            world_size=info.world_size,
+            epoch_time_s=round(res.wall_s, 2),
+            backend=train_loader.backend,
+            decode_failures=train_loader.stats.get("decode_failures", 0),
+        )
+        if info.is_main:
+            save_checkpoint(state, out_dir, epoch=epoch)
+            _append_jsonl(metrics_path, row)
+        acc = f"video acc@1 {row['val_acc1']:.2f} acc@5 {row['val_acc5']:.2f} | " if row.get("val_acc1") is not None else ""
+        log(info, f"Epoch {epoch}: train_loss {row['train_loss']:.4f} | {acc}{row['clips_per_s']:.1f} clips/s | "
+            f"data wait {100 * row['data_wait_frac']:.1f}% | lr {row['lr']:.4g}")
+        # All ranks must agree before leaving, or one would wait forever in the next epoch's collectives.
+        stop_all = D.all_reduce(torch.tensor([float(stop())], device=info.device if info.backend == "nccl" else "cpu"), op="max")
+        if stop_all.item() > 0:
+            log(info, f"SIGTERM: epoch {epoch} checkpointed; exiting")
+            return 0
+    if profiler is not None:
+        profiler.finish()
+    log(info, f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - t_train))}; metrics in {metrics_path}")
+    return 0

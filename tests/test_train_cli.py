@@ -1,0 +1,234 @@
+"""`fastvid train` end to end on tiny real shards (VP9 in WebDataset tars, decoded by the real loader):
+one process and `torchrun --nproc_per_node=2` with gloo. A narrow r3d_18 (width 8) on 32x32 crops of
+4-frame clips keeps the real architecture while fitting a 2-core machine."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastvid.cli import main as fastvid_main
+from fastvid.synth import make_motion_dataset
+
+CLASSES = ["move_right", "move_left"]
+
+
+@pytest.fixture(scope="session")
+def shard_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_shards")
+    for split, per_class, seed in (("train", 4, 0), ("val", 3, 1)):
+        make_motion_dataset(root / f"raw_{split}", videos_per_class=per_class, classes=CLASSES, num_frames=16, height=48,
+                            width=64, fps=15, codec="libx264", seed=seed)
+        rc = fastvid_main(["shard", "videos", str(root / f"raw_{split}"), str(root / "data" / split), "--codec", "vp9",
+                           "--workers", "1", "--split", split])
+        assert rc == 0
+    return root / "data"
+
+
+def tiny_args(data: Path, out: Path, *extra) -> list[str]:
+    return ["--data-path", str(data), "--model", "r3d_18", "--model-width", "8", "--device", "cpu", "--clip-len", "4",
+            "--frame-rate", "none", "--clips-per-video", "2", "-b", "2", "-j", "0", "--lr", "0.01", "--lr-warmup-epochs", "1",
+            "--lr-milestones", "2", "--train-resize-size", "36", "48", "--train-crop-size", "32", "32", "--val-resize-size",
+            "36", "48", "--val-crop-size", "32", "32", "--print-freq", "1", "--backend", "pyav", "--output-dir", str(out),
+            *extra]
+
+
+def env():
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    e.pop("FASTVID_DEBUG", None)
+    return e
+
+
+def run_train(args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "fastvid", "train", *args], capture_output=True, text=True, timeout=timeout, env=env())
+
+
+def run_torchrun(args, timeout=400):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+           "-m", "fastvid", "train", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env())
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def check_row(row, epoch, world_size):
+    assert row["epoch"] == epoch and row["world_size"] == world_size
+    assert math.isfinite(row["train_loss"]) and 0.0 < row["train_loss"] < 5.0
+    assert 0.0 <= row["val_acc1"] <= row["val_acc5"] <= 100.0
+    assert row["clips_per_s"] > 0 and 0.0 <= row["data_wait_frac"] < 1.0
+    assert row["cpu_percent"] > 0 and row["max_mem"] > 10  # MiB
+    assert row["gpu_util_mean"] is None  # no GPU here
+    for key in ("lr", "val_acc1", "val_acc5", "clips_per_s", "data_wait_frac", "gpu_util_mean", "cpu_percent", "max_mem"):
+        assert key in row
+
+
+def test_single_process_trains_checkpoints_profiles(shard_root, tmp_path):
+    out = tmp_path / "run"
+    r = run_train(tiny_args(shard_root, out, "--epochs", "2", "--profile-steps", "1-3", "--cache-dataset"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "--cache-dataset is unnecessary" in r.stdout
+    got = rows(out)
+    assert [g["epoch"] for g in got] == [0, 1]
+    for g in got:
+        check_row(g, g["epoch"], 1)
+        assert g["val_videos"] == 6 and g["val_clips"] == 12  # 6 val videos x 2 clips, padding not counted
+    # 8 videos x 2 clips / batch 2 = 8 steps/epoch; warmup is epoch 0, then x0.1 at epoch 2 (= after 8 main steps)
+    assert got[0]["steps"] == 8
+    assert got[0]["lr"] == pytest.approx(0.01) and got[1]["lr"] == pytest.approx(0.001)
+    assert sorted(p.name for p in out.glob("*.pth")) == ["checkpoint.pth", "model_0.pth", "model_1.pth"]
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["args"]["cache_dataset"] is True and ckpt["lr_scheduler"]["last_epoch"] == 16
+    assert "fc.weight" in ckpt["model"] and ckpt["model"]["fc.weight"].shape == (2, 64)  # width 8 -> 64 features
+    assert got[0]["backend"] == "pyav" and got[0]["decode_failures"] == 0
+    trace = json.loads((out / "profile" / "trace_rank0.json").read_text())
+    names = {e.get("name", "") for e in trace["traceEvents"]}
+    assert any("conv" in n for n in names)
+
+
+def test_resume_continues_exactly(shard_root, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run_train(tiny_args(shard_root, straight, "--epochs", "2")).returncode == 0
+    assert run_train(tiny_args(shard_root, split, "--epochs", "1")).returncode == 0
+    r = run_train(tiny_args(shard_root, split, "--epochs", "2", "--resume", str(split / "checkpoint.pth")))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout and "epoch 1" in r.stdout
+    assert [g["epoch"] for g in rows(split)] == [0, 1]
+    # identical inputs are a precondition (a skipped/replaced sample would change the data, not the resume)
+    assert [g["decode_failures"] for g in rows(split) + rows(straight)] == [0, 0, 0, 0]
+    a = torch.load(straight / "checkpoint.pth", map_location="cpu", weights_only=False)
+    b = torch.load(split / "checkpoint.pth", map_location="cpu", weights_only=False)
+    assert b["epoch"] == 1 and b["lr_scheduler"]["last_epoch"] == a["lr_scheduler"]["last_epoch"]
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-5, atol=1e-6, msg=f"{k} differs after resume")
+    assert rows(split)[1]["train_loss"] == pytest.approx(rows(straight)[1]["train_loss"], rel=1e-5)
+
+
+def test_nan_loss_stops_with_clear_message(shard_root, tmp_path):
+    out = tmp_path / "nan"
+    r = run_train(tiny_args(shard_root, out, "--epochs", "2", "--lr", "1e30", "--lr-warmup-epochs", "0"))
+    assert r.returncode == 1
+    assert "fastvid train: error: loss is nan" in r.stderr and "training diverged" in r.stderr
+    assert not (out / "model_0.pth").exists()
+
+
+def test_bad_data_path_is_one_clear_error(tmp_path):
+    r = run_train(tiny_args(tmp_path / "nowhere", tmp_path / "o", "--epochs", "1"))
+    assert r.returncode == 1
+    assert "is not a shard set (no manifest.json)" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_saves_checkpoint_and_exits_zero(shard_root, tmp_path):
+    out = tmp_path / "preempt"
+    proc = subprocess.Popen([sys.executable, "-m", "fastvid", "train", *tiny_args(shard_root, out, "--epochs", "500")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Epoch 0:"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    text = "".join(lines) + rest
+    assert proc.returncode == 0, text[-3000:]
+    assert "SIGTERM" in text
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)
+    done = ckpt["epoch"]
+    assert 0 <= done < 499
+    # resume finishes the interrupted epoch (from the saved step when it was mid-epoch) and one more
+    r = run_train(tiny_args(shard_root, out, "--epochs", str(done + 3), "--resume", str(out / "checkpoint.pth")))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [g["epoch"] for g in rows(out)][-2:] == [done + 1, done + 2]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_syncbn_resume_and_test_only(shard_root, tmp_path):
+    out = tmp_path / "ddp"
+    r = run_torchrun(tiny_args(shard_root, out, "--epochs", "2", "--sync-bn"))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "cpu x2 (gloo)" in r.stdout
+    assert "SyncBatchNorm: converted 20 BatchNorm layers (CPUSyncBatchNorm)" in r.stdout
+    got = rows(out)
+    assert [g["epoch"] for g in got] == [0, 1]
+    for g in got:
+        check_row(g, g["epoch"], 2)
+        assert g["steps"] == 4  # 8 videos / 2 ranks x 2 clips / batch 2
+        assert g["val_videos"] == 6 and g["val_clips"] == 12  # ranks pad by wrapping; nothing counted twice
+
+    r = run_torchrun(tiny_args(shard_root, out, "--epochs", "3", "--sync-bn", "--resume", str(out / "checkpoint.pth")))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "resumed from" in r.stdout and ": epoch 2" in r.stdout
+    got = rows(out)
+    assert [g["epoch"] for g in got] == [0, 1, 2]
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["world_size"] == 2 and ckpt["lr_scheduler"]["last_epoch"] == 3 * 4
+    assert got[2]["lr"] == pytest.approx(0.001)  # milestone 2 reached: the schedule continued
+
+    evald = tmp_path / "eval"
+    r = run_torchrun(tiny_args(shard_root, evald, "--test-only", "--resume", str(out / "checkpoint.pth")))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "Video Acc@1" in r.stdout
+    res = json.loads((evald / "eval.json").read_text())
+    assert res["world_size"] == 2 and res["val_videos"] == 6 and res["val_clips"] == 12
+    assert res["val_acc1"] == pytest.approx(got[2]["val_acc1"])  # same weights, same clips -> same accuracy
+
+
+@pytest.mark.slow
+def test_bench_train_reports_both_measurements(shard_root):
+    from fastvid.benchmarks.train import run_benchmark
+
+    res = run_benchmark(models=["r3d_18"], shards=shard_root / "train", device="cpu", backend="pyav", tiny=True, steps=3, warmup=1, repeats=2)
+    entry = res["models"]["r3d_18"]
+    assert res["config"]["backend"] == "pyav" and res["config"]["videos"] == 8
+    for kind in ("synthetic", "shards"):
+        assert entry[kind]["clips_per_s"] == max(entry[kind]["all_clips_per_s"]) > 0 and entry[kind]["steps"] == 3
+        assert math.isfinite(entry[kind]["final_loss"])
+    assert entry["synthetic"]["data_wait_frac"] < entry["shards"]["data_wait_frac"] <= 1.0
+    assert entry["shards_vs_synthetic_ratio"] == pytest.approx(entry["shards"]["clips_per_s"] / entry["synthetic"]["clips_per_s"], rel=0.01)
+
+
+@pytest.mark.gpu
+def test_gpu_amp_fp16_channels_last_training(shard_root, tmp_path):
+    out = tmp_path / "gpu"
+    args = tiny_args(shard_root, out, "--epochs", "2", "--amp", "--amp-dtype", "fp16", "--channels-last", "--sync-bn")
+    args[args.index("--device") + 1] = "cuda"
+    args[args.index("--backend") + 1] = "auto"
+    r = run_train(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = rows(out)
+    assert [g["epoch"] for g in got] == [0, 1]
+    assert all(g["max_mem"] > 0 and math.isfinite(g["train_loss"]) for g in got)
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)
+    assert ckpt["scaler"] is not None and ckpt["scaler"]["scale"] > 0
+
+
+def test_yaml_config_drives_a_run_and_flags_override_it(shard_root, tmp_path):
+    config = Path(__file__).parent.parent / "configs" / "quickstart.yaml"
+    out = tmp_path / "cfg"
+    r = run_train(["--config", str(config), "--data-path", str(shard_root), "--output-dir", str(out), "--device", "cpu",
+                   "--backend", "pyav", "-j", "0", "--epochs", "1", "--max-steps-per-epoch", "2", "--eval-every", "1"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "fastvid train: r2plus1d_18 on cpu" in r.stdout  # model from the YAML
+    row = rows(out)[0]
+    assert row["steps"] == 2 and row["epoch"] == 0  # epochs/steps from the flags
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)
+    assert ckpt["args"]["model_kwargs"] == {"width": 8} and ckpt["args"]["lr"] == 0.05
+    assert ckpt["model"]["layer1.0.conv1.0.0.weight"].shape[1] == 8
