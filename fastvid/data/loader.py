@@ -1,0 +1,202 @@
+"""`VideoLoader`: batches of normalized clips from a fastvid shard set, via DALI or PyAV.
+
+    loader = VideoLoader("shards/train", batch_size=32, clip_len=16, frame_stride=2, device="cuda",
+                         rank=rank, world_size=world_size, seed=0)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:            # {"video": (B, 3, T, H, W), "label": (B,), "key": [B keys]}
+            ...
+
+Backends: "dali" (fn.readers.webdataset + DALI video decoder, NVDEC with device="cuda"), "pyav"
+(PyAV in DataLoader workers), "auto" = DALI when it is installed and can decode the shards' codec on
+this device, else PyAV. Both cut the same clips for a given (seed, epoch, key) (fastvid.data.plan).
+
+Epoch length policy (identical on every rank, so DDP never hangs): ranks take contiguous ranges of
+the samples (DALI's shard_id/num_shards split, after a per-epoch shuffle of the tar order when
+training); with drop_last (training default) every rank yields floor(smallest rank's clips / B)
+batches, without it (evaluation default) ceil(largest rank's clips / B), the short ranks wrapping
+around their own samples. A sample that fails is skipped, counted in `stats["decode_failures"]` and
+its key logged; its place is filled by the next sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from fastvid import _gpu
+from fastvid.data import sampling
+from fastvid.data.plan import ClipConfig
+from fastvid.data.presets import get_preset
+from fastvid.data.shards import DALI_CPU_CODECS, open_shard_set
+
+log = logging.getLogger("fastvid.data")
+
+BACKENDS = ("auto", "dali", "pyav")
+
+
+def choose_backend(backend: str, device: str, codec: str | None) -> str:
+    """'auto' -> 'dali' when DALI imports and can decode `codec` on `device`, else 'pyav'."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend != "auto":
+        return backend
+    if not _gpu.dali_available():
+        return "pyav"
+    if device == "cpu" and codec not in DALI_CPU_CODECS:
+        return "pyav"
+    return "dali"
+
+
+class VideoLoader:
+    def __init__(self, shards, *, batch_size: int, clip_len: int, frame_stride: int = 1, clips_per_video: int = 1,
+                 train: bool = True, preset: str = "video_resnet", crop_size=None, resize_size=None,
+                 frame_rate: float | None = None, backend: str = "auto", device: str = "cuda", rank: int = 0,
+                 world_size: int = 1, seed: int = 0, num_threads: int | None = None, num_workers: int | None = None,
+                 dtype: torch.dtype = torch.float32, channels_last: bool = False, drop_last: bool | None = None,
+                 shuffle_buffer: int = 256):
+        if batch_size < 1 or clip_len < 1 or clips_per_video < 1:
+            raise ValueError(f"batch_size, clip_len and clips_per_video must be >= 1 (got {batch_size}, {clip_len}, {clips_per_video})")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+        self.device = _gpu.resolve_device(device)
+        self.shard_set = open_shard_set(shards)
+        self.config = ClipConfig(clip_len=clip_len, frame_stride=frame_stride, clips_per_video=clips_per_video, train=train,
+                                 preset=get_preset(preset, crop_size, resize_size), frame_rate=frame_rate, seed=seed)
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.seed = seed
+        self.train = train
+        self.drop_last = train if drop_last is None else bool(drop_last)
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.backend = choose_backend(backend, "cuda" if self.device.startswith("cuda") else "cpu", self.shard_set.codec)
+        self.epoch = 0
+        self._skip_batches = 0
+        self._batches_done = 0
+        self.stats = {"decode_failures": 0, "failed_keys": [], "batches": 0, "clips": 0}
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        # Whole videos per backend step: a video gives clips_per_video clips; the rebatcher cuts exact batches.
+        self.videos_per_step = max(1, -(-batch_size // clips_per_video))
+        self._num_batches = sampling.batches_per_epoch(self.shard_set.num_samples, world_size, batch_size, clips_per_video,
+                                                       self.drop_last)
+        if self._num_batches == 0:
+            raise ValueError(f"{shards}: {self.shard_set.num_samples} videos over {world_size} rank(s) give no full batch of "
+                             f"{batch_size} clips; lower batch_size or pass drop_last=False")
+        if self.backend == "dali":
+            from fastvid.data.dali_backend import DALIBackend
+
+            self._impl = DALIBackend(self.shard_set, self.config, videos_per_batch=self.videos_per_step, device=self.device,
+                                     rank=rank, world_size=world_size, num_threads=num_threads or cpus,
+                                     dtype=torch.float16 if dtype == torch.float16 else torch.float32,
+                                     channels_last=channels_last, shuffle_buffer=shuffle_buffer)
+        else:
+            from fastvid.data.pyav_backend import PyAVBackend
+
+            self._impl = PyAVBackend(self.shard_set, self.config, videos_per_batch=self.videos_per_step,
+                                     num_workers=cpus if num_workers is None else num_workers, device=self.device,
+                                     dtype=dtype, channels_last=channels_last)
+
+    # ---- contract attributes -----------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return self.shard_set.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.shard_set.classes)
+
+    @property
+    def num_videos(self) -> int:
+        return self.shard_set.num_samples
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_done": self._batches_done, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"loader state was saved with seed {state['seed']}, this loader uses seed {self.seed}")
+        self.epoch = int(state["epoch"])
+        self._skip_batches = int(state.get("batches_done", 0)) % max(self._num_batches, 1)
+
+    # ---- iteration -----------------------------------------------------------------------------------
+    def _chunks(self):
+        if self.backend == "dali":
+            return self._impl.epoch_chunks(self.epoch)
+        plan = sampling.rank_epoch_plan(self.shard_set.shard_sizes, self.rank, self.world_size, batch_size=self.batch_size,
+                                        clips_per_video=self.config.clips_per_video, drop_last=self.drop_last,
+                                        seed=self.seed, epoch=self.epoch, shuffle=self.train)
+        return self._impl.epoch_chunks(plan, self.epoch)
+
+    def _finish(self, video: torch.Tensor) -> torch.Tensor:
+        if video.device.type != torch.device(self.device).type:
+            video = video.to(self.device, non_blocking=True)
+        if video.dtype != self.dtype:
+            video = video.to(self.dtype)
+        if self.channels_last:
+            video = video.contiguous(memory_format=torch.channels_last_3d)
+        return video
+
+    def __iter__(self):
+        skip, self._skip_batches = self._skip_batches, 0
+        self._batches_done = skip
+        produced = 0
+        pending: list[dict] = []
+        pending_clips = 0
+        chunks = self._chunks()
+        last_batch = None
+        try:
+            while produced < self._num_batches:
+                chunk = next(chunks, None)
+                if chunk is None:  # source exhausted (only after failures): repeat clips so every rank keeps step
+                    if last_batch is None and not pending:
+                        raise RuntimeError("no clip could be decoded from the shard set")
+                    chunk = pending[0] if pending else last_batch
+                elif "failed" in chunk:
+                    self.stats["decode_failures"] += 1
+                    self.stats["failed_keys"].append(chunk["failed"][0])
+                    continue
+                pending.append(chunk)
+                pending_clips += len(chunk["key"])
+                while pending_clips >= self.batch_size and produced < self._num_batches:
+                    if len(pending) == 1 and pending_clips == self.batch_size:
+                        batch, pending, pending_clips = pending[0], [], 0
+                    else:
+                        video = torch.cat([c["video"] for c in pending])
+                        label = torch.cat([c["label"] for c in pending])
+                        keys = [k for c in pending for k in c["key"]]
+                        b = self.batch_size
+                        batch = {"video": video[:b], "label": label[:b], "key": keys[:b]}
+                        rest = {"video": video[b:], "label": label[b:], "key": keys[b:]}
+                        pending = [rest] if rest["key"] else []
+                        pending_clips = len(rest["key"])
+                    last_batch = batch
+                    produced += 1
+                    if produced <= skip:
+                        continue
+                    self._batches_done = produced
+                    self.stats["batches"] += 1
+                    self.stats["clips"] += len(batch["key"])
+                    yield {"video": self._finish(batch["video"]), "label": batch["label"].to(self.device), "key": list(batch["key"])}
+        finally:
+            close = getattr(chunks, "close", None)
+            if close:
+                close()
+        self._batches_done = 0
+
+    def __repr__(self):
+        c = self.config
+        return (f"VideoLoader(backend={self.backend!r}, device={self.device!r}, videos={self.num_videos}, "
+                f"classes={self.num_classes}, batch_size={self.batch_size}, clip_len={c.clip_len}, "
+                f"frame_stride={c.frame_stride}, clips_per_video={c.clips_per_video}, train={c.train}, "
+                f"preset={c.preset.name!r}, rank={self.rank}/{self.world_size}, batches={len(self)})")

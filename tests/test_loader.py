@@ -1,0 +1,326 @@
+"""VideoLoader end to end on real shards: DALI's CPU decoder on VP9 shards, PyAV on H.264 shards.
+
+The clips are fastvid.synth coded videos: frame t is flat with red = frame_code(t) and green =
+frame_code(video_id), so every decoded, cropped, resized and normalized clip tells which video
+and which frames it holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastvid import cli
+from fastvid.data import VideoLoader, sampling
+from fastvid.data.presets import KINETICS_MEAN, KINETICS_STD
+from fastvid.data.shards import open_shard_set
+from fastvid.synth import decode_frame_index, frame_code, write_coded_video
+
+# class -> video lengths; one video (6 frames) is shorter than a clip of 4 frames at stride 2.
+LAYOUT = {"archery": [20, 24, 28, 32], "bowling": [36, 40, 22], "cooking": [26, 30, 6]}
+CLIP_LEN, STRIDE = 4, 2
+MEAN = torch.tensor(KINETICS_MEAN) * 255
+STD = torch.tensor(KINETICS_STD) * 255
+
+
+@dataclasses.dataclass
+class Dataset:
+    vp9: Path
+    h264: Path
+    videos: dict  # key -> {"video_id", "label", "num_frames"}
+    sources: Path  # the original (H.264 mp4) files, Kinetics layout
+
+
+def make_shards(root: Path, height: int = 48, width: int = 64) -> Dataset:
+    """Kinetics-layout coded videos under root/videos, sharded to VP9 and H.264 with `fastvid shard videos`."""
+    src = root / "videos"
+    table = {}
+    vid = 0
+    for label, (name, lengths) in enumerate(sorted(LAYOUT.items())):
+        for j, n in enumerate(lengths):
+            path = write_coded_video(src / name / f"{name}_{j}.mp4", num_frames=n, height=height, width=width, fps=25,
+                                     codec="h264", video_id=vid, gop=8)
+            table[path.name] = {"video_id": vid, "label": label, "num_frames": n}
+            vid += 1
+    for codec in ("vp9", "h264"):
+        assert cli.main(["shard", "videos", str(src), str(root / codec), "--codec", codec, "--max-samples", "4"]) == 0
+    videos = {}
+    shard_set = open_shard_set(root / "vp9")
+    for si, shard in enumerate(shard_set.shards):
+        for i, key in enumerate(shard.keys):
+            meta = json.loads(shard_set.read_components(si, i, exts=("json",))["json"])
+            videos[key] = table[Path(meta["source"]).name]
+            assert meta["num_frames"] == videos[key]["num_frames"]
+    return Dataset(root / "vp9", root / "h264", videos, src)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Dataset:
+    return make_shards(tmp_path_factory.mktemp("loader"))
+
+
+def levels(video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) normalized -> (B, 3, T) mean 0..255 levels of each frame."""
+    return video.float().mean(dim=(-1, -2)) * STD.view(1, 3, 1) + MEAN.view(1, 3, 1)
+
+
+def clip_frames(video: torch.Tensor) -> list[list[int]]:
+    return [[decode_frame_index(r) for r in row] for row in levels(video)[:, 0].tolist()]
+
+
+def loader(path, backend, **kw):
+    kw.setdefault("batch_size", 4)
+    kw.setdefault("clip_len", CLIP_LEN)
+    kw.setdefault("frame_stride", STRIDE)
+    kw.setdefault("num_workers", 0)
+    return VideoLoader(path, backend=backend, device="cpu", **kw)
+
+
+def collect(ld, epoch=0):
+    ld.set_epoch(epoch)
+    return list(ld)
+
+
+BACKENDS = [("dali", "vp9"), ("pyav", "h264")]
+
+
+@pytest.mark.parametrize("backend,codec", BACKENDS)
+def test_batches_hold_the_right_videos_frames_and_values(data, backend, codec):
+    ld = loader(getattr(data, codec), backend, seed=0)
+    assert ld.backend == backend and ld.num_classes == 3 and ld.classes == sorted(LAYOUT) and ld.num_videos == 10
+    batches = collect(ld)
+    assert len(batches) == len(ld) == 10 // 4
+    for b in batches:
+        v = b["video"]
+        assert v.shape == (4, 3, CLIP_LEN, 112, 112) and v.dtype == torch.float32 and v.device.type == "cpu"
+        assert b["label"].dtype == torch.int64 and len(b["key"]) == 4
+        lv = levels(v)
+        for i, key in enumerate(b["key"]):
+            info = data.videos[key]
+            assert b["label"][i].item() == info["label"]
+            # green marks the video, blue is 128: both exact up to codec rounding
+            assert torch.allclose(lv[i, 1], torch.full((CLIP_LEN,), float(frame_code(info["video_id"]))), atol=3.5)
+            assert torch.allclose(lv[i, 2], torch.full((CLIP_LEN,), 128.0), atol=3.5)
+            # the normalized value itself: (128 - mean) / std for blue
+            expected_blue = (128 - KINETICS_MEAN[2] * 255) / (KINETICS_STD[2] * 255)
+            assert abs(v[i, 2].mean().item() - expected_blue) < 3.5 / (KINETICS_STD[2] * 255)
+            # red marks the frame: exactly the frames the pure sampler picks for (seed, epoch, key)
+            expected = sampling.sample_clip_indices(info["num_frames"], clip_len=CLIP_LEN, frame_stride=STRIDE, train=True,
+                                                    seed=0, epoch=0, key=key)
+            assert clip_frames(v[i:i + 1]) == (expected % 28).tolist()
+
+
+@pytest.mark.parametrize("backend,codec", BACKENDS)
+def test_short_video_is_padded_with_its_last_frame(data, backend, codec):
+    ld = loader(getattr(data, codec), backend, batch_size=1, train=False, drop_last=False)
+    short = [k for k, v in data.videos.items() if v["num_frames"] == 6][0]
+    for b in collect(ld):
+        if b["key"][0] == short:
+            assert clip_frames(b["video"]) == [[0, 2, 4, 5]]
+            break
+    else:
+        pytest.fail("short video never came")
+
+
+@pytest.mark.parametrize("backend,codec", BACKENDS)
+def test_same_seed_same_batches_other_epoch_other_order(data, backend, codec):
+    a = collect(loader(getattr(data, codec), backend, seed=7, batch_size=2))
+    b = collect(loader(getattr(data, codec), backend, seed=7, batch_size=2))
+    assert [x["key"] for x in a] == [x["key"] for x in b]
+    for x, y in zip(a, b):
+        assert torch.equal(x["video"], y["video"])
+    c = collect(loader(getattr(data, codec), backend, seed=7, batch_size=2), epoch=1)
+    assert [x["key"] for x in a] != [x["key"] for x in c]
+    d = collect(loader(getattr(data, codec), backend, seed=8, batch_size=2))
+    assert [x["key"] for x in a] != [x["key"] for x in d]
+
+
+def test_dali_and_pyav_cut_the_same_frames_for_a_key(data):
+    seen = {}
+    for backend, codec in BACKENDS:
+        ld = loader(getattr(data, codec), backend, seed=3, batch_size=5, clips_per_video=1)
+        for b in collect(ld, epoch=2):
+            for key, frames in zip(b["key"], clip_frames(b["video"])):
+                seen.setdefault(key, {})[backend] = frames
+    both = [k for k, v in seen.items() if len(v) == 2]
+    assert len(both) >= 5
+    for key in both:
+        assert seen[key]["dali"] == seen[key]["pyav"], key
+
+
+@pytest.mark.parametrize("backend,codec", BACKENDS)
+@pytest.mark.parametrize("world_size,drop_last", [(2, True), (3, True), (3, False)])
+def test_ranks_are_disjoint_with_equal_batch_counts(data, backend, codec, world_size, drop_last):
+    keys, counts = [], []
+    for rank in range(world_size):
+        ld = loader(getattr(data, codec), backend, batch_size=2, rank=rank, world_size=world_size, seed=1,
+                    drop_last=drop_last, train=True)
+        batches = collect(ld)
+        counts.append((len(batches), len(ld)))
+        keys.append({k for b in batches for k in b["key"]})
+    # 10 videos: 3 ranks hold 3, 3, 4 -> drop: 1 batch each, wrap: 2 batches each
+    expected = sampling.batches_per_epoch(10, world_size, 2, 1, drop_last)
+    assert counts == [(expected, expected)] * world_size
+    for i in range(world_size):
+        for j in range(i + 1, world_size):
+            assert not keys[i] & keys[j]
+    if not drop_last:
+        assert set().union(*keys) == set(data.videos)
+
+
+@pytest.mark.parametrize("backend,codec", BACKENDS)
+def test_eval_takes_evenly_spaced_clips_deterministically(data, backend, codec):
+    ld = loader(getattr(data, codec), backend, train=False, clips_per_video=3, batch_size=6, drop_last=False)
+    assert len(ld) == 5  # 30 clips
+    first, second = collect(ld), collect(ld, epoch=4)
+    by_key = {}
+    for x, y in zip(first, second):
+        assert x["key"] == y["key"] and torch.equal(x["video"], y["video"])
+        for key, frames in zip(x["key"], clip_frames(x["video"])):
+            by_key.setdefault(key, []).append(frames)
+    assert set(by_key) == set(data.videos)
+    for key, clips in by_key.items():
+        n = data.videos[key]["num_frames"]
+        starts = sampling.eval_clip_starts(n, CLIP_LEN, STRIDE, 3)
+        expected = [(sampling.clip_frame_indices(s, CLIP_LEN, STRIDE, n) % 28).tolist() for s in starts]
+        assert clips == expected, key
+
+
+@pytest.mark.parametrize("backend,codec", BACKENDS)
+def test_frame_rate_derives_the_stride_from_each_videos_fps(data, backend, codec):
+    # 25 fps clips at a target of 12.5 fps: every 2nd frame, as frame_stride=2 would give
+    ld = loader(getattr(data, codec), backend, frame_stride=1, frame_rate=12.5, train=False, batch_size=10, drop_last=False)
+    (batch,) = collect(ld)
+    for key, frames in zip(batch["key"], clip_frames(batch["video"])):
+        expected = sampling.sample_clip_indices(data.videos[key]["num_frames"], clip_len=CLIP_LEN, frame_stride=2, train=False)
+        assert frames == (expected[0] % 28).tolist()
+
+
+def test_shards_given_as_a_list_of_tars(data, tmp_path):
+    tars = sorted(data.vp9.glob("*.tar"))
+    ld = loader(tars, "dali", batch_size=2)
+    assert ld.num_videos == 10 and ld.classes == sorted(LAYOUT)
+    assert set(next(iter(ld))["key"]) <= set(data.videos)
+    with pytest.raises(FileNotFoundError, match="nope.tar"):
+        loader([tmp_path / "nope.tar"], "pyav")
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        loader(tmp_path, "pyav")  # a directory without manifest.json
+
+
+def test_h264_on_dali_cpu_is_a_clear_error(data):
+    with pytest.raises(ValueError, match=r"--codec vp9.*backend='pyav'"):
+        loader(data.h264, "dali")
+    assert loader(data.h264, "auto").backend == "pyav"
+    assert loader(data.vp9, "auto").backend == "dali"
+
+
+@pytest.mark.parametrize("backend,codec", BACKENDS)
+def test_half_precision_channels_last_and_workers(data, backend, codec):
+    ld = loader(getattr(data, codec), backend, dtype=torch.float16, channels_last=True, num_workers=2, seed=2)
+    ref = loader(getattr(data, codec), backend, seed=2)
+    for b, r in zip(collect(ld), collect(ref)):
+        v = b["video"]
+        assert v.dtype == torch.float16 and v.shape == (4, 3, CLIP_LEN, 112, 112)
+        assert v.is_contiguous(memory_format=torch.channels_last_3d)
+        assert b["key"] == r["key"]
+        assert torch.allclose(v.float(), r["video"], atol=2e-2)
+    bf = loader(getattr(data, codec), backend, dtype=torch.bfloat16, batch_size=2)
+    assert next(iter(bf))["video"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("backend,codec", BACKENDS)
+def test_state_dict_resumes_mid_epoch(data, backend, codec):
+    ld = loader(getattr(data, codec), backend, batch_size=2, seed=5)
+    ld.set_epoch(1)
+    it = iter(ld)
+    next(it)
+    state = ld.state_dict()
+    rest = [b["key"] for b in it]
+    resumed = loader(getattr(data, codec), backend, batch_size=2, seed=5)
+    resumed.load_state_dict(state)
+    assert state["epoch"] == 1 and state["batches_done"] == 1
+    assert [b["key"] for b in resumed] == rest
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyItem:
+    key: str
+    source: str
+    src_dir: str
+    shard: int
+    index: int
+    damage: str
+
+
+def copy_sample(item: CopyItem) -> dict:
+    """Writer encode: a sample of an existing shard set, optionally damaged (video bytes cut, or json emptied)."""
+    shard_set = open_shard_set(item.src_dir)
+    comps = shard_set.read_components(item.shard, item.index)
+    if item.damage == "video":
+        comps[shard_set.video_ext] = comps[shard_set.video_ext][:40] + bytes(200)
+    elif item.damage == "json":
+        comps["json"] = b"{}"
+    return comps
+
+
+@pytest.mark.parametrize("backend,codec", BACKENDS)
+def test_broken_samples_are_skipped_counted_and_logged(data, backend, codec, tmp_path, caplog):
+    from fastvid.shard.writer import write_shard_set
+
+    src = open_shard_set(getattr(data, codec))
+    flat = [(si, i, k) for si, s in enumerate(src.shards) for i, k in enumerate(s.keys)]
+    damaged = {flat[1][2]: "video", flat[6][2]: "json"}
+    items = [CopyItem(k, k, str(getattr(data, codec)), si, i, damaged.get(k, "")) for si, i, k in flat]
+    write_shard_set(items, copy_sample, tmp_path, kind="video", classes=src.classes, options=src.manifest["options"],
+                    max_samples=5)
+    ld = loader(tmp_path, backend, batch_size=2, train=False, drop_last=False)
+    batches = collect(ld)
+    assert len(batches) == len(ld) == 5
+    seen = {k for b in batches for k in b["key"]}
+    assert not seen & set(damaged)
+    assert ld.stats["decode_failures"] == 2 and set(ld.stats["failed_keys"]) == set(damaged)
+    assert all(k in caplog.text for k in damaged)
+    for b in batches:  # what did come is intact
+        for i, key in enumerate(b["key"]):
+            assert abs(levels(b["video"])[i, 1, 0].item() - frame_code(data.videos[key]["video_id"])) < 3.5
+
+
+@pytest.mark.gpu
+def test_nvdec_matches_dali_cpu_on_the_same_clips(tmp_path):
+    # NVDEC decodes VP9 from 128x128 up: these clips are bigger than the CPU tests' 64x48.
+    data = make_shards(tmp_path, height=128, width=160)
+    cpu = loader(data.vp9, "dali", train=False, clips_per_video=2, batch_size=4, drop_last=False)
+    gpu = VideoLoader(data.vp9, backend="dali", device="cuda", train=False, clips_per_video=2, batch_size=4,
+                      clip_len=CLIP_LEN, frame_stride=STRIDE, drop_last=False)
+    for c, g in zip(collect(cpu), collect(gpu)):
+        assert c["key"] == g["key"]
+        assert g["video"].device.type == "cuda"
+        diff = (g["video"].cpu() - c["video"]).abs()
+        assert diff.mean().item() < 0.05 and diff.max().item() < 0.5  # close, not bit-equal (decoder/resize kernels)
+    h264 = VideoLoader(data.h264, backend="dali", device="cuda", train=False, batch_size=4, clip_len=CLIP_LEN,
+                       frame_stride=STRIDE, drop_last=False)
+    ref = loader(data.h264, "pyav", train=False, batch_size=4, drop_last=False)
+    for g, p in zip(collect(h264), collect(ref)):
+        assert g["key"] == p["key"]
+        assert clip_frames(g["video"].cpu()) == clip_frames(p["video"])
+
+
+def test_bench_loader_reports_every_backend_and_ratios(data, tmp_path):
+    from fastvid.benchmarks import loader as bench
+
+    out = tmp_path / "loader.json"
+    parser = __import__("argparse").ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--shards", str(data.vp9), "--videos", str(data.sources), "--device", "cpu", "--batch-size", "2", "--clip-len", "4",
+                              "--batches", "2", "--warmup", "1", "--workers", "1", "--json", str(out)])
+    assert bench.run(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result["backends"]) == {"dali", "pyav", "baseline"}
+    for r in result["backends"].values():
+        assert r["clips"] == 4 and r["batches"] == 2 and r["clips_per_s"] > 0 and r["cpu_percent"] >= 0
+    assert set(result["speedup_vs_baseline"]) == {"dali", "pyav"}
+    assert result["device_info"]["cpu_cores"] >= 1
