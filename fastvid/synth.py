@@ -86,19 +86,23 @@ def write_coded_video(path, num_frames: int = 24, height: int = 48, width: int =
     return write_video(path, coded_frames(num_frames, height, width, video_id), fps=fps, codec=codec, gop=gop)
 
 
-# Motion classes: direction of travel (dy, dx) in pixels per frame, as fractions of the frame size.
+# Motion classes, chosen to survive the usual augmentations: a horizontal flip maps every class onto
+# itself (no left/right pair), and moving shapes wrap around the frame edges so they never leave it.
+# value: (dy, dx) direction of travel, "sideways" picks left or right per clip, None = size change / still.
 MOTION_CLASSES = {
-    "move_right": (0.0, 1.0),
-    "move_left": (0.0, -1.0),
-    "move_down": (1.0, 0.0),
     "move_up": (-1.0, 0.0),
+    "move_down": (1.0, 0.0),
+    "move_sideways": "sideways",
     "grow": None,
     "shrink": None,
+    "still": None,
 }
 
 
 def motion_clip(class_name: str, num_frames: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """(T, H, W, 3) uint8 clip of a random-coloured square doing `class_name` over a noisy gradient."""
+    if class_name not in MOTION_CLASSES:
+        raise ValueError(f"unknown motion class {class_name!r}; choose from {', '.join(MOTION_CLASSES)}")
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     bg_colors = rng.uniform(30, 200, size=(2, 3)).astype(np.float32)
     mix = (xx / max(width - 1, 1) * rng.uniform(0.2, 1.0) + yy / max(height - 1, 1) * rng.uniform(0.0, 0.8))[..., None]
@@ -108,21 +112,26 @@ def motion_clip(class_name: str, num_frames: int, height: int, width: int, rng: 
     color = rng.uniform(0, 255, size=3).astype(np.float32)
     if np.abs(color - background.mean((0, 1))).max() < 60:  # keep the shape visible
         color = 255 - color
-    size0 = rng.uniform(0.18, 0.3) * min(height, width)
-    speed = rng.uniform(0.025, 0.045) * min(height, width)
-    cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+    size0 = rng.uniform(0.2, 0.3) * min(height, width)
+    speed = rng.uniform(0.03, 0.05) * min(height, width)
+    cy, cx = rng.uniform(0.25, 0.75) * height, rng.uniform(0.25, 0.75) * width
     direction = MOTION_CLASSES[class_name]
+    if direction == "sideways":
+        direction = (0.0, float(rng.choice([-1.0, 1.0])))
     frames = np.empty((num_frames, height, width, 3), np.uint8)
     for t in range(num_frames):
         k = t - (num_frames - 1) / 2
-        if direction is None:
-            grow = 1 if class_name == "grow" else -1
-            size = max(size0 * (1 + grow * 0.06 * k), 3)
-            y, x = cy, cx
-        else:
-            size = size0
+        size = size0
+        y, x = cy, cx
+        if class_name in ("grow", "shrink"):
+            rate = 1.5 / max(num_frames - 1, 1)  # the side changes by a factor of about 2.5 over the clip
+            size = max(size0 * (1 + (rate if class_name == "grow" else -rate) * k), 3)
+        elif direction is not None:
             y, x = cy + direction[0] * speed * k, cx + direction[1] * speed * k
-        inside = (np.abs(yy - y) <= size / 2) & (np.abs(xx - x) <= size / 2)
+        # Distance on a torus: a square leaving one edge re-enters at the opposite one.
+        dy = np.abs((yy - y + height / 2) % height - height / 2)
+        dx = np.abs((xx - x + width / 2) % width - width / 2)
+        inside = (dy <= size / 2) & (dx <= size / 2)
         frame = np.where(inside[..., None], color, background)
         frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
     return frames

@@ -18,7 +18,7 @@ import torch
 from fastvid.cli import main as fastvid_main
 from fastvid.synth import make_motion_dataset
 
-CLASSES = ["move_right", "move_left"]
+CLASSES = ["move_up", "move_down"]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,26 @@
+"""`fastvid quickstart` end to end on a tiny setting: dataset, shards, training, summary and report."""
+
+import json
+
+import pytest
+
+from fastvid.cli import main
+
+
+@pytest.mark.slow
+def test_quickstart_tiny_end_to_end(tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--device", "cpu", "--out", str(out), "--epochs", "2", "--videos-per-class", "3"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_classes"] == 6 and summary["chance_acc1"] == pytest.approx(16.67)
+    assert summary["device"] == "cpu" and summary["backend"] == "dali" and summary["epochs"] == 2
+    assert 0 <= summary["val_acc1"] <= summary["val_acc5"] <= 100
+    assert summary["train_clips_per_s"] > 0 and 0 <= summary["data_wait_frac"] < 1
+    train = json.loads((out / "shards" / "train" / "manifest.json").read_text())
+    val = json.loads((out / "shards" / "val" / "manifest.json").read_text())
+    assert (train["num_samples"], val["num_samples"]) == (18, 12) and train["failures"] == []
+    assert {s["name"].split("-")[0] for s in train["shards"]} == {"train"}
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert "quickstart: 6 classes" in capsys.readouterr().out
