@@ -82,6 +82,7 @@ def test_epoch_shuffle_changes_with_epoch_and_not_with_rank():
     b0 = sampling.rank_epoch_samples(sizes, 1, 2, seed=0, epoch=0, shuffle=True)
     a1 = sampling.rank_epoch_samples(sizes, 0, 2, seed=0, epoch=1, shuffle=True)
     assert set(a0).isdisjoint(b0) and len(set(a0) | set(b0)) == 20
+    assert list(a1) != list(a0)  # a new epoch reshuffles
     assert sampling.shard_order(4, 0, 0, False).tolist() == [0, 1, 2, 3]
     later = [sampling.rank_epoch_samples(sizes, 0, 2, seed=0, epoch=e, shuffle=True) for e in range(1, 6)]
     assert any(set(x) != set(a0) for x in later)  # ranks get other tars in other epochs

@@ -6,6 +6,8 @@ import datetime
 import json
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
 
 
@@ -59,3 +61,38 @@ def write_json(result: dict, path: str | os.PathLike | None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text + "\n")
     tmp.replace(path)
+
+
+def kernel_devices(device: str, bench_name: str) -> list[str]:
+    """Devices a CuPy/Numba kernel benchmark runs on: 'auto' -> CPU, plus CUDA when a GPU and CuPy are there."""
+    from fastvid import _gpu
+
+    gpu = _gpu.cuda_available() and _gpu.cupy_available()
+    if device == "cpu":
+        return ["cpu"]
+    if device == "cuda":
+        if not gpu:
+            raise RuntimeError(f"bench {bench_name} --device cuda: no CUDA GPU with CuPy is visible")
+        return ["cuda"]
+    return ["cpu", "cuda"] if gpu else ["cpu"]
+
+
+def median_seconds(fns: dict, repeats: int, sync=None, with_min=False):
+    """Round-robin timing of several callables (interleaved so load spikes hit all of them alike).
+
+    Returns {name: median seconds}, and also {name: fastest seconds} with `with_min`."""
+    times = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up: compilation, caches, allocator
+        fn()
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if sync:
+                sync()
+            start = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    return (median, {name: min(ts) for name, ts in times.items()}) if with_min else median

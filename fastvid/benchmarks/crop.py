@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastvid.benchmarks.common import device_info, write_json
-from fastvid.benchmarks.events import _median_seconds
+from fastvid.benchmarks.common import device_info, kernel_devices, median_seconds, write_json
 
 
 def add_arguments(p):
@@ -25,19 +24,6 @@ def add_arguments(p):
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median reported)")
     p.add_argument("--json", default=None, help="write the result here ('-' prints it)")
-
-
-def _devices(device: str) -> list[str]:
-    from fastvid import _gpu
-
-    gpu = _gpu.cuda_available() and _gpu.cupy_available()
-    if device == "cpu":
-        return ["cpu"]
-    if device == "cuda":
-        if not gpu:
-            raise RuntimeError("bench crop --device cuda: no CUDA GPU with CuPy is visible")
-        return ["cuda"]
-    return ["cpu", "cuda"] if gpu else ["cpu"]
 
 
 def run_benchmark(device="auto", batch=8, clip_len=16, height=256, width=340, out_size=224, dtype="float32",
@@ -59,14 +45,14 @@ def run_benchmark(device="auto", batch=8, clip_len=16, height=256, width=340, ou
     boxes = sample_multiscale_boxes(height, width, batch, seed=0, out_size=out_size)
     flip = rng.random(batch) < 0.5
     rows = []
-    for dev in tqdm(_devices(device), desc="bench crop", disable=not progress):
+    for dev in tqdm(kernel_devices(device, "crop"), desc="bench crop", disable=not progress):
         frames = torch.from_numpy(frames_np).to(dev)
         sync = torch.cuda.synchronize if dev == "cuda" else None
         fns = {
             "fused": lambda: crop_resize_normalize(frames, boxes, out_size, flip=flip, device=dev, out_dtype=out_dtype),
             "torch_interpolate": lambda: crop_resize_normalize_reference(frames, boxes, out_size, flip=flip).to(out_dtype),
         }
-        seconds, best = _median_seconds(fns, repeats, sync, with_min=True)
+        seconds, best = median_seconds(fns, repeats, sync, with_min=True)
         for impl, sec in seconds.items():
             rows.append({"device": dev, "implementation": impl if impl != "fused" else ("numba" if dev == "cpu" else "cupy cuda"),
                          "ms_per_batch": sec * 1e3, "clips_per_s": batch / sec,

@@ -9,12 +9,10 @@ calls and the baseline are interleaved round-robin, and the median (and the best
 
 from __future__ import annotations
 
-import statistics
-import time
 
 import numpy as np
 
-from fastvid.benchmarks.common import device_info, write_json
+from fastvid.benchmarks.common import device_info, kernel_devices, median_seconds, write_json
 from fastvid.events.types import EVENT_DTYPE, GEN1_SENSOR_SIZE
 
 ALL_KINDS = ("histogram", "stacked_histogram", "voxel_grid", "time_surface", "event_frame")
@@ -49,40 +47,6 @@ def synthetic_windows(n_windows: int, events_per_window: int, window_us: int, se
     return ev, offsets
 
 
-def _devices(device: str) -> list[str]:
-    from fastvid import _gpu
-
-    gpu = _gpu.cuda_available() and _gpu.cupy_available()
-    if device == "cpu":
-        return ["cpu"]
-    if device == "cuda":
-        if not gpu:
-            raise RuntimeError("bench events --device cuda: no CUDA GPU with CuPy is visible")
-        return ["cuda"]
-    return ["cpu", "cuda"] if gpu else ["cpu"]
-
-
-def _median_seconds(fns: dict, repeats: int, sync=None, with_min=False):
-    """Round-robin timing of several callables (interleaved so load spikes hit all of them alike).
-
-    Returns {name: median seconds}, and also {name: fastest seconds} with `with_min`."""
-    times = {name: [] for name in fns}
-    for fn in fns.values():  # warm-up: compilation, caches, allocator
-        fn()
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if sync:
-                sync()
-            start = time.perf_counter()
-            fn()
-            if sync:
-                sync()
-            times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(ts) for name, ts in times.items()}
-    return (median, {name: min(ts) for name, ts in times.items()}) if with_min else median
-
-
 def run_benchmark(device="auto", kinds=ALL_KINDS, events_per_window=33_000, window_us=50_000, batch=16, bins=5,
                   repeats=20, sensor_size=GEN1_SENSOR_SIZE, cuda_batch=128, quick=False, progress=True,
                   work_dir=None) -> dict:
@@ -98,7 +62,7 @@ def run_benchmark(device="auto", kinds=ALL_KINDS, events_per_window=33_000, wind
 
     if quick:
         repeats, batch, cuda_batch = min(repeats, 5), min(batch, 4), min(cuda_batch, 16)
-    devices = _devices(device)
+    devices = kernel_devices(device, "events")
     ev, offsets = synthetic_windows(max(batch, cuda_batch if "cuda" in devices else 0), events_per_window, window_us,
                                     sensor_size)
     one = ev[:events_per_window]
@@ -122,8 +86,8 @@ def run_benchmark(device="auto", kinds=ALL_KINDS, events_per_window=33_000, wind
         if dev == "cpu":  # the same windows into one fresh (N, C, H, W) array: the fair batched baseline
             batched["numpy_add_at_batched"] = lambda: represent_batch_reference(cols, batch_offsets, kind, sensor_size,
                                                                                 bins=bins)
-        seconds, best = _median_seconds(single, repeats, sync, with_min=True)
-        seconds_b, best_b = _median_seconds(batched, repeats, sync, with_min=True)
+        seconds, best = median_seconds(single, repeats, sync, with_min=True)
+        seconds_b, best_b = median_seconds(batched, repeats, sync, with_min=True)
         seconds.update(seconds_b)
         best.update(best_b)
         for mode, sec in seconds.items():
