@@ -39,7 +39,7 @@ def _speedups(name: str, result: dict) -> dict:
         if isinstance(obj, dict):
             for k, v in obj.items():
                 walk(f"{prefix}/{k}" if prefix else str(k), v)
-        elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and _is_ratio_key(prefix.rsplit("/", 1)[-1]):
+        elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and any(_is_ratio_key(part) for part in prefix.split("/")):
             found[f"{name}: {prefix}"] = float(obj)
 
     walk("", result)
