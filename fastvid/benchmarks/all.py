@@ -54,7 +54,10 @@ def write_chart(speedups: dict, path: Path, device: str) -> None:
 
     labels = list(speedups)
     fig, ax = plt.subplots(figsize=(9, 0.45 * max(len(labels), 2) + 1.2))
-    ax.barh(range(len(labels)), [speedups[k] for k in labels], color="tab:green")
+    values = [speedups[k] for k in labels]
+    ax.barh(range(len(labels)), values, color=["tab:green" if v >= 1 else "tab:red" for v in values])
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.2f}x", va="center", fontsize=7)
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xscale("log")
