@@ -163,3 +163,14 @@ def test_inspect_counts_events_and_boxes_per_class(gen1_dir, tmp_path):
     assert summary["boxes_per_class"] == expected
     assert sum(expected.values()) == sum(len(r[4]) for r in recs.values())
     assert "events from 3 recordings" in format_summary(summary)
+
+
+def test_truncated_event_shard_is_one_clear_error(gen1_dir, tmp_path):
+    src, _ = gen1_dir
+    out = tmp_path / "shards"
+    evshard.shard_events(src, out, segment_ms=500, max_samples=3)
+    victim = shard_files(out)[0][0]
+    with open(victim, "r+b") as f:
+        f.truncate(victim.stat().st_size // 2)
+    with pytest.raises(ValueError, match=rf"{victim.name}: truncated or changed since it was indexed"):
+        list(iter_segments(out))

@@ -211,6 +211,19 @@ def test_shards_given_as_a_list_of_tars(data, tmp_path):
         loader(tmp_path, "pyav")  # a directory without manifest.json
 
 
+@pytest.mark.parametrize("backend", ["dali", "pyav"])
+def test_truncated_tar_is_one_clear_error_naming_it(data, backend, tmp_path):
+    import shutil
+
+    copy = tmp_path / "vp9"
+    shutil.copytree(data.vp9, copy)
+    victim = sorted(copy.glob("*.tar"))[0]
+    with open(victim, "r+b") as f:
+        f.truncate(victim.stat().st_size // 2)
+    with pytest.raises(ValueError, match=rf"{victim.name}: truncated or changed since it was indexed.*fastvid inspect --verify"):
+        loader(copy, backend)
+
+
 def test_h264_on_dali_cpu_is_a_clear_error(data):
     with pytest.raises(ValueError, match=r"--codec vp9.*backend='pyav'"):
         loader(data.h264, "dali")

@@ -63,15 +63,10 @@ class ShardSet:
 
 
 def _index_samples(tar: Path, idx: Path | None):
-    from fastvid.shard import dali_index
+    from fastvid.shard.dali_index import indexed_samples
 
-    entries = dali_index.read_index(idx) if idx is not None and idx.exists() else dali_index.index_entries(tar)
-    keys, comps = [], []
-    for components in entries:
-        key = os.path.basename(dali_index.split_member_name(components[0][3])[0])
-        keys.append(key)
-        comps.append({ext: (offset, size) for ext, offset, size, _ in components})
-    return keys, comps
+    samples = indexed_samples(tar, idx)
+    return [os.path.basename(key) for key, _ in samples], [fields for _, fields in samples]
 
 
 def open_shard_set(shards) -> ShardSet:

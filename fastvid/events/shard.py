@@ -275,30 +275,6 @@ class SegmentRef:
     fields: dict  # ext -> (offset, size)
 
 
-def _read_index(idx_path: Path) -> list[dict]:
-    """Samples of a DALI v1.2 index: [{ext: (offset, size)}, ...] with the key of each sample."""
-    from fastvid.shard.dali_index import split_member_name
-
-    samples = []
-    with open(idx_path) as f:
-        head = f.readline().split()
-        if not head or not head[0].startswith("v1"):
-            raise ValueError(f"{idx_path}: not a DALI webdataset index (first line {' '.join(head)!r})")
-        for line_no, line in enumerate(f, 2):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) % 4:
-                raise ValueError(f"{idx_path}: line {line_no} is not groups of 'ext offset size name'")
-            fields, key = {}, None
-            for i in range(0, len(parts), 4):
-                ext, offset, size, name = parts[i : i + 4]
-                key = split_member_name(name)[0]
-                fields[ext] = (int(offset), int(size))
-            samples.append({"key": key, "fields": fields})
-    return samples
-
-
 def index_segments(shards) -> list[SegmentRef]:
     """Every segment of an event shard set (dir or list of (tar, idx)/tar paths), sorted by
     (recording, segment)."""
@@ -313,16 +289,18 @@ def index_segments(shards) -> list[SegmentRef]:
         from fastvid.shard.dali_index import index_path_for
 
         pairs = [(Path(p), index_path_for(Path(p))) if not isinstance(p, tuple) else (Path(p[0]), Path(p[1])) for p in shards]
+    from fastvid.shard.dali_index import indexed_samples
+
     refs = []
     for tar, idx in pairs:
-        for sample in _read_index(idx):
-            m = _SEGMENT_KEY.match(sample["key"].rsplit("/", 1)[-1])
+        for key, fields in indexed_samples(tar, idx):
+            m = _SEGMENT_KEY.match(key.rsplit("/", 1)[-1])
             if not m:
-                raise ValueError(f"{tar}: sample key {sample['key']!r} is not an event segment key (<recording>_sNNNNNN)")
-            missing = [e for e in (EVENTS_EXT, META_EXT) if e not in sample["fields"]]
+                raise ValueError(f"{tar}: sample key {key!r} is not an event segment key (<recording>_sNNNNNN)")
+            missing = [e for e in (EVENTS_EXT, META_EXT) if e not in fields]
             if missing:
-                raise ValueError(f"{tar}: sample {sample['key']!r} lacks {missing}")
-            refs.append(SegmentRef(m["rec"], int(m["seg"]), sample["key"], str(tar), sample["fields"]))
+                raise ValueError(f"{tar}: sample {key!r} lacks {missing}")
+            refs.append(SegmentRef(m["rec"], int(m["seg"]), key, str(tar), fields))
     refs.sort(key=lambda r: (r.recording, r.segment))
     return refs
 

@@ -90,3 +90,22 @@ def read_index(idx_path: str | os.PathLike) -> list[list[tuple[str, int, int, st
     if len(samples) != count:
         raise ValueError(f"{idx_path}: header says {count} samples, found {len(samples)}")
     return samples
+
+
+def indexed_samples(tar_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> list[tuple[str, dict]]:
+    """[(key, {ext: (data offset, size)})] of a shard, from its index (or by scanning the tar when there is none),
+    checked against the tar's size: a tar cut short (interrupted copy, full disk) is one clear error here rather
+    than a stream of per-sample read failures later."""
+    tar_path = Path(tar_path)
+    if idx_path is not None and Path(idx_path).exists():
+        entries = read_index(idx_path)
+    else:
+        entries = index_entries(tar_path)
+    end = max((offset + size for components in entries for _, offset, size, _ in components), default=0)
+    actual = tar_path.stat().st_size
+    if end > actual:
+        raise ValueError(f"{tar_path}: truncated or changed since it was indexed: its samples end at byte {end}, the file "
+                         f"has {actual} bytes. Rerun the `fastvid shard` command (it rewrites incomplete shards) and "
+                         f"check with `fastvid inspect --verify`.")
+    return [(split_member_name(components[0][3])[0], {ext: (offset, size) for ext, offset, size, _ in components})
+            for components in entries]
