@@ -125,6 +125,8 @@ def _syncbn_worker(rank, world, port, x_full, result_q):
         # numpy arrays are pickled by value (tensors would be shared memory that dies with this process)
         result_q.put((rank, n, type(model[0]).__name__, out.detach().numpy(), x.grad.numpy(), model[0].weight.grad.numpy(),
                       model[0].running_mean.numpy(), model[0].running_var.numpy()))
+        # Leave together: destroying gloo while the peer's DDP work is still in flight can SIGABRT a worker.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
