@@ -25,17 +25,25 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
 
 
-def _generate(root: Path, videos_per_class: int, seed: int, codec: str) -> None:
+def _generate(out: Path, videos_per_class: int, seed: int, codec: str) -> None:
+    """Write the motion dataset under out/videos once; other parameters start the whole run afresh
+    (stale videos, shards or a checkpoint trained on other data are never reused)."""
+    import shutil
+
     from fastvid.synth import make_motion_dataset
 
-    done = root / ".complete"
-    if done.exists():
+    root = out / "videos"
+    marker = root / ".complete"
+    params = json.dumps({"videos_per_class": videos_per_class, "seed": seed, "codec": codec}, sort_keys=True)
+    if marker.exists() and marker.read_text() == params:
         return
+    for stale in (root, out / "shards", out / "train"):
+        shutil.rmtree(stale, ignore_errors=True)
     make_motion_dataset(root / "train", videos_per_class=videos_per_class, num_frames=32, height=72, width=96,
                         codec=codec, seed=seed)
     make_motion_dataset(root / "val", videos_per_class=max(videos_per_class // 3, 2), num_frames=32, height=72,
                         width=96, codec=codec, seed=seed + 1)
-    done.write_text("ok\n")
+    marker.write_text(params)
 
 
 def _cli(argv: list[str]) -> None:
@@ -57,7 +65,7 @@ def run(args) -> int:
     shard_codec = "h264" if on_gpu else "vp9"
 
     print(f"[1/4] generating motion dataset under {out / 'videos'}")
-    _generate(out / "videos", args.videos_per_class, args.seed, codec="libx264")
+    _generate(out, args.videos_per_class, args.seed, codec="libx264")
 
     print(f"[2/4] sharding with `fastvid shard videos` (codec {shard_codec})")
     for split in ("train", "val"):

@@ -24,3 +24,16 @@ def test_quickstart_tiny_end_to_end(tmp_path, capsys):
     rows = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     assert "quickstart: 6 classes" in capsys.readouterr().out
+
+    # A rerun with the same parameters reuses videos, shards and the finished checkpoint.
+    video = next((out / "videos" / "train").rglob("*.mp4"))
+    stamp = video.stat().st_mtime_ns
+    assert main(["quickstart", "--device", "cpu", "--out", str(out), "--epochs", "2", "--videos-per-class", "3"]) == 0
+    assert video.stat().st_mtime_ns == stamp
+    assert [json.loads(line)["epoch"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+    # Other parameters start afresh: no stale videos, shards or checkpoint from the other dataset.
+    assert main(["quickstart", "--device", "cpu", "--out", str(out), "--epochs", "1", "--videos-per-class", "2"]) == 0
+    train = json.loads((out / "shards" / "train" / "manifest.json").read_text())
+    assert train["num_samples"] == 12 and len(list((out / "videos" / "train").rglob("*.mp4"))) == 12
+    assert [json.loads(line)["epoch"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()] == [0]
