@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
-        # One clear line for user errors; set FASTVID_DEBUG=1 for the traceback.
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        # One clear line for user errors (OSError: missing files, but also an output path that is a file,
+        # permissions, a full disk: its message names the path); set FASTVID_DEBUG=1 for the traceback.
         import os
 
         if os.environ.get("FASTVID_DEBUG"):

@@ -178,6 +178,8 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("clip_len", "batch_size", "clips_per_video", "frame_stride", "print_freq", "eval_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.frame_rate is not None and cfg.frame_rate <= 0:
+        raise ValueError(f"frame_rate must be > 0 (or none for the native rate), got {cfg.frame_rate}")
     for name in ("train_resize_size", "train_crop_size", "val_resize_size", "val_crop_size"):
         v = getattr(cfg, name)
         if v is not None and len(v) not in (1, 2):

@@ -6,19 +6,40 @@ children) and, when NVML is usable, GPU utilization, memory and SM clock (pynvml
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 
 
+def _nvml_handle_for_cuda_index(pynvml, index, count: int):
+    """The NVML handle of CUDA device `index`, or None. NVML numbers every GPU of the machine and
+    ignores CUDA_VISIBLE_DEVICES, so under e.g. CUDA_VISIBLE_DEVICES=4,5 (SLURM, per-rank pinning)
+    CUDA device 0 is NVML device 4; entries may also be GPU UUIDs."""
+    index = int(index or 0)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        entries = [e.strip() for e in visible.split(",") if e.strip()]
+        if index >= len(entries):
+            return None
+        entry = entries[index]
+        if not entry.isdigit():
+            return pynvml.nvmlDeviceGetHandleByUUID(entry)
+        index = int(entry)
+    return pynvml.nvmlDeviceGetHandleByIndex(index) if index < count else None
+
+
 def _nvml_handles(indices=None):
+    """NVML handles of all GPUs, or of the CUDA devices `indices` (CUDA numbering)."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
         count = pynvml.nvmlDeviceGetCount()
-        idx = range(count) if indices is None else [i for i in indices if i < count]
-        return pynvml, [pynvml.nvmlDeviceGetHandleByIndex(i) for i in idx]
+        if indices is None:
+            return pynvml, [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        handles = [_nvml_handle_for_cuda_index(pynvml, i, count) for i in indices]
+        return pynvml, [h for h in handles if h is not None]
     except Exception:  # no driver, no GPU, or nvidia-ml-py missing: GPU columns stay empty
         return None, []
 

@@ -177,6 +177,14 @@ def test_plain_array_files(tmp_path):
         evio.read_events(tmp_path / "unsorted.npz")
 
 
+@pytest.mark.parametrize("name, data", [("bad.npy", b"\x93NUMPY garbage"), ("bad.npz", b"PK\x03\x04junk")])
+def test_unreadable_array_file_names_the_file(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=rf"{name}: not a readable event file"):
+        evio.read_events(path)
+
+
 def test_h5_needs_h5py_or_reads(tmp_path):
     from fastvid import _gpu
 

@@ -136,9 +136,11 @@ def test_broken_recordings_become_failures_and_resume(gen1_dir, tmp_path):
 def test_cli_shard_events(gen1_dir, tmp_path, capsys):
     src, recs = gen1_dir
     out = tmp_path / "cli_shards"
-    rc = fastvid_main(["shard", "events", str(src), str(out), "--format", "gen1", "--segment-ms", "250", "--compress-level", "0"])
+    rc = fastvid_main(["shard", "events", str(src), str(out), "--format", "gen1", "--segment-ms", "250", "--compress-level", "0",
+                       "--max-shard-bytes", "1GiB"])  # sizes as `shard videos` takes them
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["options"]["max_shard_bytes"] == 2**30
     assert manifest["kind"] == "events" and manifest["options"]["segment_ms"] == 250
     assert manifest["options"]["compress_level"] == 0
     total = sum(len(r[0]) for r in recs.values())
@@ -174,3 +176,30 @@ def test_truncated_event_shard_is_one_clear_error(gen1_dir, tmp_path):
         f.truncate(victim.stat().st_size // 2)
     with pytest.raises(ValueError, match=rf"{victim.name}: truncated or changed since it was indexed"):
         list(iter_segments(out))
+
+
+def test_corrupt_event_data_is_one_clear_error(gen1_dir, tmp_path):
+    """Damaged deflate data inside a sample (bit rot, bad copy) raises zlib.error deep in np.load:
+    it must come out as one ValueError naming the tar and the sample."""
+    from fastvid.shard.dali_index import indexed_samples
+
+    src, _ = gen1_dir
+    out = tmp_path / "shards"
+    evshard.shard_events(src, out, segment_ms=500, max_samples=3)
+    victim, idx = shard_files(out)[0]
+    key, fields = indexed_samples(victim, idx)[0]
+    offset, size = fields["events.npz"]
+    data = bytearray(victim.read_bytes())
+    for i in range(offset + size // 2, offset + size // 2 + 16):
+        data[i] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"{victim.name}: cannot decode segment"):
+        list(iter_segments(out))
+
+
+def test_cli_output_path_that_is_a_file_is_one_clear_error(gen1_dir, tmp_path, capsys):
+    src, _ = gen1_dir
+    out = tmp_path / "taken"
+    out.write_text("not a directory")
+    rc = fastvid_main(["shard", "events", str(src), str(out)])
+    assert rc == 1 and "taken" in capsys.readouterr().err

@@ -337,3 +337,58 @@ def test_bench_loader_reports_every_backend_and_ratios(data, tmp_path):
         assert r["clips"] == 4 and r["batches"] == 2 and r["clips_per_s"] > 0 and r["cpu_percent"] >= 0
     assert set(result["speedup_vs_baseline"]) == {"dali", "pyav"}
     assert result["device_info"]["cpu_cores"] >= 1
+
+
+@pytest.mark.parametrize("backend,codec", BACKENDS)
+def test_iteration_makes_no_blocking_device_copies(data, backend, codec, monkeypatch):
+    """A blocking .to(device) synchronizes the CUDA stream: the loader may only make non_blocking ones per batch."""
+    real_to = torch.Tensor.to
+    blocking = []
+
+    def spy(self, *args, **kwargs):
+        names_device = any(isinstance(a, (str, torch.device)) for a in args) or "device" in kwargs
+        if names_device and not kwargs.get("non_blocking", False):
+            blocking.append((args, kwargs))
+        return real_to(self, *args, **kwargs)
+
+    ld = loader(getattr(data, codec), backend, batch_size=2)
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    assert len(collect(ld)) == len(ld)
+    assert blocking == []
+
+
+@pytest.mark.parametrize("backend,codec", BACKENDS)
+def test_shard_set_where_nothing_decodes_is_an_error_not_a_hang(data, backend, codec, tmp_path):
+    """DALI's reader never runs out: without a bound on failures in a row it would skip bad samples forever."""
+    from fastvid.shard.writer import write_shard_set
+
+    src = open_shard_set(getattr(data, codec))
+    flat = [(si, i, k) for si, s in enumerate(src.shards) for i, k in enumerate(s.keys)]
+    items = [CopyItem(k, k, str(getattr(data, codec)), si, i, "json") for si, i, k in flat]
+    write_shard_set(items, copy_sample, tmp_path, kind="video", classes=src.classes, options=src.manifest["options"],
+                    max_samples=5)
+    ld = loader(tmp_path, backend, batch_size=2)
+    with pytest.raises(RuntimeError, match="failed"):
+        collect(ld)
+
+
+def test_dali_plain_cuda_means_the_current_device(data, monkeypatch):
+    """device="cuda" on rank 3 after torch.cuda.set_device(3) must decode on GPU 3, not on GPU 0."""
+    from fastvid.data.dali_backend import DALIBackend
+    from fastvid.data.plan import ClipConfig
+    from fastvid.data.presets import get_preset
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    config = ClipConfig(clip_len=CLIP_LEN, frame_stride=STRIDE, clips_per_video=1, train=True, preset=get_preset("video_resnet"))
+    kw = dict(videos_per_batch=2, rank=0, world_size=1, num_threads=1, dtype=torch.float32, channels_last=False)
+    shard_set = open_shard_set(data.h264)
+    assert DALIBackend(shard_set, config, device="cuda", **kw).device_id == 3
+    assert DALIBackend(shard_set, config, device="cuda:1", **kw).device_id == 1
+
+
+def test_more_ranks_than_videos_is_a_clear_error_on_every_rank(data):
+    """Evaluation pads short ranks by wrapping, but a rank with no video at all would fail alone and hang the others."""
+    n = len(data.videos)
+    for rank in (0, n):
+        with pytest.raises(ValueError, match=f"{n} videos cannot be split over {n + 1} ranks"):
+            loader(data.h264, "pyav", train=False, rank=rank, world_size=n + 1)

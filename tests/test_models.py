@@ -68,6 +68,12 @@ def test_registry_lists_all_models_and_rejects_unknown():
         get_model("r50")
 
 
+def test_unknown_builder_option_is_a_clear_value_error():
+    # `fastvid train --model s3d --model-width 16`: one clear message, not a TypeError traceback.
+    with pytest.raises(ValueError, match="s3d.*width"):
+        get_model("s3d", num_classes=3, width=16)
+
+
 @pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
 def test_parameter_count_matches_torchvision(name):
     model = get_model(name, num_classes=400)

@@ -42,6 +42,14 @@ def test_s3d_and_size_overrides():
         presets.get_preset("nope")
 
 
+def test_single_resize_size_is_a_short_side_for_every_preset():
+    # torchvision's --val-resize-size 128 is Resize(128): short side 128, aspect kept (not a 128x128 square).
+    p = presets.get_preset("video_resnet", resize_size=128)
+    (g,) = presets.clip_geometry(p, 240, 320, train=False)
+    # 240x320 -> 128x171; centre 112 crop at (8, 30) -> source box (15, 56, 210, 210)
+    assert g.box == (15, 56, 210, 210) and g.out_size == (112, 112)
+
+
 def test_tsm_eval_short_side_256_centre_224():
     p = presets.get_preset("tsm")
     assert p.mean == presets.IMAGENET_MEAN and p.std == presets.IMAGENET_STD

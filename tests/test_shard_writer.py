@@ -274,3 +274,20 @@ def test_manifest_errors_name_the_file(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="fastvid-shards"):
         read_manifest(tmp_path)
+
+
+def test_malformed_dali_index_names_the_file(tmp_path):
+    write(make_items(), tmp_path)
+    tar, idx = shard_files(tmp_path)[0]
+    lines = idx.read_text().splitlines()
+    idx.write_text("\n".join([lines[0], lines[1].replace(" ", " x", 2)] + lines[2:]) + "\n")
+    with pytest.raises(ValueError, match=rf"{idx.name}: malformed line"):
+        dali_index.read_index(idx)
+    with pytest.raises(ValueError, match=rf"{idx.name}: malformed line"):
+        dali_index.indexed_samples(tar, idx)
+    idx.write_text("v1.2 many\n")
+    with pytest.raises(ValueError, match=rf"{idx.name}: malformed header"):
+        dali_index.read_index(idx)
+    idx.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=rf"{idx.name}: not a DALI"):
+        dali_index.indexed_samples(tar, idx)

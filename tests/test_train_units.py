@@ -58,6 +58,12 @@ def test_yaml_errors_name_the_file(tmp_path):
         build_config({"profile_steps": "5-2"})
 
 
+def test_negative_frame_rate_is_rejected_up_front():
+    # Otherwise every sample's clip plan fails inside the loader (DALI's python callback) and is skipped.
+    with pytest.raises(ValueError, match="frame_rate must be > 0"):
+        build_config({"frame_rate": -15.0})
+
+
 def test_shipped_configs_load():
     from pathlib import Path
 

@@ -35,15 +35,17 @@ def make_gen1_like(src: Path, recordings: int, duration_s: float, rate_meps: flo
                           ("confidence", "<f4"), ("track_id", "<u4")])
     for r in range(recordings):
         dat = src / f"rec{r:03d}_td.dat"
+        bbox = src / f"rec{r:03d}_bbox.npy"
         duration_us = int(duration_s * 1e6)
         n = int(rate_meps * 1e6 * duration_s)
-        if not dat.exists() or read_dat_header(dat).num_events != n:  # reuse only data of the same size
+        # Reuse only complete data of the same size: the DAT (written atomically) goes last, so an
+        # interrupted run never leaves a DAT without its box file.
+        if not dat.exists() or not bbox.exists() or read_dat_header(dat).num_events != n:
             ev = np.empty(n, EVENT_DTYPE)
             ev["t"] = np.sort(rng.integers(0, duration_us, n))
             ev["x"] = rng.integers(0, sensor_size[0], n)
             ev["y"] = rng.integers(0, sensor_size[1], n)
             ev["p"] = rng.integers(0, 2, n)
-            write_dat(dat, ev, sensor_size)
             ts = np.repeat(np.arange(0, duration_us, 250_000), 3)
             boxes = np.zeros(len(ts), box_dtype)
             boxes["ts"] = ts
@@ -51,7 +53,9 @@ def make_gen1_like(src: Path, recordings: int, duration_s: float, rate_meps: flo
             boxes["class_id"] = rng.integers(0, 2, len(ts))
             boxes["confidence"] = 1
             boxes["track_id"] = np.tile(np.arange(3), len(ts) // 3)
-            np.save(src / f"rec{r:03d}_bbox.npy", boxes)
+            dat.unlink(missing_ok=True)
+            np.save(bbox, boxes)
+            write_dat(dat, ev, sensor_size)
         total += n
     return {"recordings": recordings, "seconds_per_recording": duration_s, "events": total, "event_rate_meps": rate_meps}
 

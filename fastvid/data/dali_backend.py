@@ -83,7 +83,9 @@ class DALIBackend:
         self.config = config
         self.videos_per_batch = videos_per_batch
         self.device = device
-        self.device_id = (torch.device(device).index or 0) if device.startswith("cuda") else None
+        # Plain "cuda" is torch's current device (torch.cuda.set_device(local_rank)), as the PyAV path's .to("cuda").
+        index = torch.device(device).index if device.startswith("cuda") else None
+        self.device_id = (index if index is not None else torch.cuda.current_device()) if device.startswith("cuda") else None
         self.rank, self.world_size = rank, world_size
         self.num_threads = num_threads
         self.dtype = dtype

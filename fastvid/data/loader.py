@@ -84,6 +84,10 @@ class VideoLoader:
         self.videos_per_step = max(1, -(-batch_size // clips_per_video))
         self._num_batches = sampling.batches_per_epoch(self.shard_set.num_samples, world_size, batch_size, clips_per_video,
                                                        self.drop_last)
+        if self.shard_set.num_samples < world_size:
+            # Every rank must take part in evaluation's collectives: a rank with no video would fail alone and hang the rest.
+            raise ValueError(f"{shards}: {self.shard_set.num_samples} videos cannot be split over {world_size} ranks "
+                             "(a rank would get none); use fewer ranks")
         if self._num_batches == 0:
             raise ValueError(f"{shards}: {self.shard_set.num_samples} videos over {world_size} rank(s) give no full batch of "
                              f"{batch_size} clips; lower batch_size or pass drop_last=False")
@@ -155,6 +159,7 @@ class VideoLoader:
         pending_clips = 0
         chunks = self._chunks()
         last_batch = None
+        failed_in_a_row = 0
         try:
             while produced < self._num_batches:
                 chunk = next(chunks, None)
@@ -165,7 +170,14 @@ class VideoLoader:
                 elif "failed" in chunk:
                     self.stats["decode_failures"] += 1
                     self.stats["failed_keys"].append(chunk["failed"][0])
+                    failed_in_a_row += 1
+                    # DALI's reader never runs out: once every sample has failed, skipping would go on forever.
+                    if failed_in_a_row > self.shard_set.num_samples:
+                        raise RuntimeError(f"{failed_in_a_row} samples in a row failed to decode, last {chunk['failed'][0]!r}: "
+                                           f"{chunk['failed'][1]}; no clip can be read from {self.shard_set.shards[0].tar.parent}")
                     continue
+                if chunk["key"]:
+                    failed_in_a_row = 0
                 pending.append(chunk)
                 pending_clips += len(chunk["key"])
                 while pending_clips >= self.batch_size and produced < self._num_batches:
@@ -187,7 +199,9 @@ class VideoLoader:
                     self._batches_done = produced
                     self.stats["batches"] += 1
                     self.stats["clips"] += len(batch["key"])
-                    yield {"video": self._finish(batch["video"]), "label": batch["label"].to(self.device), "key": list(batch["key"])}
+                    # non_blocking: a blocking host->device copy would synchronize the stream every step.
+                    yield {"video": self._finish(batch["video"]), "label": batch["label"].to(self.device, non_blocking=True),
+                           "key": list(batch["key"])}
         finally:
             close = getattr(chunks, "close", None)
             if close:

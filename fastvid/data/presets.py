@@ -61,7 +61,8 @@ def get_preset(name: str, crop_size=None, resize_size=None) -> Preset:
     if crop_size is not None:
         preset = replace(preset, crop_size=_pair(crop_size))
     if resize_size is not None:
-        preset = replace(preset, resize_size=resize_size if isinstance(resize_size, int) and name == "tsm" else _pair(resize_size))
+        # An int is a short side, as torchvision's Resize(int) (and --*-resize-size with one value) means.
+        preset = replace(preset, resize_size=int(resize_size) if isinstance(resize_size, (int, np.integer)) else _pair(resize_size))
     return preset
 
 

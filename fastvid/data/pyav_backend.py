@@ -106,11 +106,12 @@ def cut_clip(frames: np.ndarray, crop_at, out_size, flip: bool) -> np.ndarray:
     return np.ascontiguousarray(clip[:, :, ::-1] if flip else clip)
 
 
-def normalize_clips(clips: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device, dtype, channels_last: bool) -> torch.Tensor:
-    """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) normalized on `device` (uint8 travels, floats are made there)."""
+def normalize_clips(clips: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, device, dtype, channels_last: bool) -> torch.Tensor:
+    """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) normalized on `device` (uint8 travels, floats are made there).
+
+    `scale` = 1/std and `shift` = mean/std, (1, 3, 1, 1, 1) tensors already on `device` (made once, not per batch:
+    a per-batch blocking host->device copy would synchronize the stream every step)."""
     clips = clips.to(device, non_blocking=True).permute(0, 4, 1, 2, 3)  # channels-last-3d view, no copy
-    scale = (1.0 / std).to(clips.device).view(1, 3, 1, 1, 1)
-    shift = (mean / std).to(clips.device).view(1, 3, 1, 1, 1)
     video = clips.float().mul_(scale).sub_(shift)
     if dtype != torch.float32:
         video = video.to(dtype)
@@ -193,7 +194,8 @@ class PyAVBackend:
                  dtype=torch.float32, channels_last: bool = False):
         self.dataset = ClipDataset(shard_set, config)
         mean, std = normalization(config.preset)
-        self.mean, self.std = torch.from_numpy(mean), torch.from_numpy(std)
+        self.scale = torch.from_numpy(1.0 / std).view(1, 3, 1, 1, 1).to(device)
+        self.shift = torch.from_numpy(mean / std).view(1, 3, 1, 1, 1).to(device)
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
         self.videos_per_batch = videos_per_batch
         self.num_workers = num_workers
@@ -209,5 +211,5 @@ class PyAVBackend:
             for key, error in chunk.pop("failed"):
                 log.warning("fastvid: sample %s failed to decode and was skipped: %s", key, error)
                 yield {"failed": (key, error)}
-            video = normalize_clips(chunk.pop("clips"), self.mean, self.std, self.device, self.dtype, self.channels_last)
+            video = normalize_clips(chunk.pop("clips"), self.scale, self.shift, self.device, self.dtype, self.channels_last)
             yield {"video": video, **chunk}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+from fastvid.shard.cli import parse_size
+
 
 def add_arguments(parser):
     parser.add_argument("src", help="dataset folder (GEN1: *_td.dat with *_bbox.npy next to each, any depth) or one *_td.dat")
@@ -18,7 +20,8 @@ def add_arguments(parser):
     parser.add_argument("--allow-missing-boxes", action="store_true", help="shard recordings without a _bbox.npy (no boxes) instead of failing them")
     parser.add_argument("--compress-level", type=int, default=1, help="deflate level of the event columns: 1 (default, fast) to 9, 0 = uncompressed (fastest to read)")
     parser.add_argument("--max-samples", type=int, default=None, help="segments per shard (default: the writer's)")
-    parser.add_argument("--max-shard-bytes", type=int, default=None, help="bytes per shard (default: the writer's)")
+    parser.add_argument("--max-shard-bytes", type=parse_size, default=None,
+                        help="start a new shard before one would exceed this size, e.g. 500MB, 1GiB (default: the writer's)")
     parser.add_argument("--workers", type=int, default=1, help="encoding processes (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample order over shards")
     parser.add_argument("--node-rank", type=int, default=0, help="this node's part of a multi-node job")

@@ -16,6 +16,8 @@ ValueError naming the file and the byte offset of the problem.
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -360,7 +362,12 @@ def read_events(path: str | os.PathLike, t_start: int | None = None, t_end: int 
         return read_dat(path, t_start, t_end, **kw)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such event file")
-    events = _load_array_events(path)
+    try:
+        events = _load_array_events(path)
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        if str(exc).startswith(path):  # our own checks already name the file
+            raise
+        raise ValueError(f"{path}: not a readable event file ({type(exc).__name__}: {exc})") from None
     t = events["t"]
     drops = np.flatnonzero(t[1:] < t[:-1])
     if len(drops):

@@ -24,6 +24,7 @@ import os
 import re
 import threading
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -334,8 +335,9 @@ class SegmentReader:
     def read(self, ref: SegmentRef, columns: bool = False) -> dict:
         try:
             return decode_sample(self.read_fields(ref), columns)
-        except (KeyError, ValueError, OSError) as exc:
-            raise ValueError(f"{ref.tar}: cannot decode segment {ref.key!r} ({exc})") from None
+        except (KeyError, ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+            # Corrupt deflate data / zip structure raise zlib.error / BadZipFile, not ValueError.
+            raise ValueError(f"{ref.tar}: cannot decode segment {ref.key!r} ({type(exc).__name__}: {exc})") from None
 
     def close(self):
         fds, self._fds = self._fds, {}

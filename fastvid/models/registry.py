@@ -37,4 +37,9 @@ def get_model(name: str, num_classes: int = 400, **kwargs) -> nn.Module:
     _load_builders()
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
-    return _MODELS[name](num_classes=num_classes, **kwargs)
+    try:
+        return _MODELS[name](num_classes=num_classes, **kwargs)
+    except TypeError as exc:  # e.g. --model-width / --model-kwarg for a model without that option
+        if kwargs and "unexpected keyword argument" in str(exc):
+            raise ValueError(f"model {name!r} does not accept the options {sorted(kwargs)}: {exc}") from None
+        raise

@@ -77,16 +77,25 @@ def write_index(tar_path: str | os.PathLike, idx_path: str | os.PathLike | None 
 
 def read_index(idx_path: str | os.PathLike) -> list[list[tuple[str, int, int, str]]]:
     """Parse a v1.2 index back into per-sample component lists (for checks and inspection)."""
-    lines = Path(idx_path).read_text().splitlines()
+    try:
+        lines = Path(idx_path).read_text().splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{idx_path}: not a DALI {INDEX_VERSION} webdataset index (not text)") from None
     if not lines or not lines[0].startswith(INDEX_VERSION + " "):
         raise ValueError(f"{idx_path}: not a DALI {INDEX_VERSION} webdataset index")
-    count = int(lines[0].split()[1])
+    try:
+        count = int(lines[0].split()[1])
+    except (IndexError, ValueError):
+        raise ValueError(f"{idx_path}: malformed header {lines[0]!r}") from None
     samples = []
     for line in lines[1:]:
         parts = line.split()
-        if len(parts) % 4:
-            raise ValueError(f"{idx_path}: malformed line {line!r}")
-        samples.append([(parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)])
+        try:
+            if len(parts) % 4:
+                raise ValueError
+            samples.append([(parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)])
+        except ValueError:
+            raise ValueError(f"{idx_path}: malformed line {line!r}") from None
     if len(samples) != count:
         raise ValueError(f"{idx_path}: header says {count} samples, found {len(samples)}")
     return samples

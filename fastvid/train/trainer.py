@@ -86,7 +86,7 @@ class StopFlag:
 
 
 def _size(v):
-    """[h, w] -> (h, w); [n] -> n (a short side for the tsm preset, a square elsewhere)."""
+    """[h, w] -> (h, w); [n] -> n (a short side for resize sizes, as torchvision's Resize; a square for crops)."""
     return None if v is None else (tuple(v) if len(v) == 2 else int(v[0]))
 
 
