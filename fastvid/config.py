@@ -56,7 +56,7 @@ class TrainConfig:
     config: str | None = None
     backend: str = "auto"                 # loader backend: auto | dali | pyav
     preset: str | None = None             # augmentation preset; None: from the model (tsm, s3d, video_resnet)
-    frame_stride: int = 1                 # used when frame_rate is None
+    frame_stride: int = 1                 # counted at frame_rate (native rate when frame_rate is None)
     channels_last: bool = False
     compile: bool = False
     amp_dtype: str = "bf16"               # bf16 | fp16 (fp16 uses a GradScaler)

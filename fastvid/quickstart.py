@@ -85,8 +85,16 @@ def run(args) -> int:
     ]
     if args.model is None:
         train_argv += ["--model-width", "16"]  # a quarter-width R3D-18: the real architecture, CPU-sized
+    # Resume a finished or interrupted run of the same model; another model starts training afresh.
+    model_marker = train_dir / ".quickstart-model"
+    if model_marker.exists() and model_marker.read_text() != model:
+        import shutil
+
+        shutil.rmtree(train_dir)
     if (train_dir / "checkpoint.pth").exists():
         train_argv += ["--resume", str(train_dir / "checkpoint.pth")]
+    train_dir.mkdir(parents=True, exist_ok=True)
+    model_marker.write_text(model)
     _cli(train_argv)
 
     print("[4/4] summary")

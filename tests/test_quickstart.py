@@ -37,3 +37,8 @@ def test_quickstart_tiny_end_to_end(tmp_path, capsys):
     train = json.loads((out / "shards" / "train" / "manifest.json").read_text())
     assert train["num_samples"] == 12 and len(list((out / "videos" / "train").rglob("*.mp4"))) == 12
     assert [json.loads(line)["epoch"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()] == [0]
+
+    # Another model does not resume the old checkpoint (its weights would not fit).
+    assert main(["quickstart", "--device", "cpu", "--out", str(out), "--epochs", "1", "--videos-per-class", "2",
+                 "--model", "mc3_18"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 1

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--model", help="model name (fastvid.models.list_models())")
     add("--device", help="cuda, cpu, or auto")
     add("--clip-len", type=int, metavar="N", help="number of frames per clip")
-    add("--frame-rate", type=_optional_float, help="resample videos to this frame rate (none: native rate, see --frame-stride)")
+    add("--frame-rate", type=_optional_float, help="sample clips as if videos ran at this frame rate (torchvision's meaning; none: native rate, see --frame-stride)")
     add("--clips-per-video", type=int, metavar="N", help="clips per video (random at train, uniform at eval, averaged per video)")
     add("-b", "--batch-size", type=int, help="clips per process; the total batch is world_size x batch_size")
     add("--epochs", type=int, metavar="N", help="number of total epochs to run")
@@ -76,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # fastvid additions
     add("--backend", choices=["auto", "dali", "pyav"], help="loader backend")
     add("--preset", choices=["video_resnet", "s3d", "tsm"], help="augmentation preset; default follows the model")
-    add("--frame-stride", type=int, help="take every Nth frame when --frame-rate is none")
+    add("--frame-stride", type=int, help="distance between a clip's frames, counted at --frame-rate (source frames: N x fps / frame-rate), or at the native rate when --frame-rate is none")
     add("--channels-last", action="store_true", help="channels_last_3d memory format for model and input")
     add("--compile", action="store_true", help="torch.compile the model")
     add("--amp-dtype", choices=["bf16", "fp16"], help="autocast dtype with --amp (fp16 adds a GradScaler)")
