@@ -50,17 +50,15 @@ def device_info() -> dict:
 
 def write_json(result: dict, path: str | os.PathLike | None) -> None:
     """Write `result` atomically to `path` (no-op for None); '-' prints it."""
-    text = json.dumps(result, indent=2, default=str)
     if path is None:
         return
     if str(path) == "-":
-        print(text)
+        print(json.dumps(result, indent=2, default=str))
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(path)
+    from fastvid.shard.manifest import write_json_atomic
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(result, path, default=str)
 
 
 def kernel_devices(device: str, bench_name: str) -> list[str]:

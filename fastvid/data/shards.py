@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastvid.shard.dali_index import index_path_for
+
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 # Codecs DALI's CPU video decoder can handle (everything else needs NVDEC or PyAV).
 DALI_CPU_CODECS = ("vp8", "vp9", "mjpeg")
@@ -88,7 +90,7 @@ def open_shard_set(shards) -> ShardSet:
             p = Path(p)
             if not p.exists():
                 raise FileNotFoundError(f"{p}: shard does not exist")
-            idx = p.with_name(p.name.split(".", 1)[0] + ".idx")
+            idx = index_path_for(p)
             pairs.append((p, idx if idx.exists() else None))
         parent_manifest = Path(paths[0]).parent / "manifest.json"
         if parent_manifest.exists():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fastvid.shard import dali_index
 from fastvid.shard.manifest import MANIFEST_NAME, file_sha256, read_manifest
+from fastvid.shard.writer import human_bytes
 
 VIDEO_EXTS = {"mp4", "webm"}
 
@@ -181,14 +182,6 @@ def summarize(out_dir, verify: bool = False) -> dict:
     return summary
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _histogram_lines(title: str, counts: dict, limit: int = 12) -> list[str]:
     if not counts:
         return []
@@ -205,9 +198,9 @@ def _histogram_lines(title: str, counts: dict, limit: int = 12) -> list[str]:
 
 def format_summary(summary: dict) -> str:
     lines = [f"{summary['dir']}: {summary['kind']} shard set, split {summary['split']!r}",
-             f"  {summary['num_samples']} samples in {summary['num_shards']} shards, {_fmt_bytes(summary['bytes'])}, "
+             f"  {summary['num_samples']} samples in {summary['num_shards']} shards, {human_bytes(summary['bytes'])}, "
              f"{summary['num_classes']} classes, {summary['total_duration_s']:.1f} s of video" if summary["kind"] == "video" else
-             f"  {summary['num_samples']} samples in {summary['num_shards']} shards, {_fmt_bytes(summary['bytes'])}, "
+             f"  {summary['num_samples']} samples in {summary['num_shards']} shards, {human_bytes(summary['bytes'])}, "
              f"{summary['num_classes']} classes"]
     if summary["frames"]:
         f = summary["frames"]

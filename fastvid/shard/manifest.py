@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+from fastvid.shard.dali_index import index_path_for
+
 FORMAT = "fastvid-shards"
 VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -83,7 +85,7 @@ def shard_files(out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
     pairs = []
     for shard in manifest["shards"]:
         tar = out_dir / shard["name"]
-        idx = tar.with_name(shard["name"].split(".", 1)[0] + ".idx")
+        idx = index_path_for(tar)
         if not tar.exists():
             raise FileNotFoundError(f"{tar}: listed in {out_dir / MANIFEST_NAME} but missing")
         if not idx.exists():
@@ -92,10 +94,11 @@ def shard_files(out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
+def write_json_atomic(data: dict, path: str | os.PathLike, default=None) -> Path:
+    """Write JSON under a temporary name, then rename: readers never see a half-written file."""
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=default) + "\n")
     tmp.replace(path)
     return path
 

@@ -251,7 +251,8 @@ def _check_same_set(manifest_path: Path, split: str, kind: str) -> None:
                          f"{existing.get('split')!r}; write split {split!r} ({kind}) to its own directory")
 
 
-def _human_bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KB' (binary units), for summary lines."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1024 or unit == "TB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
@@ -377,8 +378,8 @@ def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Seq
     elapsed = time.perf_counter() - t0
     skipped = f", {len(done)} complete shards kept from an earlier run" if done else ""
     print(f"{desc}: {manifest['num_samples']} samples in {len(records)} shards "
-          f"({_human_bytes(sum(r['bytes'] for r in records))}) -> {manifest_path}; {len(failures)} failed{skipped}; "
-          f"{elapsed:.1f} s ({_human_bytes(written_bytes / max(elapsed, 1e-9))}/s written)", file=sys.stderr)
+          f"({human_bytes(sum(r['bytes'] for r in records))}) -> {manifest_path}; {len(failures)} failed{skipped}; "
+          f"{elapsed:.1f} s ({human_bytes(written_bytes / max(elapsed, 1e-9))}/s written)", file=sys.stderr)
     if mine and manifest["num_samples"] == 0:
         first = failures[0] if failures else {"source": "?", "error": "?"}
         raise RuntimeError(f"nothing was written: all {len(mine)} inputs failed (first: {first['source']}: {first['error']})")
