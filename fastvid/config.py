@@ -68,6 +68,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests, benchmarks)
     label_smoothing: float = 0.0
     eval_every: int = 1                   # evaluate every N epochs (and after the last)
+    trust_checkpoint: bool = False        # allow full unpickling of --resume/--weights (can run code)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -9,6 +9,7 @@ DIR/report.png. On a GPU it uses DALI's GPU path; on CPU, VP9 shards and DALI's 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -95,7 +96,17 @@ def run(args) -> int:
         train_argv += ["--resume", str(train_dir / "checkpoint.pth")]
     train_dir.mkdir(parents=True, exist_ok=True)
     model_marker.write_text(model)
-    _cli(train_argv)
+    from fastvid.cli import main
+    from fastvid.train.preempt import PREEMPTED_EXIT_CODE
+
+    rc = main(train_argv)
+    if rc == PREEMPTED_EXIT_CODE:
+        # Not finished: no summary (it would describe a partial run). The rerun resumes the checkpoint.
+        print(f"quickstart: training was preempted (SIGTERM) and checkpointed in {train_dir}; rerun the same "
+              f"`fastvid quickstart` command to resume. No summary written.", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    if rc != 0:
+        raise RuntimeError(f"`fastvid {' '.join(train_argv)}` failed with exit status {rc}")
 
     print("[4/4] summary")
     rows = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]

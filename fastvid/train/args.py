@@ -28,7 +28,12 @@ def _optional_float(text: str):
     return None if text.lower() in ("none", "native", "0") else float(text)
 
 
+EPILOG = ("Exit status: 0 done; 1 error; 75 (EX_TEMPFAIL) preempted: SIGTERM stopped training after the current "
+          "step, skipped evaluation and saved OUTPUT/checkpoint.pth; rerun with --resume OUTPUT/checkpoint.pth to continue.")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = EPILOG
     def add(*flags, **kw):
         default = getattr(D, kw.get("dest") or flags[-1].lstrip("-").replace("-", "_"), None)
         if "help" in kw and kw.get("action") not in ("store_true",) and default not in (None, {}):
@@ -55,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--lr-warmup-epochs", type=int, help="the number of epochs to warmup")
     add("--lr-warmup-method", choices=["linear", "constant"], help="the warmup method")
     add("--lr-warmup-decay", type=float, help="the lr factor at the start of warmup")
-    add("--print-freq", type=int, help="steps between progress updates (and NaN / preemption checks)")
+    add("--print-freq", type=int, help="steps between progress updates (and NaN checks; SIGTERM is checked every step)")
     add("--output-dir", help="where checkpoints, metrics.jsonl and traces go")
     add("--resume", help="checkpoint to resume from (e.g. OUTPUT/checkpoint.pth)")
     add("--start-epoch", type=int, metavar="N", help="start epoch (taken from the checkpoint when resuming)")
@@ -89,6 +94,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--max-steps-per-epoch", type=int, metavar="N", help="cut every epoch to N steps")
     add("--label-smoothing", type=float, help="cross-entropy label smoothing")
     add("--eval-every", type=int, metavar="N", help="evaluate every N epochs and after the last")
+    add("--trust-checkpoint", action="store_true",
+        help="allow --resume/--weights files that hold more than tensors and plain data (legacy or foreign pickles); "
+             "unpickling such a file can run code, so only for files you trust")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -1,9 +1,15 @@
 """Checkpoints: atomic writes of OUTPUT/checkpoint.pth and OUTPUT/model_<epoch>.pth, loading for
---resume, and torchvision-format weights for --weights."""
+--resume, and torchvision-format weights for --weights.
+
+Loading never runs code from the file unless asked: `torch.load(weights_only=True)` unpickles only
+tensors, plain containers and numbers, plus the allow-list SAFE_GLOBALS. fastvid's own checkpoints
+hold only those (the config is saved as a dict, the schedule's milestones as a Counter, which torch
+allows). Anything else (a legacy or foreign pickle) needs `--trust-checkpoint`."""
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -32,14 +38,44 @@ def save_checkpoint(state: dict, output_dir: str | os.PathLike, epoch: int | Non
     return atomic_save(state, out / "checkpoint.pth")
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+# Types besides tensors/containers/numbers that a fastvid checkpoint may hold. Empty on purpose: what the
+# trainer saves is plain (see the module docstring); add a type here rather than widening the load.
+SAFE_GLOBALS: list = []
+
+
+class UntrustedCheckpoint(ValueError):
+    """The file needs full unpickling (it could run code); the user must say they trust it."""
+
+
+def safe_load(path: str | os.PathLike, *, trust: bool = False, flag: str = "--resume"):
+    """torch.load on CPU with weights_only=True (+ SAFE_GLOBALS); full unpickling only with trust=True."""
+    if trust:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc).lower() and "weights only" not in str(exc).lower():
+            raise
+        first = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "global" in line), "")
+        raise UntrustedCheckpoint(
+            f"{flag} {path}: refusing to unpickle it: the file holds objects other than tensors and plain data "
+            f"({first[:200] or 'not a weights-only file'}); loading it could run code. If you made this file or trust "
+            "its source, pass --trust-checkpoint") from None
+
+
+def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = safe_load(path, trust=trust, flag="--resume")
+    except UntrustedCheckpoint:
+        raise
     except Exception as exc:  # truncated / not a torch file
         raise ValueError(f"checkpoint {path} could not be read: {exc}") from exc
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a training checkpoint dict")
     missing = [k for k in ("model", "optimizer", "lr_scheduler", "epoch") if k not in ckpt]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {missing}; is it a fastvid/torchvision training checkpoint?")
@@ -55,7 +91,7 @@ def classifier_keys(model: nn.Module) -> set[str]:
     return {k for k in model.state_dict() if last and k.startswith(last + ".")}
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
+def load_weights(model: nn.Module, path: str | os.PathLike, trust: bool = False) -> list[str]:
     """Load a torchvision-format state_dict (bare, or under "model"/"state_dict"), tolerating a
     "module." prefix and a classifier of another size (kept fresh). Returns the keys left fresh."""
     p = Path(path)
@@ -64,7 +100,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
             f"--weights {path}: not a file. torchvision weight enum names (e.g. R2Plus1D_18_Weights.KINETICS400_V1) "
             "need torchvision to download them; save `weights.get_state_dict()` to a file and pass its path"
         )
-    sd = torch.load(p, map_location="cpu", weights_only=False)
+    try:
+        sd = safe_load(p, trust=trust, flag="--weights")
+    except UntrustedCheckpoint:
+        raise
+    except Exception as exc:  # truncated / not a torch file
+        raise ValueError(f"--weights {path} could not be read: {exc}") from exc
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]
     elif isinstance(sd, dict) and "state_dict" in sd:

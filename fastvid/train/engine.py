@@ -2,8 +2,10 @@
 
 The training step runs under autocast (bf16 by default, fp16 with a GradScaler), clips gradients on
 request and steps the lr schedule every iteration, like torchvision's reference. Host syncs are
-limited to every `print_freq` steps, where the loss is read, NaN/preemption flags are agreed on by
-all ranks, and the progress bar is updated. Data wait = time blocked in the loader's `next()`.
+limited to every `print_freq` steps, where the loss is read, the NaN flag is agreed on by all ranks,
+and the progress bar is updated. The preemption flag is polled every step (fastvid.train.preempt.StopVote:
+free in one process, a one-step-lagged async all-reduce under DDP). Data wait = time blocked in the
+loader's `next()`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class StepContext:
     channels_last: bool = False
     print_freq: int = 10
     profiler: object | None = None        # fastvid.train.trainer.StepProfiler
-    stop_requested: callable = lambda: False
+    stop_vote: object | None = None       # fastvid.train.preempt.StopVote, polled after every step
     global_step: int = 0
 
 
@@ -121,8 +123,8 @@ def train_one_epoch(model, loader, ctx: StepContext, *, epoch: int, num_steps: i
 
         last = step + 1 == num_steps
         if (res.steps % ctx.print_freq == 0) or last:
-            # The one host sync per print_freq steps: agree on NaN and preemption across ranks.
-            flags = torch.stack([bad.float(), torch.tensor(float(ctx.stop_requested()), device=dev)])
+            # The one host sync per print_freq steps: agree on NaN across ranks.
+            flags = bad.float().reshape(1)
             D.all_reduce(flags, op="max")
             last_loss = float(detached)
             if flags[0] > 0:
@@ -143,13 +145,13 @@ def train_one_epoch(model, loader, ctx: StepContext, *, epoch: int, num_steps: i
                     wait=f"{100 * res.wait_s / max(elapsed, 1e-9):.1f}%",
                     refresh=False,
                 )
-            if flags[1] > 0 and not last:
-                res.preempted = True
-                if progress is not None:
-                    progress.update(1)
-                break
         if progress is not None:
             progress.update(1)
+        if ctx.stop_vote is not None and ctx.stop_vote.poll() and not last:
+            res.preempted = True
+            break
+    if ctx.stop_vote is not None:
+        ctx.stop_vote.drain()
     res.loss_sum = float(loss_acc)
     res.wall_s = time.perf_counter() - t_start
     return res

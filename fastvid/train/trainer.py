@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from fastvid.train import distributed as D
 from fastvid.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from fastvid.train.engine import StepContext, evaluate, train_one_epoch
 from fastvid.train.optim import build_lr_scheduler, build_optimizer
+from fastvid.train.preempt import PREEMPTED_EXIT_CODE, StopFlag, StopVote
 from fastvid.train.syncbn import convert_sync_batchnorm
 
 MODEL_PRESETS = {"tsm_resnet50": "tsm", "s3d": "s3d"}
@@ -61,28 +61,6 @@ class StepProfiler:
             tmp.replace(self.path)
             self.active, self.done = False, True
             print(f"profiler trace written to {self.path}", flush=True)
-
-
-class StopFlag:
-    """SIGTERM (preemption) -> finish the current step, checkpoint, exit 0."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def install(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _size(v):
@@ -160,7 +138,13 @@ def _append_jsonl(path: Path, row: dict) -> None:
 def run_training(cfg: TrainConfig) -> int:
     info = D.init_distributed(cfg.device, cfg.dist_url)
     stop = StopFlag().install()
+    lock = None
     try:
+        if info.is_main:
+            from fastvid.locks import lock_directory
+
+            # Two runs writing one output directory would overwrite each other's checkpoints.
+            lock = lock_directory(cfg.output_dir, "--output-dir")
         rc = _run(cfg, info, stop)
         # Leave together: a rank tearing down gloo while another still writes a checkpoint can abort it.
         D.barrier()
@@ -168,6 +152,8 @@ def run_training(cfg: TrainConfig) -> int:
     finally:
         stop.restore()
         D.cleanup()
+        if lock is not None:
+            lock.close()
 
 
 def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
@@ -205,7 +191,7 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
         model_kwargs["width"] = cfg.model_width
     model = get_model(cfg.model, num_classes=num_classes, **model_kwargs)
     if cfg.weights:
-        fresh = load_weights(model, cfg.weights)
+        fresh = load_weights(model, cfg.weights, trust=cfg.trust_checkpoint)
         log(info, f"loaded weights {cfg.weights}" + (f" (new classifier: {', '.join(fresh)})" if fresh else ""))
     if cfg.sync_bn:
         model, n = convert_sync_batchnorm(model, info.device)
@@ -237,7 +223,11 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
 
     start_epoch, resume_step = cfg.start_epoch, 0
     if cfg.resume:
-        ckpt = load_checkpoint(cfg.resume)
+        ckpt = load_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)
+        saved_model = (ckpt.get("args") or {}).get("model") if isinstance(ckpt.get("args"), dict) else None
+        if saved_model and saved_model != cfg.model:
+            raise ValueError(f"--resume {cfg.resume}: this checkpoint is {saved_model}, not {cfg.model}; "
+                             f"pass --model {saved_model} (or use --weights to start {cfg.model} from compatible weights)")
         model_without_ddp.load_state_dict(ckpt["model"])
         if not cfg.test_only:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -273,13 +263,42 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
     profiler = StepProfiler(cfg.profile_steps, out_dir, info.rank, info.device) if cfg.profile_steps else None
     ctx = StepContext(device=info.device, optimizer=optimizer, lr_scheduler=lr_scheduler, criterion=criterion,
                       autocast_dtype=amp_dtype, scaler=scaler, grad_clip=cfg.grad_clip, channels_last=cfg.channels_last,
-                      print_freq=cfg.print_freq, profiler=profiler, stop_requested=stop)
+                      print_freq=cfg.print_freq, profiler=profiler, stop_vote=StopVote(stop, info.device))
     try:
         return _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_loader, optimizer, lr_scheduler,
                        scaler, start_epoch, resume_step, steps_per_epoch, eval_kwargs, out_dir)
     finally:
         if profiler is not None:
             profiler.finish()  # also on errors: an active profiler at interpreter exit can crash it
+
+
+class _KeyLog:
+    """FASTVID_DEBUG_KEYS=FILE: append each training batch's sample keys (one JSON line per batch, per
+    rank) as it is taken from the loader; the fault tests compare the clips seen across stop + resume."""
+
+    def __init__(self, loader, epoch: int, path: str):
+        self.loader, self.epoch, self.path = loader, epoch, path
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        rank = int(os.environ.get("RANK", "0"))
+        with open(self.path, "a") as f:
+            for batch in self.loader:
+                f.write(json.dumps({"rank": rank, "epoch": self.epoch, "keys": list(batch["key"])}) + "\n")
+                f.flush()
+                yield batch
+
+
+def _key_log(loader, epoch: int):
+    path = os.environ.get("FASTVID_DEBUG_KEYS")
+    return _KeyLog(loader, epoch, path) if path else loader
+
+
+def _stop_agreed(stop: StopFlag, info: D.DistInfo) -> bool:
+    flag = torch.tensor([float(stop())], device=info.device if info.backend == "nccl" else "cpu")
+    return D.all_reduce(flag, op="max").item() > 0
 
 
 def _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_loader, optimizer, lr_scheduler, scaler,
@@ -301,7 +320,7 @@ def _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_lo
         cpu_t0, wall_t0 = _cpu_seconds(), time.perf_counter()
         with tqdm(total=steps_per_epoch, initial=resume_step, desc=f"Epoch [{epoch}]", disable=not info.is_main,
                   dynamic_ncols=True, file=sys.stderr) as bar:
-            res = train_one_epoch(model, train_loader, ctx, epoch=epoch, num_steps=steps_per_epoch, start_step=resume_step, progress=bar)
+            res = train_one_epoch(model, _key_log(train_loader, epoch), ctx, epoch=epoch, num_steps=steps_per_epoch, start_step=resume_step, progress=bar)
         usage = sampler.stop()
         if not usage["num_samples"]:
             # Epoch shorter than the sampling interval: fall back to this process's CPU time and peak RSS.
@@ -326,9 +345,12 @@ def _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_lo
             if profiler is not None:
                 profiler.finish()
             log(info, f"SIGTERM: saved {out_dir / 'checkpoint.pth'} at epoch {epoch} step {resume_step + res.steps}; "
-                f"resume with --resume {out_dir / 'checkpoint.pth'}")
-            return 0
+                f"exiting with code {PREEMPTED_EXIT_CODE} (preempted); resume with --resume {out_dir / 'checkpoint.pth'}")
+            return PREEMPTED_EXIT_CODE
         resume_step = 0
+        # A stop that came during the epoch's last step: all ranks agree (one host sync per epoch), and
+        # the evaluation is skipped so that the checkpoint is written within the grace period.
+        preempted = _stop_agreed(stop, info)
 
         # Rank-summed throughput and CPU; rank-averaged loss, data wait and GPU utilization.
         max_mem = (torch.cuda.max_memory_allocated(info.device) if info.device.type == "cuda" else (usage["rss_max_bytes"] or 0)) / 2**20
@@ -341,12 +363,14 @@ def _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_lo
 
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": agg[2], "steps": res.steps}
         is_last = epoch + 1 == cfg.epochs
-        if (epoch + 1) % cfg.eval_every == 0 or is_last:
+        if not preempted and ((epoch + 1) % cfg.eval_every == 0 or is_last):
             val_loader.set_epoch(0)
             with tqdm(total=len(val_loader), desc=f"Test [{epoch}]", disable=not info.is_main, dynamic_ncols=True, file=sys.stderr) as bar:
                 row.update(evaluate(model, val_loader, progress=bar, **eval_kwargs))
         else:
             row.update(val_acc1=None, val_acc5=None)
+        if preempted:
+            row["preempted"] = True
         row.update(
             clips_per_s=round(agg[0], 2),
             data_wait_frac=round(agg[1], 4),
@@ -365,10 +389,12 @@ def _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_lo
         log(info, f"Epoch {epoch}: train_loss {row['train_loss']:.4f} | {acc}{row['clips_per_s']:.1f} clips/s | "
             f"data wait {100 * row['data_wait_frac']:.1f}% | lr {row['lr']:.4g}")
         # All ranks must agree before leaving, or one would wait forever in the next epoch's collectives.
-        stop_all = D.all_reduce(torch.tensor([float(stop())], device=info.device if info.backend == "nccl" else "cpu"), op="max")
-        if stop_all.item() > 0:
-            log(info, f"SIGTERM: epoch {epoch} checkpointed; exiting")
-            return 0
+        if preempted or _stop_agreed(stop, info):
+            log(info, f"SIGTERM: epoch {epoch} checkpointed{' (evaluation skipped)' if preempted else ''}; "
+                f"exiting with code {PREEMPTED_EXIT_CODE} (preempted); resume with --resume {out_dir / 'checkpoint.pth'}")
+            if profiler is not None:
+                profiler.finish()
+            return PREEMPTED_EXIT_CODE
     if profiler is not None:
         profiler.finish()
     log(info, f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - t_train))}; metrics in {metrics_path}")

@@ -1,0 +1,41 @@
+"""Exclusive locks on output directories, so two jobs never write into the same one.
+
+`flock` on `DIR/.fastvid.lock`: the kernel drops the lock when the holder exits, however it exits
+(kill -9 included), so a crashed run never leaves a stale lock behind. The file records the holder's
+pid and command for the error message; its presence alone means nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from pathlib import Path
+
+LOCK_NAME = ".fastvid.lock"
+
+
+class DirectoryInUse(RuntimeError):
+    pass
+
+
+def lock_directory(path: str | os.PathLike, what: str = "output directory"):
+    """Take the lock of `path` (created if needed) for this process's lifetime; returns the open lock file
+    (keep a reference; closing it releases the lock). Raises DirectoryInUse when another process holds it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lock_path = path / LOCK_NAME
+    f = open(lock_path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise DirectoryInUse(f"{what} {path} is in use by {holder}; wait for it to finish or choose another directory "
+                             f"(the lock is {lock_path}; it is released when that process exits)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} ({' '.join(sys.argv[:3])})\n")
+    f.flush()
+    return f
