@@ -50,7 +50,8 @@ def make_items(per_class: int = 6, bad: int = 1) -> list[Item]:
 
 def write(items, out, **kw):
     kw.setdefault("max_samples", 5)
-    return write_shard_set(items, encode_item, out, kind="video", classes=CLASSES, options={"codec": "test"}, **kw)
+    encode = kw.pop("encode", encode_item)
+    return write_shard_set(items, encode, out, kind="video", classes=CLASSES, options={"codec": "test"}, **kw)
 
 
 def tar_samples(tar_path) -> list[tuple[str, dict]]:
@@ -202,19 +203,43 @@ def test_resume_skips_complete_shards_and_ignores_temp_files(tmp_path):
     assert sorted(after) == sorted(before)
 
 
-def test_changed_options_or_inputs_rewrite(tmp_path):
+def test_changed_options_or_inputs_refuse_without_overwrite_and_swap_with_it(tmp_path):
     items = make_items()
     write(items, tmp_path, max_samples=5)
     before = _stats(tmp_path)
-    manifest = write(items, tmp_path, max_samples=12)  # different job: starts over, stale shards removed
+    with pytest.raises(ValueError, match=r"complete shard set made with other options.*max_samples 5 -> 12.*--overwrite"):
+        write(items, tmp_path, max_samples=12)
+    assert _stats(tmp_path) == before  # untouched
+    # --overwrite killed half way: the old set is intact (the new one is built beside it)
+    with pytest.raises(SystemExit):
+        write(items, tmp_path, max_samples=12, overwrite=True, encode=_exit_at(15))
+    assert _stats(tmp_path) == before and read_manifest(tmp_path)["options"]["max_samples"] == 5
+    manifest = write(items, tmp_path, max_samples=12, overwrite=True)  # resumes the staged set, then swaps
     assert [s["samples"] for s in manifest["shards"]] == [12, 12]
     assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["train-000000.tar", "train-000001.tar"]
     assert sorted(p.name for p in tmp_path.glob("*.idx")) == ["train-000000.idx", "train-000001.idx"]
     assert _stats(tmp_path)["train-000000.tar"] != before["train-000000.tar"]
+    assert read_manifest(tmp_path)["options"]["max_samples"] == 12 and shard_files(tmp_path)
+    assert not any(p.name.startswith(f".{tmp_path.name}.") for p in tmp_path.parent.iterdir())  # staging gone
     changed = [dataclasses.replace(it, size=it.size + 1) if i == 0 else it for i, it in enumerate(items)]
     mid = _stats(tmp_path)
-    write(changed, tmp_path, max_samples=12)
+    with pytest.raises(ValueError, match="the inputs differ"):
+        write(changed, tmp_path, max_samples=12)
+    write(changed, tmp_path, max_samples=12, overwrite=True)
     assert _stats(tmp_path)["train-000000.tar"] != mid["train-000000.tar"]
+
+
+class _exit_at:
+    """An encoder that stops the job (as SIGTERM does) at its n-th call."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def __call__(self, item):
+        self.calls += 1
+        if self.calls == self.n:
+            raise SystemExit(143)
+        return encode_item(item)
 
 
 def test_node_split_and_merge(tmp_path):

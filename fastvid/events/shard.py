@@ -199,6 +199,8 @@ def list_segments(src, segment_ms: float, require_boxes: bool = True) -> list[Se
             header = evio.check_dat_sorted(dat)
             boxes = evio.read_boxes(bbox) if bbox is not None else evio.empty_boxes()
             edges = seglib.recording_edges(evio.dat_time_span(header), boxes["t"], segment_us)
+            if len(edges) < 2:  # a header-only file: a failure to record, not a silent drop
+                raise ValueError(f"{dat}: the recording holds no events (header only), nothing to shard")
             sensor = header.sensor_size or GEN1_SENSOR_SIZE
             stamp = _stamp(dat, bbox)
             for k in range(len(edges) - 1):

@@ -36,6 +36,9 @@ def add_common_arguments(p) -> None:
     p.add_argument("--num-nodes", type=int, default=1, help="split the job over this many machines (default: 1)")
     p.add_argument("--node-rank", type=int, default=0, help="this machine's part, 0..num-nodes-1 (default: 0)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any input failed")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a complete shard set in OUT made with other options or inputs (the new set is built "
+                        "beside it and swapped in when complete); without it such a rerun refuses")
 
 
 def add_video_arguments(p) -> None:
@@ -114,5 +117,6 @@ def run_videos(args) -> int:
     write_shard_set(items, functools.partial(transcode.encode_sample, options=options), args.out, kind="video",
                     classes=classes, options=recorded, split=args.split, max_samples=args.max_samples,
                     max_shard_bytes=args.max_shard_bytes, workers=args.workers, seed=args.seed,
-                    node_rank=args.node_rank, num_nodes=args.num_nodes, strict=args.strict, desc=f"shard {args.split}")
+                    node_rank=args.node_rank, num_nodes=args.num_nodes, strict=args.strict, desc=f"shard {args.split}",
+                    overwrite=args.overwrite)
     return 0

@@ -16,6 +16,8 @@ import os
 import tarfile
 from pathlib import Path
 
+from fastvid.shard.atomic import write_text_atomic
+
 INDEX_VERSION = "v1.2"
 
 
@@ -69,9 +71,7 @@ def write_index(tar_path: str | os.PathLike, idx_path: str | os.PathLike | None 
     samples = index_entries(tar_path)
     if not samples:
         raise ValueError(f"{tar_path}: no samples in the tar, nothing to index")
-    tmp = idx_path.with_name(idx_path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(format_index(samples))
-    tmp.replace(idx_path)
+    write_text_atomic(format_index(samples), idx_path)
     return idx_path
 
 

@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from fastvid.shard.atomic import write_text_atomic
 from fastvid.shard.dali_index import index_path_for
 
 FORMAT = "fastvid-shards"
@@ -25,6 +26,17 @@ REQUIRED_KEYS = ("format", "version", "kind", "split", "num_samples", "classes",
 
 def partial_manifest_name(node_rank: int) -> str:
     return f"manifest-n{node_rank:03d}.json"
+
+
+def plain_file_name(name, where: str, what: str = "shard name") -> str:
+    """`name` read from a file (manifest, progress file) as a plain file name inside the set directory;
+    ValueError naming `where` otherwise. Untrusted names must never reach outside the directory:
+    no separators, no '.'/'..', no absolute paths, no NUL or other control characters."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
+            or any(ord(c) < 32 or ord(c) == 127 for c in name) or os.path.basename(name) != name):
+        raise ValueError(f"{where}: {what} {name!r} is not a plain file name inside the shard set directory "
+                         "(the file was edited or is hostile); refusing to use it")
+    return name
 
 
 def validate_manifest(manifest: dict, where: str = "manifest") -> dict:
@@ -44,9 +56,12 @@ def validate_manifest(manifest: dict, where: str = "manifest") -> dict:
         raise ValueError(f"{where}: 'classes' must be a list of class names")
     total = 0
     for i, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict):
+            raise ValueError(f"{where}: shard #{i} is not an object")
         for key in ("name", "samples", "bytes", "sha256"):
             if key not in shard:
                 raise ValueError(f"{where}: shard #{i} has no {key!r}")
+        plain_file_name(shard["name"], where)
         total += int(shard["samples"])
     if total != int(manifest["num_samples"]):
         raise ValueError(f"{where}: num_samples is {manifest['num_samples']} but the shards hold {total}")
@@ -96,11 +111,7 @@ def shard_files(out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
 
 def write_json_atomic(data: dict, path: str | os.PathLike, default=None) -> Path:
     """Write JSON under a temporary name, then rename: readers never see a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=default) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(json.dumps(data, indent=2, sort_keys=False, default=default) + "\n", path)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -8,8 +8,13 @@ manifest. What it guarantees:
 - nothing half-written: a shard is written as `<name>.tmp-<pid>` and renamed when complete;
 - resumable: after each shard a progress file records it; a rerun with the same items and options
   keeps complete shards untouched and goes on from the next one;
-- bad input never stops the job: an exception in `encode` becomes a manifest failure.
-Encoding runs in `workers` processes; the tars are written by this process in order.
+- a complete set is never replaced silently: a rerun with other items or options refuses unless
+  `overwrite`, which builds the new set beside the old one and swaps it in at the end (a killed
+  rerun leaves the old set intact; rerunning it resumes the new one);
+- bad input never stops the job: an exception in `encode` becomes a manifest failure;
+- a full disk leaves no temp file, and the error names the file being written.
+Encoding runs in `workers` processes that die with this one (SIGTERM/SIGINT, or its death); the
+tars are written by this process in order.
 """
 
 from __future__ import annotations
@@ -22,19 +27,25 @@ import json
 import os
 import random
 import re
+import shutil
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fastvid.shard import dali_index
-from fastvid.shard.manifest import FORMAT, MANIFEST_NAME, VERSION, partial_manifest_name, write_json_atomic
+from fastvid.shard.atomic import with_path
+from fastvid.shard.manifest import (FORMAT, MANIFEST_NAME, VERSION, partial_manifest_name, plain_file_name,
+                                    write_json_atomic)
 
 DEFAULT_MAX_SAMPLES = 1000
 DEFAULT_MAX_SHARD_BYTES = 1 << 30  # 1 GiB: big enough for sequential reads, small enough to spread over workers
 TAR_BLOCK = 512
 KEY_PATTERN = re.compile(r"^[^.\s]+$")
+MAX_LISTED_FAILURES = 10  # failed inputs named in the summary line (all are in the manifest)
 # Fixed member mtime so that a rerun of the same job produces byte-identical tars.
 MEMBER_MTIME = 0
 
@@ -112,6 +123,30 @@ def _encode_one(encode: Callable, item) -> tuple[bool, Any]:
         return False, f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: on Linux, get SIGKILL when the parent dies (even by kill -9), so no encoder
+    outlives the job."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    except Exception:  # not Linux: the parent's terminate-on-exit below still applies
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    # The executor has no public way to stop running tasks; its process table is stable across 3.8-3.13.
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            proc.terminate()
+        except Exception:
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _iter_encoded(encode, items, workers: int):
     """Yield (item, ok, fields|error) in item order, encoding in `workers` processes when > 1."""
     if workers <= 1:
@@ -124,7 +159,9 @@ def _iter_encoded(encode, items, workers: int):
     ctx = multiprocessing.get_context("spawn")
     window = collections.deque()
     it = iter(items)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,
+                               initargs=(os.getpid(),))
+    try:
         for item in it:
             window.append((item, pool.submit(_encode_one, encode, item)))
             if len(window) >= 4 * workers:
@@ -141,6 +178,10 @@ def _iter_encoded(encode, items, workers: int):
             if nxt is not None:
                 window.append((nxt, pool.submit(_encode_one, encode, nxt)))
             yield item, ok, payload
+    except BaseException:  # interrupted (SIGINT/SIGTERM), a write failed, or a worker died: stop encoding now
+        _terminate_workers(pool)
+        raise
+    pool.shutdown(wait=True)
 
 
 class _HashingFile:
@@ -178,15 +219,21 @@ class _ShardFile:
         self.bytes = 0
 
     def write(self, key: str, fields: dict[str, bytes]) -> None:
-        self.writer.write({"__key__": key, **fields})
+        try:
+            self.writer.write({"__key__": key, **fields})
+        except OSError as exc:  # e.g. ENOSPC: name the file
+            raise with_path(exc, self.tmp) from exc
         self.samples += 1
         self.bytes += sum(tar_member_bytes(len(v)) for v in fields.values())
 
     def finish(self) -> dict:
-        self.writer.close()
-        self.stream.flush()
-        os.fsync(self.stream.file.fileno())
-        self.stream.close()
+        try:
+            self.writer.close()
+            self.stream.flush()
+            os.fsync(self.stream.file.fileno())
+            self.stream.close()
+        except OSError as exc:
+            raise with_path(exc, self.tmp) from exc
         # Index first (from the temp tar), then the tar: a tar under its final name always has its index.
         idx = dali_index.index_path_for(self.path)
         dali_index.write_index(self.tmp, idx)
@@ -195,11 +242,12 @@ class _ShardFile:
                 "sha256": self.stream.digest.hexdigest()}
 
     def abort(self) -> None:
-        try:
-            self.writer.close()
-        except Exception:
-            pass
-        self.stream.close()
+        """Drop the temp file; closing may fail again (a full disk), the unlink must still happen."""
+        for close in (self.writer.close, self.stream.close):
+            try:
+                close()
+            except Exception:
+                pass
         self.tmp.unlink(missing_ok=True)
 
 
@@ -214,11 +262,11 @@ def _load_done_shards(out_dir: Path, prefix: str, fingerprint: str) -> list[dict
         state = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return []
-    if state.get("fingerprint") != fingerprint:
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
         return []
     done = []
     for record in state.get("shards", []):
-        tar = out_dir / record["name"]
+        tar = out_dir / plain_file_name(record.get("name") if isinstance(record, dict) else record, str(path))
         if not tar.is_file() or tar.stat().st_size != record["bytes"]:
             break
         idx = dali_index.index_path_for(tar)
@@ -263,12 +311,62 @@ def human_bytes(n: float) -> str:
 def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Sequence[str], options: dict,
                     split: str = "train", max_samples: int | None = DEFAULT_MAX_SAMPLES,
                     max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, workers: int = 1, seed: int = 0,
-                    node_rank: int = 0, num_nodes: int = 1, strict: bool = False, desc: str = "shard") -> dict:
+                    node_rank: int = 0, num_nodes: int = 1, strict: bool = False, desc: str = "shard",
+                    overwrite: bool = False) -> dict:
     """Write `items` as a WebDataset shard set under `out_dir`; returns the (partial, for num_nodes > 1) manifest.
 
     `encode(item) -> {ext: value}` (a top-level function or a functools.partial of one, so worker
     processes can pickle it) returns the sample's fields; exceptions become manifest failures.
+    `overwrite`: replace a complete set of another job (built beside, swapped in when complete).
     """
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C: the shard being written is deleted and the encoders are stopped.
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _write_shard_set(items, encode, out_dir, kind=kind, classes=classes, options=options, split=split,
+                                max_samples=max_samples, max_shard_bytes=max_shard_bytes, workers=workers, seed=seed,
+                                node_rank=node_rank, num_nodes=num_nodes, strict=strict, desc=desc, overwrite=overwrite)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    """Where --overwrite builds the new set: beside OUT (hidden, so no class-folder scan picks it up)."""
+    return out_dir.parent / f".{out_dir.name}.overwrite"
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace out_dir by staging: one atomic exchange where the OS has it (Linux renameat2), else two renames."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        AT_FDCWD, RENAME_EXCHANGE = -100, 2
+        if libc.renameat2(AT_FDCWD, os.fsencode(staging), AT_FDCWD, os.fsencode(out_dir), RENAME_EXCHANGE) == 0:
+            shutil.rmtree(staging)  # now the old set
+            return
+    except (OSError, AttributeError):
+        pass
+    old = out_dir.parent / f".{out_dir.name}.replaced"
+    shutil.rmtree(old, ignore_errors=True)
+    out_dir.rename(old)
+    staging.rename(out_dir)
+    shutil.rmtree(old)
+
+
+def _changes(old: dict, new: dict) -> str:
+    diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(diff[:5]) if diff else "the inputs differ"
+
+
+def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options, split, max_samples, max_shard_bytes,
+                     workers, seed, node_rank, num_nodes, strict, desc, overwrite) -> dict:
     from tqdm import tqdm
 
     items = list(items)
@@ -301,6 +399,27 @@ def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Seq
          "items": [item_fingerprint(it) for it in mine]}, sort_keys=True, default=str).encode()).hexdigest()
 
     done = _load_done_shards(out_dir, prefix, fingerprint)
+    if not done and manifest_path.exists():
+        # A complete set of another job (other options or inputs) is here: never delete it silently.
+        try:
+            old_options = json.loads(manifest_path.read_text()).get("options") or {}
+        except (json.JSONDecodeError, AttributeError):
+            old_options = {}
+        if not overwrite:
+            raise ValueError(f"{out_dir} holds a complete shard set made with other options or inputs "
+                             f"({_changes(old_options, job_options)}); rerun with --overwrite to replace it (the new set "
+                             "is built beside it and swapped in when complete), or write to another directory")
+        if num_nodes > 1:
+            raise ValueError(f"--overwrite with --num-nodes > 1: remove {out_dir} first (node parts cannot be swapped "
+                             "one by one)")
+        staging = _staging_dir(out_dir)
+        manifest = _write_shard_set(items, encode, staging, kind=kind, classes=classes, options=options, split=split,
+                                    max_samples=max_samples, max_shard_bytes=max_shard_bytes, workers=workers, seed=seed,
+                                    node_rank=node_rank, num_nodes=num_nodes, strict=False, desc=desc, overwrite=False)
+        _swap_in(staging, out_dir)
+        print(f"{desc}: replaced the shard set in {out_dir}", file=sys.stderr)
+        _check_failures(manifest, len(mine), strict, manifest_path)
+        return manifest
     _remove_leftovers(out_dir, prefix, keep=len(done))  # temp files are never taken as complete
     if not done:  # a fresh job: an old manifest here would describe shards that are being replaced
         manifest_path.unlink(missing_ok=True)
@@ -330,9 +449,10 @@ def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Seq
         save_progress()
 
     failed_count = sum(len(r["failures"]) for r in records)
+    encoded = _iter_encoded(encode, mine[start:], workers)
     try:
         position = start
-        for item, ok, payload in _iter_encoded(encode, mine[start:], workers):
+        for item, ok, payload in encoded:
             if not ok:
                 pending_failures.append({"source": str(item.source), "error": payload})
                 failed_count += 1
@@ -352,6 +472,7 @@ def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Seq
         if current is not None:
             close_current(position)
     except BaseException:
+        encoded.close()  # stop the encoder processes now, not when the traceback is freed
         if current is not None:
             current.abort()
         raise
@@ -380,10 +501,19 @@ def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Seq
     print(f"{desc}: {manifest['num_samples']} samples in {len(records)} shards "
           f"({human_bytes(sum(r['bytes'] for r in records))}) -> {manifest_path}; {len(failures)} failed{skipped}; "
           f"{elapsed:.1f} s ({human_bytes(written_bytes / max(elapsed, 1e-9))}/s written)", file=sys.stderr)
-    if mine and manifest["num_samples"] == 0:
+    for f in failures[:MAX_LISTED_FAILURES]:
+        print(f"  failed: {f['source']}: {f['error']}", file=sys.stderr)
+    if len(failures) > MAX_LISTED_FAILURES:
+        print(f"  ... and {len(failures) - MAX_LISTED_FAILURES} more (see 'failures' in {manifest_path})", file=sys.stderr)
+    _check_failures(manifest, len(mine), strict, manifest_path)
+    return manifest
+
+
+def _check_failures(manifest: dict, num_inputs: int, strict: bool, manifest_path: Path) -> None:
+    failures = manifest["failures"]
+    if num_inputs and manifest["num_samples"] == 0:
         first = failures[0] if failures else {"source": "?", "error": "?"}
-        raise RuntimeError(f"nothing was written: all {len(mine)} inputs failed (first: {first['source']}: {first['error']})")
+        raise RuntimeError(f"nothing was written: all {num_inputs} inputs failed (first: {first['source']}: {first['error']})")
     if strict and failures:
         raise RuntimeError(f"--strict: {len(failures)} inputs failed (first: {failures[0]['source']}: {failures[0]['error']}); "
                            f"see 'failures' in {manifest_path}")
-    return manifest
