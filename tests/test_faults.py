@@ -153,3 +153,205 @@ def test_second_training_into_the_same_output_dir_refuses_and_kill9_leaves_no_st
     first.communicate(timeout=60)
     r = run_train(tiny_args(shard_root, out, "--epochs", "1", "--max-steps-per-epoch", "1"))
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+# ---- sharding: kill -9, reruns, --overwrite, encoder processes -------------------------------------------------
+
+def shard_cmd(src: Path, out: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "fastvid", "shard", "videos", str(src), str(out), "--codec", "vp9", "--max-samples", "1",
+            "--split", "train", *extra]
+
+
+def raw_videos(shard_root: Path) -> Path:
+    return shard_root.parent / "raw_train"  # 8 libx264 clips in 2 class folders, made by the shard_root fixture
+
+
+def wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 240) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"the process ended (rc {proc.returncode}) before {what}")
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.02)
+
+
+def tar_stats(out: Path) -> dict:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(out.glob("*.tar"))}
+
+
+def test_kill9_during_sharding_and_during_an_overwrite_keeps_complete_shards(shard_root, tmp_path):
+    src, out = raw_videos(shard_root), tmp_path / "set"
+    progress = out / ".fastvid-progress-train.json"
+    proc = subprocess.Popen(shard_cmd(src, out, "--workers", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
+    wait_for(lambda: progress.exists() and len(json.loads(progress.read_text())["shards"]) >= 2, proc, "two complete shards")
+    proc.kill()
+    proc.wait()
+    kept = {name: stat for name, stat in tar_stats(out).items() if name in [r["name"] for r in json.loads(progress.read_text())["shards"]]}
+    assert len(kept) >= 2 and not (out / "manifest.json").exists()
+    r = subprocess.run(shard_cmd(src, out, "--workers", "1"), capture_output=True, text=True, env=env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "complete shards kept from an earlier run" in r.stderr
+    done = tar_stats(out)
+    assert len(done) == 8 and all(done[name] == stat for name, stat in kept.items())  # kept shards not rewritten
+    assert not list(out.glob("*.tmp-*"))
+
+    # another option: refused, the complete set untouched
+    r = subprocess.run(shard_cmd(src, out, "--workers", "1", "--crf", "40"), capture_output=True, text=True, env=env(), timeout=300)
+    assert r.returncode == 1 and "crf None -> 40" in r.stderr and "--overwrite" in r.stderr
+    assert tar_stats(out) == done
+    # --overwrite killed half way: the old set still verifies
+    staging = out.parent / ".set.overwrite"
+    proc = subprocess.Popen(shard_cmd(src, out, "--workers", "1", "--crf", "40", "--overwrite"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env())
+    wait_for(lambda: len(list(staging.glob("*.tar"))) >= 2, proc, "two staged shards")
+    proc.kill()
+    proc.wait()
+    assert tar_stats(out) == done
+    r = subprocess.run([sys.executable, "-m", "fastvid", "inspect", str(out), "--verify"], capture_output=True, text=True, env=env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(shard_cmd(src, out, "--workers", "1", "--crf", "40", "--overwrite"), capture_output=True, text=True,
+                       env=env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "manifest.json").read_text())["options"]["crf"] == 40 and not staging.exists()
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_killing_shard_videos_stops_its_encoder_processes(shard_root, tmp_path, sig):
+    import psutil
+
+    out = tmp_path / "set"
+    proc = subprocess.Popen(shard_cmd(raw_videos(shard_root), out, "--workers", "2"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env())
+    workers: list[int] = []
+
+    def encoding():
+        workers[:] = [c for c in _children(proc.pid) if "resource_tracker" not in " ".join(psutil.Process(c).cmdline())]
+        return len(workers) >= 2
+
+    wait_for(encoding, proc, "two encoder processes")
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode != 0
+    assert "Traceback" not in err, err[-3000:]
+    # The workers are gone as soon as the job is: none still encodes after its parent exited.
+    alive = [p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+    assert not list(out.glob("*.tmp-*"))  # the shard being written was removed
+
+
+def test_full_disk_leaves_no_temp_files_and_names_the_path(shard_root, tmp_path):
+    if os.geteuid() != 0 or sys.platform != "linux":
+        pytest.skip("needs root on Linux to mount a small tmpfs")
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        out = disk / "set"
+        r = subprocess.run(shard_cmd(raw_videos(shard_root), out, "--workers", "1", "--max-samples", "4"),
+                           capture_output=True, text=True, env=env(), timeout=300)
+        assert r.returncode == 1
+        last = r.stderr.strip().splitlines()[-1]
+        assert "No space left on device" in last and str(out) in last and "Traceback" not in r.stderr
+        left = sorted(p.name for p in out.iterdir())
+        assert not [n for n in left if ".tmp-" in n], left
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_header_only_dat_is_a_failure_and_strict_fails(tmp_path):
+    import numpy as np
+    from test_events_io import random_events, write_gen1_dat
+    from test_events_shard import write_boxes
+
+    src = tmp_path / "gen1"
+    src.mkdir()
+    ts, xs, ys, ps = random_events(500, 600_000, 1)
+    write_gen1_dat(src / "good_td.dat", ts, xs, ys, ps)
+    write_boxes(src / "good_bbox.npy", np.array([10_000, 300_000]), 1)
+    write_gen1_dat(src / "empty_td.dat", [], [], [], [])
+    write_boxes(src / "empty_bbox.npy", np.array([], dtype=np.uint64), 2)
+    cmd = [sys.executable, "-m", "fastvid", "shard", "events", str(src), str(tmp_path / "ev"), "--segment-ms", "250"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    failures = json.loads((tmp_path / "ev" / "manifest.json").read_text())["failures"]
+    assert [f["source"] for f in failures] == [str(src / "empty_td.dat")] and "no events" in failures[0]["error"]
+    assert f"failed: {src / 'empty_td.dat'}" in r.stderr
+    r = subprocess.run(cmd[:-3] + [str(tmp_path / "ev2"), "--segment-ms", "250", "--strict"], capture_output=True, text=True,
+                       env=env(), timeout=120)
+    assert r.returncode == 1 and "--strict: 1 inputs failed" in r.stderr
+
+
+# ---- hostile names ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_set(shard_root, tmp_path):
+    import shutil
+
+    out = tmp_path / "sets" / "train"
+    shutil.copytree(shard_root / "train", out)
+    return out
+
+
+def _rename_first_shard(set_dir: Path, name: str) -> None:
+    manifest = json.loads((set_dir / "manifest.json").read_text())
+    manifest["shards"][0]["name"] = name
+    (set_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../outside.tar", "sub/x.tar", "a\x00.tar", ".."])
+def test_hostile_shard_names_in_a_manifest_are_refused_everywhere(small_set, name):
+    import shutil
+
+    from fastvid.data import VideoLoader
+
+    shutil.copy(small_set / "train-000000.tar", small_set.parent / "outside.tar")
+    _rename_first_shard(small_set, name)
+    r = subprocess.run([sys.executable, "-m", "fastvid", "inspect", str(small_set), "--verify"], capture_output=True,
+                       text=True, env=env())
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"{small_set / 'manifest.json'}: shard name {name!r} is not a plain file name" in r.stderr
+    with pytest.raises(ValueError, match="is not a plain file name"):
+        VideoLoader(str(small_set), batch_size=2, clip_len=4, backend="pyav", device="cpu", num_workers=0)
+
+
+def test_hostile_names_in_event_manifests_and_progress_files(small_set, tmp_path):
+    from fastvid.events.shard import index_segments
+
+    manifest = json.loads((small_set / "manifest.json").read_text())
+    manifest["kind"] = "events"
+    manifest["shards"][0]["name"] = "../../etc/passwd"
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    (ev / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="is not a plain file name"):
+        index_segments(str(ev))
+
+    # a resume progress file naming a tar outside the set: refused, nothing written next to that tar
+    from test_shard_writer import encode_item, make_items
+
+    from fastvid.shard.writer import write_shard_set
+
+    out = tmp_path / "w"
+    kw = dict(kind="video", classes=["a", "b"], options={}, max_samples=5)
+    write_shard_set(make_items(), encode_item, out, **kw)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    progress = out / ".fastvid-progress-train.json"
+    state = json.loads(progress.read_text())
+    (outside / "x.tar").write_bytes((out / state["shards"][0]["name"]).read_bytes())
+    state["shards"][0]["name"] = "../outside/x.tar"
+    progress.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"\.fastvid-progress-train\.json: shard name '\.\./outside/x\.tar' is not a plain"):
+        write_shard_set(make_items(), encode_item, out, **kw)
+    assert sorted(p.name for p in outside.iterdir()) == ["x.tar"]
