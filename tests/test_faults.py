@@ -355,3 +355,29 @@ def test_hostile_names_in_event_manifests_and_progress_files(small_set, tmp_path
     with pytest.raises(ValueError, match=r"\.fastvid-progress-train\.json: shard name '\.\./outside/x\.tar' is not a plain"):
         write_shard_set(make_items(), encode_item, out, **kw)
     assert sorted(p.name for p in outside.iterdir()) == ["x.tar"]
+
+
+# ---- truncated and corrupt inputs ------------------------------------------------------------------------------
+
+def _zero_videos(set_dir: Path) -> None:
+    """Overwrite every video member's bytes with zeros in place (the tar and its index stay valid)."""
+    import tarfile
+
+    for tar_path in set_dir.glob("*.tar"):
+        with tarfile.open(tar_path) as tar:
+            spans = [(m.offset_data, m.size) for m in tar.getmembers() if m.name.endswith((".webm", ".mp4"))]
+        with open(tar_path, "r+b") as f:
+            for offset, size in spans:
+                f.seek(offset)
+                f.write(bytes(size))
+
+
+def test_dali_undecodable_shard_raises_its_own_error(small_set):
+    pytest.importorskip("nvidia.dali")
+    from fastvid.data import VideoLoader
+
+    _zero_videos(small_set)
+    loader = VideoLoader(str(small_set), batch_size=2, clip_len=4, backend="dali", device="cpu", num_threads=1)
+    with pytest.raises(RuntimeError, match="no sample of this shard can be decoded"):
+        for _ in loader:
+            pass

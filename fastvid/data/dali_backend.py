@@ -206,7 +206,7 @@ class DALIBackend:
                     self.blocked.add(failed)
                     log.warning("fastvid: sample %s (%s) failed to decode and was skipped", failed[1], failed[0])
                     yield {"failed": (failed[1], str(exc).strip().splitlines()[-1][:200])}
-                    del pipe
+                    pipe = None  # free it before the rebuild; a failing rebuild must raise its own error
                     pipe = self.build(epoch)
                     for _ in range(done):
                         pipe.run()
@@ -233,4 +233,4 @@ class DALIBackend:
                 yield {"video": video, "label": torch.tensor(label, dtype=torch.int64).repeat_interleave(n),
                        "key": [k for k in keys for _ in range(n)]}
         finally:
-            del pipe
+            pipe = None
