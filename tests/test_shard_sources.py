@@ -40,13 +40,14 @@ def test_keys_are_sanitized_and_unique():
         assert "." not in k and " " not in k and len(k) <= sources.MAX_KEY_LEN
 
 
-def test_kinetics_layout_labels_sorted(tmp_path):
+def test_kinetics_layout_labels_sorted(tmp_path, capsys):
     for cls in ["zumba", "abseiling", "bowling"]:
         write_coded_video(tmp_path / cls / "v.mp4", 4)
     (tmp_path / "empty_class").mkdir()
     items, classes = sources.discover("kinetics", tmp_path)
-    assert classes == ["abseiling", "bowling", "empty_class", "zumba"]
-    assert {it.source: it.label for it in items} == {"abseiling/v.mp4": 0, "bowling/v.mp4": 1, "zumba/v.mp4": 3}
+    assert classes == ["abseiling", "bowling", "zumba"]  # a folder without videos is not a class
+    assert "1 folders without video files are not classes: empty_class" in capsys.readouterr().err
+    assert {it.source: it.label for it in items} == {"abseiling/v.mp4": 0, "bowling/v.mp4": 1, "zumba/v.mp4": 2}
     with pytest.raises(ValueError, match="no class folders"):
         sources.discover("kinetics", tmp_path / "zumba")
 
@@ -263,3 +264,16 @@ def test_truncated_file_with_index_up_front_is_a_failure(tmp_path):
         transcode.remux(cut)
     with pytest.raises(ValueError, match="truncated or corrupt"):
         transcode.transcode(cut, transcode.TranscodeOptions("vp9"))
+
+
+def test_out_inside_src_is_never_a_class(tmp_path):
+    src = tmp_path / "src"
+    for cls in ["a", "b"]:
+        write_coded_video(src / cls / "v.mp4", 4)
+    out = src / "shards"
+    for _ in range(2):  # the rerun sees OUT (with shards and their videos' names) inside SRC
+        assert main(["shard", "videos", str(src), str(out), "--codec", "vp9", "--workers", "1"]) == 0
+    write_coded_video(out / "stray" / "x.mp4", 4)  # even videos under OUT are not inputs
+    items, classes = sources.discover("kinetics", src, exclude=out)
+    assert classes == ["a", "b"] and sorted(it.source for it in items) == ["a/v.mp4", "b/v.mp4"]
+    assert read_manifest(out)["classes"] == ["a", "b"]

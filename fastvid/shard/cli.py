@@ -109,7 +109,7 @@ def run_videos(args) -> int:
 
     options = video_options(args)
     items, classes = sources.discover(args.layout, args.src, list_file=args.list_file, video_root=args.video_root,
-                                      classes_file=args.classes_file)
+                                      classes_file=args.classes_file, exclude=args.out)
     recorded = {"layout": args.layout, "codec": options.codec, "container": "webm" if options.codec == "vp9" else "mp4",
                 "short_side": options.short_side, "fps": options.fps, "frames_fps": options.frames_fps,
                 "gop": options.gop if options.codec != "copy" else None, "crf": options.crf,

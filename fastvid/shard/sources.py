@@ -98,19 +98,35 @@ def _require_dir(path, what: str) -> Path:
     return path
 
 
-def kinetics_layout(src) -> tuple[list[VideoItem], list[str]]:
-    """SRC/<class>/<video>: classes sorted by name (Kinetics convention), videos found recursively per class."""
+def _within(path: Path, other: Path | None) -> bool:
+    return other is not None and (path == other or other in path.parents)
+
+
+def kinetics_layout(src, exclude=None) -> tuple[list[VideoItem], list[str]]:
+    """SRC/<class>/<video>: classes sorted by name (Kinetics convention), videos found recursively per class.
+
+    A folder without videos is not a class (it is reported on stderr), and nothing under `exclude`
+    (the output directory, when it lies inside SRC) is ever read as input."""
+    import sys
+
     root = _require_dir(src, "dataset root")
-    class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    exclude = Path(exclude).absolute() if exclude is not None else None
+    class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and not _within(d, exclude)),
+                        key=lambda d: d.name)
     if not class_dirs:
         raise ValueError(f"{root}: no class folders (expected SRC/<class name>/<video file>)")
+    found: dict[Path, list[str]] = {}
+    for d in class_dirs:
+        found[d] = [f.relative_to(root).as_posix() for f in sorted(d.rglob("*"))
+                    if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS and not f.name.startswith(".")
+                    and not _within(f, exclude)]
+    empty = [d.name for d in class_dirs if not found[d]]
+    if empty and len(empty) < len(class_dirs):
+        print(f"warning: {root}: {len(empty)} folders without video files are not classes: {', '.join(empty[:10])}"
+              f"{' ...' if len(empty) > 10 else ''}", file=sys.stderr)
+    class_dirs = [d for d in class_dirs if found[d]]
     classes = [d.name for d in class_dirs]
-    entries = []
-    for label, d in enumerate(class_dirs):
-        for f in sorted(d.rglob("*")):
-            if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS and not f.name.startswith("."):
-                rel = f.relative_to(root).as_posix()
-                entries.append((rel, label, d.name, None, None, rel))
+    entries = [(rel, label, d.name, None, None, rel) for label, d in enumerate(class_dirs) for rel in found[d]]
     if not entries:
         raise ValueError(f"{root}: no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) in its class folders")
     return _make_items(entries, root), classes
@@ -285,11 +301,12 @@ def frames_layout(src, list_file=None, class_names: list[str] | None = None) -> 
     return _make_items(entries, root, is_frames=True), classes
 
 
-def discover(layout: str, src, *, list_file=None, video_root=None, classes_file=None) -> tuple[list[VideoItem], list[str]]:
-    """Items and class names for one of LAYOUTS."""
+def discover(layout: str, src, *, list_file=None, video_root=None, classes_file=None,
+             exclude=None) -> tuple[list[VideoItem], list[str]]:
+    """Items and class names for one of LAYOUTS; nothing under `exclude` (OUT) is taken as input."""
     class_names = read_class_names(classes_file) if classes_file else None
     if layout == "kinetics":
-        items, classes = kinetics_layout(src)
+        items, classes = kinetics_layout(src, exclude=exclude)
         if class_names is not None:
             raise ValueError("--classes applies to --layout list and frames (kinetics takes class names from the folders)")
         return items, classes
