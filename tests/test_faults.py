@@ -381,3 +381,53 @@ def test_dali_undecodable_shard_raises_its_own_error(small_set):
     with pytest.raises(RuntimeError, match="no sample of this shard can be decoded"):
         for _ in loader:
             pass
+
+
+# ---- smaller items: one clear error each -------------------------------------------------------------------------
+
+def test_training_mistakes_are_one_clear_line_each(shard_root, tmp_path):
+    ckpt = tmp_path / "mc3.pth"
+    torch.save({"model": {}, "optimizer": {}, "lr_scheduler": {}, "epoch": 0, "args": {"model": "mc3_18"}}, ckpt)
+    cases = [
+        (("--resume", str(ckpt)), f"--resume {ckpt}: this checkpoint is mc3_18, not r3d_18"),
+        (("--model-kwarg", "nonsense=1"), "model 'r3d_18' does not accept the options ['nonsense', 'width']"),
+        (("--model-kwarg", "width=[1"), "--model-kwarg: 'width=[1': VALUE is not a YAML value"),
+        (("-b", "100"), "use a smaller batch size (--batch-size)"),
+    ]
+    for extra, message in cases:
+        r = run_train(tiny_args(shard_root, tmp_path / "o", "--epochs", "1", *extra))
+        assert r.returncode in (1, 2), r.stderr[-2000:]
+        assert message in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert "drop_last" not in r.stderr
+    # a clip longer than every video: trained (padded), but said so
+    r = run_train(tiny_args(shard_root, tmp_path / "long", "--epochs", "1", "--max-steps-per-epoch", "1", "--clip-len", "12",
+                            "--frame-stride", "2"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "spans more frames than any sampled video" in r.stdout and "(at most 16)" in r.stdout
+
+
+def test_bad_box_timestamp_names_the_label_file(tmp_path):
+    import numpy as np
+    from test_events_io import random_events, write_gen1_dat
+    from test_events_shard import write_boxes
+
+    from fastvid.events.shard import list_segments
+
+    ts, xs, ys, ps = random_events(300, 600_000, 1)
+    write_gen1_dat(tmp_path / "r_td.dat", ts, xs, ys, ps)
+    write_boxes(tmp_path / "r_bbox.npy", np.array([10_000, 2**63 + 5], dtype=np.uint64), 1)
+    (item,) = list_segments(tmp_path, 500)
+    assert item.error.startswith(f"{tmp_path / 'r_bbox.npy'}: box timestamp")
+
+
+def test_rerun_webm_shards_are_byte_identical(shard_root, tmp_path):
+    src = raw_videos(shard_root)
+    for codec in ("vp9",):  # h264 (mp4) was already deterministic; WebM had random track UIDs
+        digests = []
+        for run in ("a", "b"):
+            out = tmp_path / f"{codec}_{run}"
+            r = subprocess.run(shard_cmd(src, out, "--workers", "1", "--max-samples", "8", "--codec", codec),
+                               capture_output=True, text=True, env=env(), timeout=300)
+            assert r.returncode == 0, r.stderr[-2000:]
+            digests.append([s["sha256"] for s in json.loads((out / "manifest.json").read_text())["shards"]])
+        assert digests[0] == digests[1], codec

@@ -90,7 +90,7 @@ class VideoLoader:
                              "(a rank would get none); use fewer ranks")
         if self._num_batches == 0:
             raise ValueError(f"{shards}: {self.shard_set.num_samples} videos over {world_size} rank(s) give no full batch of "
-                             f"{batch_size} clips; lower batch_size or pass drop_last=False")
+                             f"{batch_size} clips; use a smaller batch size (--batch-size) or more videos")
         if self.backend == "dali":
             from fastvid.data.dali_backend import DALIBackend
 

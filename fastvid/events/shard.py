@@ -182,6 +182,17 @@ def _stamp(*paths) -> tuple:
     return tuple(out)
 
 
+MAX_BOX_DISTANCE_US = 3_600_000_000  # a box an hour away from every event is a corrupt timestamp
+
+
+def _check_box_times(t: np.ndarray, span: tuple[int, int], bbox) -> None:
+    """Box times must be near the recording's events; a corrupt one would make the segment grid explode."""
+    if len(t) and (int(t.min()) < span[0] - MAX_BOX_DISTANCE_US or int(t.max()) > span[1] + MAX_BOX_DISTANCE_US):
+        bad = int(t.min()) if int(t.min()) < span[0] - MAX_BOX_DISTANCE_US else int(t.max())
+        raise ValueError(f"{bbox}: box timestamp {bad} us is more than an hour outside the recording's events "
+                         f"({span[0]}..{span[1]} us); the label file is corrupt or belongs to another recording")
+
+
 def list_segments(src, segment_ms: float, require_boxes: bool = True) -> list[SegmentItem]:
     """Every segment of every recording under `src`; a broken recording becomes one item with `error`.
 
@@ -198,9 +209,11 @@ def list_segments(src, segment_ms: float, require_boxes: bool = True) -> list[Se
                 raise FileNotFoundError(f"{dat}: no matching {dat.name[:-len('_td.dat')]}_bbox.npy next to it")
             header = evio.check_dat_sorted(dat)
             boxes = evio.read_boxes(bbox) if bbox is not None else evio.empty_boxes()
-            edges = seglib.recording_edges(evio.dat_time_span(header), boxes["t"], segment_us)
-            if len(edges) < 2:  # a header-only file: a failure to record, not a silent drop
+            span = evio.dat_time_span(header)
+            if span is None:  # a header-only file: a failure to record, not a silent drop
                 raise ValueError(f"{dat}: the recording holds no events (header only), nothing to shard")
+            _check_box_times(boxes["t"], span, bbox)
+            edges = seglib.recording_edges(span, boxes["t"], segment_us)
             sensor = header.sensor_size or GEN1_SENSOR_SIZE
             stamp = _stamp(dat, bbox)
             for k in range(len(edges) - 1):

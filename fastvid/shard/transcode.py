@@ -51,6 +51,11 @@ class TranscodeOptions:
             raise ValueError("--codec copy keeps the original stream: --short-side and --fps need --codec h264 or vp9")
 
 
+# Muxers in bit-exact mode: Matroska/WebM track and segment UIDs come from the track numbers instead of
+# a random generator, and no version strings are written, so the same input gives the same bytes.
+MUX_OPTIONS = {"fflags": "+bitexact"}
+
+
 def exact_rate(fps: float | fractions.Fraction) -> fractions.Fraction:
     """Exact rational rate; 29.97 -> 30000/1001 (NTSC), 25.0 -> 25."""
     from fastvid.synth import as_frame_rate
@@ -128,7 +133,7 @@ def remux(path, start: float | None = None, end: float | None = None) -> tuple[b
         first_dts = None
         if start:
             container.seek(int(start / tb), stream=stream, backward=True, any_frame=False)
-        with av.open(buf, "w", format=fmt) as out:
+        with av.open(buf, "w", format=fmt, options=MUX_OPTIONS) as out:
             try:
                 out_stream = out.add_stream_from_template(stream)
             except (av.error.FFmpegError, ValueError) as exc:
@@ -269,7 +274,7 @@ def encode_frames(frames: Iterator[tuple[float, object]], src_rate: fractions.Fr
     buf = io.BytesIO()
     count = 0
     source_size = None
-    with av.open(buf, "w", format=fmt) as out:
+    with av.open(buf, "w", format=fmt, options=MUX_OPTIONS) as out:
         stream = None
         time_base = fractions.Fraction(rate.denominator, rate.numerator)
         for frame in resample_times(frames, rate, single_duration=1.0 / float(src_rate), duration=duration):

@@ -103,6 +103,29 @@ def build_loader(cfg: TrainConfig, info: D.DistInfo, split_dir: str, train: bool
     )
 
 
+def _warn_if_clips_exceed_videos(cfg: TrainConfig, info: D.DistInfo, loader, probes: int = 16) -> None:
+    """A clip longer than the videos is padded by repeating frames: say so when it is longer than every
+    video of a sample spread over the set (the metadata of `probes` videos; reading all would be slow)."""
+    from fastvid.data.shards import sample_metadata
+
+    shard_set = loader.shard_set
+    spots = [(i, j) for i, s in enumerate(shard_set.shards) for j in range(len(s))]
+    longest = 0
+    for i, j in spots[:: max(1, len(spots) // probes)][:probes]:
+        meta = sample_metadata(shard_set, i, j)
+        fps = meta.get("fps") or cfg.frame_rate or 1.0
+        stride = cfg.frame_stride * (fps / cfg.frame_rate if cfg.frame_rate else 1.0)
+        span = (cfg.clip_len - 1) * stride + 1
+        longest = max(longest, int(meta.get("num_frames") or 0))
+        if span <= int(meta.get("num_frames") or 0):
+            return
+    if longest:
+        log(info, f"warning: --clip-len {cfg.clip_len} x --frame-stride {cfg.frame_stride}"
+            f"{f' at --frame-rate {cfg.frame_rate:g}' if cfg.frame_rate else ''} spans more frames than any sampled video "
+            f"of {Path(cfg.data_path) / (cfg.train_dir if loader.train else cfg.val_dir)} has (at most {longest}): clips are "
+            "padded by repeating frames; use a shorter --clip-len or --frame-stride")
+
+
 def _channels_last(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         if p.dim() == 5:
@@ -180,6 +203,9 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
     for name, loader in (("train", train_loader), ("val", val_loader)):
         if loader is not None:
             log(info, f"{name} loader: {loader!r}")
+    for loader in (train_loader, val_loader):
+        if loader is not None:
+            _warn_if_clips_exceed_videos(cfg, info, loader)
     if train_loader is not None and val_loader.num_classes != num_classes:
         raise ValueError(f"train shards have {num_classes} classes but val shards {val_loader.num_classes}")
     if cfg.kinetics_version and int(cfg.kinetics_version) != num_classes:
