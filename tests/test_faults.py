@@ -139,6 +139,21 @@ def test_quickstart_reports_preemption_instead_of_a_summary(tmp_path):
     assert not (out / "summary.json").exists() and (out / "train" / "checkpoint.pth").exists()
 
 
+def test_kill9_during_training_keeps_the_last_checkpoint_and_resume_finishes(shard_root, tmp_path):
+    out, keys = tmp_path / "k9", tmp_path / "keys.jsonl"
+    args = tiny_args(shard_root, out, "--epochs", "2", "--print-freq", "1000")
+    proc = start_train(args, {"FASTVID_DEBUG_KEYS": str(keys)})
+    wait_for_file_lines(keys, 8 + 3, proc)  # epoch 0 (8 steps) done and checkpointed, epoch 1 under way
+    proc.kill()
+    proc.communicate(timeout=60)
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)  # complete, plain data
+    assert ckpt["epoch"] == 0 and [g["epoch"] for g in rows(out)] == [0]
+    r = run_train([*args, "--resume", str(out / "checkpoint.pth")])  # also: no stale lock after kill -9
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [g["epoch"] for g in rows(out)] == [0, 1]
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".pth") == ["checkpoint.pth", "model_0.pth", "model_1.pth"]
+
+
 # ---- 9. output directory locks ---------------------------------------------------------------------------------
 
 def test_second_training_into_the_same_output_dir_refuses_and_kill9_leaves_no_stale_lock(shard_root, tmp_path):
@@ -431,3 +446,64 @@ def test_rerun_webm_shards_are_byte_identical(shard_root, tmp_path):
             assert r.returncode == 0, r.stderr[-2000:]
             digests.append([s["sha256"] for s in json.loads((out / "manifest.json").read_text())["shards"]])
         assert digests[0] == digests[1], codec
+
+
+def _truncate(path: Path, keep: float = 0.5) -> Path:
+    with open(path, "r+b") as f:
+        f.truncate(int(path.stat().st_size * keep))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["manifest", "tar", "idx", "checkpoint"])
+def test_truncated_inputs_of_training_are_one_clear_error_naming_the_file(small_set, tmp_path, capsys, kind):
+    from fastvid.cli import main as fastvid_main
+
+    import shutil
+
+    shutil.copytree(small_set, small_set.parent / "val")
+    args = ["train", *tiny_args(small_set.parent, tmp_path / "o", "--epochs", "1")]
+    if kind == "checkpoint":
+        victim = tmp_path / "c.pth"
+        torch.save({"model": {"w": torch.zeros(1000)}, "optimizer": {}, "lr_scheduler": {}, "epoch": 0}, victim)
+        args += ["--resume", str(victim)]
+    else:
+        victim = {"manifest": small_set / "manifest.json", "tar": small_set / "train-000000.tar",
+                  "idx": small_set / "train-000000.idx"}[kind]
+    _truncate(victim)
+    assert fastvid_main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("fastvid train: error: ") and str(victim.name) in err, err
+    if kind in ("manifest", "tar"):
+        assert fastvid_main(["inspect", str(small_set), "--verify"]) == 1
+        assert victim.name in "".join(capsys.readouterr())
+
+
+def test_truncated_sources_become_failures_naming_them(shard_root, tmp_path):
+    import shutil
+
+    import numpy as np
+    from test_events_io import random_events, write_gen1_dat
+    from test_events_shard import write_boxes
+
+    from fastvid.cli import main as fastvid_main
+
+    src = tmp_path / "videos"
+    shutil.copytree(raw_videos(shard_root), src)
+    victim = _truncate(sorted(src.glob("*/*.mp4"))[0], 0.3)
+    out = tmp_path / "v"
+    assert fastvid_main(["shard", "videos", str(src), str(out), "--codec", "vp9", "--workers", "1"]) == 0
+    failures = json.loads((out / "manifest.json").read_text())["failures"]
+    assert [f["source"] for f in failures] == [victim.relative_to(src).as_posix()]
+
+    ev = tmp_path / "gen1"
+    ev.mkdir()
+    for name, seed in (("a", 1), ("b", 2), ("c", 3)):
+        ts, xs, ys, ps = random_events(400, 600_000, seed)
+        write_gen1_dat(ev / f"{name}_td.dat", ts, xs, ys, ps)
+        write_boxes(ev / f"{name}_bbox.npy", np.array([10_000, 300_000]), seed)
+    _truncate(ev / "b_td.dat", 0.77)
+    _truncate(ev / "c_bbox.npy", 0.5)
+    assert fastvid_main(["shard", "events", str(ev), str(tmp_path / "e"), "--segment-ms", "250"]) == 0
+    failures = json.loads((tmp_path / "e" / "manifest.json").read_text())["failures"]
+    assert sorted(f["source"] for f in failures) == [str(ev / "b_td.dat"), str(ev / "c_td.dat")]
+    assert any(str(ev / "c_bbox.npy") in f["error"] for f in failures)
