@@ -174,6 +174,13 @@ def run_training(cfg: TrainConfig) -> int:
         return rc
     finally:
         stop.restore()
+        # DDP's reducer and any collective's Work object keep the process group alive; inside reference
+        # cycles they would be freed only at interpreter exit, where gloo's worker threads are torn down
+        # too late (seen as "terminate called without an active exception", SIGABRT). Free them while
+        # the interpreter is whole, then destroy the group.
+        import gc
+
+        gc.collect()
         D.cleanup()
         if lock is not None:
             lock.close()
