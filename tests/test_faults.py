@@ -21,21 +21,32 @@ from test_train_cli import env, rows, run_train, shard_root, tiny_args  # noqa: 
 
 from fastvid.train.preempt import PREEMPTED_EXIT_CODE
 
-EVIL = """
-import os, sys, torch
-class Evil:
+class _WritesAFile:
+    """Unpickling this runs a shell command (what a hostile checkpoint does): it creates `path`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
     def __reduce__(self):
-        return (os.system, ("touch " + sys.argv[1],))
-ckpt = {"model": {"fc.weight": torch.zeros(2, 2)}, "optimizer": {}, "lr_scheduler": {}, "epoch": 0, "x": Evil()}
-torch.save(ckpt, sys.argv[2])
-"""
+        return (os.system, (f"touch {self.path}",))
 
 
 def make_evil_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
     marker, ckpt = tmp_path / "pwned", tmp_path / "evil.pth"
-    subprocess.run([sys.executable, "-c", EVIL, str(marker), str(ckpt)], check=True)
+    torch.save({"model": {"fc.weight": torch.zeros(2, 2)}, "optimizer": {}, "lr_scheduler": {}, "epoch": 0,
+                "x": _WritesAFile(marker)}, ckpt)
     assert ckpt.is_file() and not marker.exists()
     return marker, ckpt
+
+
+def train_in_process(args, capsys) -> tuple[int, str, str]:
+    """`fastvid train` in this process (the errors under test come before any training step)."""
+    from fastvid.cli import main as fastvid_main
+
+    capsys.readouterr()
+    rc = fastvid_main(["train", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
 def start_train(args, extra_env=None) -> subprocess.Popen:
@@ -65,14 +76,13 @@ def wait_for_file_lines(path: Path, n: int, proc: subprocess.Popen, timeout: flo
 # ---- 1. checkpoints never run code unless trusted --------------------------------------------------------------
 
 @pytest.mark.parametrize("flag", ["--resume", "--weights"])
-def test_hostile_checkpoint_runs_no_code_without_trust(shard_root, tmp_path, flag):
+def test_hostile_checkpoint_runs_no_code_without_trust(shard_root, tmp_path, flag, capsys):
     marker, ckpt = make_evil_checkpoint(tmp_path)
-    r = run_train(tiny_args(shard_root, tmp_path / "out", "--epochs", "1", flag, str(ckpt)))
-    assert r.returncode == 1
+    rc, _, err = train_in_process(tiny_args(shard_root, tmp_path / "out", "--epochs", "1", flag, str(ckpt)), capsys)
+    assert rc == 1
     assert not marker.exists(), "unpickling the checkpoint ran its code"
-    err = r.stderr.strip().splitlines()
-    assert "Traceback" not in r.stderr
-    assert f"{flag} {ckpt}: refusing to unpickle it" in err[-1] and "--trust-checkpoint" in err[-1]
+    last = err.strip().splitlines()[-1]
+    assert f"{flag} {ckpt}: refusing to unpickle it" in last and "--trust-checkpoint" in last
 
 
 def test_trust_checkpoint_is_the_explicit_way_to_load_a_foreign_pickle(tmp_path):
@@ -88,16 +98,20 @@ def test_trust_checkpoint_is_the_explicit_way_to_load_a_foreign_pickle(tmp_path)
 
 # ---- 2. preemption ----------------------------------------------------------------------------------------------
 
-def test_sigterm_at_a_random_step_checkpoints_exits_75_and_resume_sees_each_clip_once(shard_root, tmp_path):
+def test_sigterm_at_a_random_step_checkpoints_exits_75_and_resume_sees_each_clip_once(shard_root, tmp_path, capsys,
+                                                                                     monkeypatch):
     """--print-freq 1000 (as quickstart): SIGTERM still stops after the current step, skips evaluation,
     writes a mid-epoch checkpoint and exits 75; the resumed run trains exactly the rest of the epoch."""
-    keys_straight, keys_split = tmp_path / "straight.jsonl", tmp_path / "split.jsonl"
+    from fastvid.shard.manifest import shard_files
+
+    keys_split = tmp_path / "split.jsonl"
     args = ("--epochs", "1", "--print-freq", "1000")
-    r = subprocess.run([sys.executable, "-m", "fastvid", "train", *tiny_args(shard_root, tmp_path / "a", *args)],
-                       capture_output=True, text=True, env={**env(), "FASTVID_DEBUG_KEYS": str(keys_straight)}, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    epoch = [k for line in keys_straight.read_text().splitlines() for k in json.loads(line)["keys"]]
-    assert len(epoch) == 16  # 8 videos x 2 clips
+    # One uninterrupted epoch trains 2 clips of each of the 8 videos (the videos' keys, from the tar).
+    import tarfile
+
+    videos = sorted({m.name.split(".", 1)[0] for tar, _ in shard_files(shard_root / "train") for m in tarfile.open(tar)})
+    epoch = [k for k in videos for _ in range(2)]
+    assert len(epoch) == 16
 
     out = tmp_path / "b"
     stop_after = random.Random().randint(1, 6)  # of 8 steps
@@ -112,10 +126,9 @@ def test_sigterm_at_a_random_step_checkpoints_exits_75_and_resume_sees_each_clip
     done = len(keys_split.read_text().splitlines())
     assert ckpt["resume_epoch"] == 0 and ckpt["resume_step"] == done and stop_after <= done < 8
 
-    r = subprocess.run([sys.executable, "-m", "fastvid", "train",
-                        *tiny_args(shard_root, out, *args, "--resume", str(out / "checkpoint.pth"))],
-                       capture_output=True, text=True, env={**env(), "FASTVID_DEBUG_KEYS": str(keys_split)}, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    monkeypatch.setenv("FASTVID_DEBUG_KEYS", str(keys_split))
+    rc, _, err = train_in_process(tiny_args(shard_root, out, *args, "--resume", str(out / "checkpoint.pth")), capsys)
+    assert rc == 0, err[-3000:]
     seen = [k for line in keys_split.read_text().splitlines() for k in json.loads(line)["keys"]]
     assert sorted(seen) == sorted(epoch)  # every clip of the epoch once: none lost, none repeated
     assert [g["epoch"] for g in rows(out)] == [0] and rows(out)[0]["steps"] == 8 - done
@@ -139,7 +152,7 @@ def test_quickstart_reports_preemption_instead_of_a_summary(tmp_path):
     assert not (out / "summary.json").exists() and (out / "train" / "checkpoint.pth").exists()
 
 
-def test_kill9_during_training_keeps_the_last_checkpoint_and_resume_finishes(shard_root, tmp_path):
+def test_kill9_during_training_keeps_the_last_checkpoint_and_resume_finishes(shard_root, tmp_path, capsys):
     out, keys = tmp_path / "k9", tmp_path / "keys.jsonl"
     args = tiny_args(shard_root, out, "--epochs", "2", "--print-freq", "1000")
     proc = start_train(args, {"FASTVID_DEBUG_KEYS": str(keys)})
@@ -148,26 +161,27 @@ def test_kill9_during_training_keeps_the_last_checkpoint_and_resume_finishes(sha
     proc.communicate(timeout=60)
     ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)  # complete, plain data
     assert ckpt["epoch"] == 0 and [g["epoch"] for g in rows(out)] == [0]
-    r = run_train([*args, "--resume", str(out / "checkpoint.pth")])  # also: no stale lock after kill -9
-    assert r.returncode == 0, r.stderr[-3000:]
+    rc, _, err = train_in_process([*args, "--resume", str(out / "checkpoint.pth")], capsys)  # no stale lock either
+    assert rc == 0, err[-3000:]
     assert [g["epoch"] for g in rows(out)] == [0, 1]
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".pth") == ["checkpoint.pth", "model_0.pth", "model_1.pth"]
 
 
 # ---- 9. output directory locks ---------------------------------------------------------------------------------
 
-def test_second_training_into_the_same_output_dir_refuses_and_kill9_leaves_no_stale_lock(shard_root, tmp_path):
+def test_second_training_into_the_same_output_dir_refuses_and_kill9_leaves_no_stale_lock(shard_root, tmp_path, capsys):
     out = tmp_path / "locked"
     first = start_train(tiny_args(shard_root, out, "--epochs", "500"))
     lines: list = []
     wait_for_line(first, "optimizer:", lines)
-    r = run_train(tiny_args(shard_root, out, "--epochs", "1"))
-    assert r.returncode == 1
-    assert f"--output-dir {out} is in use by pid {first.pid}" in r.stderr and "Traceback" not in r.stderr
+    rc, _, err = train_in_process(tiny_args(shard_root, out, "--epochs", "1"), capsys)
+    assert rc == 1
+    assert f"--output-dir {out} is in use by pid {first.pid}" in err.strip().splitlines()[-1]
     first.kill()  # SIGKILL: the kernel releases the lock
     first.communicate(timeout=60)
-    r = run_train(tiny_args(shard_root, out, "--epochs", "1", "--max-steps-per-epoch", "1"))
-    assert r.returncode == 0, r.stderr[-3000:]
+    from fastvid.locks import lock_directory
+
+    lock_directory(out).close()  # no stale lock
 
 
 # ---- sharding: kill -9, reruns, --overwrite, encoder processes -------------------------------------------------
@@ -195,7 +209,14 @@ def tar_stats(out: Path) -> dict:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(out.glob("*.tar"))}
 
 
-def test_kill9_during_sharding_and_during_an_overwrite_keeps_complete_shards(shard_root, tmp_path):
+def test_kill9_during_sharding_and_during_an_overwrite_keeps_complete_shards(shard_root, tmp_path, capsys):
+    from fastvid.cli import main as fastvid_main
+
+    def shard(*extra):  # in this process: only the killed runs need a process of their own
+        capsys.readouterr()
+        rc = fastvid_main(shard_cmd(src, out, "--workers", "1", *extra)[3:])
+        return rc, capsys.readouterr().err
+
     src, out = raw_videos(shard_root), tmp_path / "set"
     progress = out / ".fastvid-progress-train.json"
     proc = subprocess.Popen(shard_cmd(src, out, "--workers", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
@@ -204,16 +225,16 @@ def test_kill9_during_sharding_and_during_an_overwrite_keeps_complete_shards(sha
     proc.wait()
     kept = {name: stat for name, stat in tar_stats(out).items() if name in [r["name"] for r in json.loads(progress.read_text())["shards"]]}
     assert len(kept) >= 2 and not (out / "manifest.json").exists()
-    r = subprocess.run(shard_cmd(src, out, "--workers", "1"), capture_output=True, text=True, env=env(), timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "complete shards kept from an earlier run" in r.stderr
+    rc, err = shard()
+    assert rc == 0, err[-3000:]
+    assert "complete shards kept from an earlier run" in err
     done = tar_stats(out)
     assert len(done) == 8 and all(done[name] == stat for name, stat in kept.items())  # kept shards not rewritten
     assert not list(out.glob("*.tmp-*"))
 
     # another option: refused, the complete set untouched
-    r = subprocess.run(shard_cmd(src, out, "--workers", "1", "--crf", "40"), capture_output=True, text=True, env=env(), timeout=300)
-    assert r.returncode == 1 and "crf None -> 40" in r.stderr and "--overwrite" in r.stderr
+    rc, err = shard("--crf", "40")
+    assert rc == 1 and "crf None -> 40" in err and "--overwrite" in err
     assert tar_stats(out) == done
     # --overwrite killed half way: the old set still verifies
     staging = out.parent / ".set.overwrite"
@@ -223,11 +244,9 @@ def test_kill9_during_sharding_and_during_an_overwrite_keeps_complete_shards(sha
     proc.kill()
     proc.wait()
     assert tar_stats(out) == done
-    r = subprocess.run([sys.executable, "-m", "fastvid", "inspect", str(out), "--verify"], capture_output=True, text=True, env=env())
-    assert r.returncode == 0, r.stdout + r.stderr
-    r = subprocess.run(shard_cmd(src, out, "--workers", "1", "--crf", "40", "--overwrite"), capture_output=True, text=True,
-                       env=env(), timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert fastvid_main(["inspect", str(out), "--verify"]) == 0
+    rc, err = shard("--crf", "40", "--overwrite")
+    assert rc == 0, err[-3000:]
     assert json.loads((out / "manifest.json").read_text())["options"]["crf"] == 40 and not staging.exists()
 
 
@@ -284,7 +303,7 @@ def test_full_disk_leaves_no_temp_files_and_names_the_path(shard_root, tmp_path)
         subprocess.run(["umount", str(disk)], check=False)
 
 
-def test_header_only_dat_is_a_failure_and_strict_fails(tmp_path):
+def test_header_only_dat_is_a_failure_and_strict_fails(tmp_path, capsys):
     import numpy as np
     from test_events_io import random_events, write_gen1_dat
     from test_events_shard import write_boxes
@@ -296,15 +315,14 @@ def test_header_only_dat_is_a_failure_and_strict_fails(tmp_path):
     write_boxes(src / "good_bbox.npy", np.array([10_000, 300_000]), 1)
     write_gen1_dat(src / "empty_td.dat", [], [], [], [])
     write_boxes(src / "empty_bbox.npy", np.array([], dtype=np.uint64), 2)
-    cmd = [sys.executable, "-m", "fastvid", "shard", "events", str(src), str(tmp_path / "ev"), "--segment-ms", "250"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
+    from fastvid.cli import main as fastvid_main
+
+    assert fastvid_main(["shard", "events", str(src), str(tmp_path / "ev"), "--segment-ms", "250"]) == 0
     failures = json.loads((tmp_path / "ev" / "manifest.json").read_text())["failures"]
     assert [f["source"] for f in failures] == [str(src / "empty_td.dat")] and "no events" in failures[0]["error"]
-    assert f"failed: {src / 'empty_td.dat'}" in r.stderr
-    r = subprocess.run(cmd[:-3] + [str(tmp_path / "ev2"), "--segment-ms", "250", "--strict"], capture_output=True, text=True,
-                       env=env(), timeout=120)
-    assert r.returncode == 1 and "--strict: 1 inputs failed" in r.stderr
+    assert f"failed: {src / 'empty_td.dat'}" in capsys.readouterr().err
+    assert fastvid_main(["shard", "events", str(src), str(tmp_path / "ev2"), "--segment-ms", "250", "--strict"]) == 1
+    assert "--strict: 1 inputs failed" in capsys.readouterr().err
 
 
 # ---- hostile names ----------------------------------------------------------------------------------------------
@@ -400,7 +418,7 @@ def test_dali_undecodable_shard_raises_its_own_error(small_set):
 
 # ---- smaller items: one clear error each -------------------------------------------------------------------------
 
-def test_training_mistakes_are_one_clear_line_each(shard_root, tmp_path):
+def test_training_mistakes_are_one_clear_line_each(shard_root, tmp_path, capsys):
     ckpt = tmp_path / "mc3.pth"
     torch.save({"model": {}, "optimizer": {}, "lr_scheduler": {}, "epoch": 0, "args": {"model": "mc3_18"}}, ckpt)
     cases = [
@@ -410,15 +428,18 @@ def test_training_mistakes_are_one_clear_line_each(shard_root, tmp_path):
         (("-b", "100"), "use a smaller batch size (--batch-size)"),
     ]
     for extra, message in cases:
-        r = run_train(tiny_args(shard_root, tmp_path / "o", "--epochs", "1", *extra))
-        assert r.returncode in (1, 2), r.stderr[-2000:]
-        assert message in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr, r.stderr[-2000:]
-        assert "drop_last" not in r.stderr
+        try:
+            rc, _, err = train_in_process(tiny_args(shard_root, tmp_path / "o", "--epochs", "1", *extra), capsys)
+        except SystemExit as exc:  # argparse's usage error
+            rc, err = exc.code, capsys.readouterr().err
+        assert rc in (1, 2), err[-2000:]
+        assert message in err.strip().splitlines()[-1], err[-2000:]
+        assert "drop_last" not in err
     # a clip longer than every video: trained (padded), but said so
-    r = run_train(tiny_args(shard_root, tmp_path / "long", "--epochs", "1", "--max-steps-per-epoch", "1", "--clip-len", "12",
-                            "--frame-stride", "2"))
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "spans more frames than any sampled video" in r.stdout and "(at most 16)" in r.stdout
+    rc, out, err = train_in_process(tiny_args(shard_root, tmp_path / "long", "--epochs", "1", "--max-steps-per-epoch", "1",
+                                              "--clip-len", "12", "--frame-stride", "2", "--eval-every", "5"), capsys)
+    assert rc == 0, err[-2000:]
+    assert "spans more frames than any sampled video" in out and "(at most 16)" in out
 
 
 def test_bad_box_timestamp_names_the_label_file(tmp_path):
@@ -441,9 +462,9 @@ def test_rerun_webm_shards_are_byte_identical(shard_root, tmp_path):
         digests = []
         for run in ("a", "b"):
             out = tmp_path / f"{codec}_{run}"
-            r = subprocess.run(shard_cmd(src, out, "--workers", "1", "--max-samples", "8", "--codec", codec),
-                               capture_output=True, text=True, env=env(), timeout=300)
-            assert r.returncode == 0, r.stderr[-2000:]
+            from fastvid.cli import main as fastvid_main
+
+            assert fastvid_main(shard_cmd(src, out, "--workers", "1", "--max-samples", "8", "--codec", codec)[3:]) == 0
             digests.append([s["sha256"] for s in json.loads((out / "manifest.json").read_text())["shards"]])
         assert digests[0] == digests[1], codec
 
