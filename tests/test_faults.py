@@ -299,6 +299,11 @@ def test_full_disk_leaves_no_temp_files_and_names_the_path(shard_root, tmp_path)
         assert "No space left on device" in last and str(out) in last and "Traceback" not in r.stderr
         left = sorted(p.name for p in out.iterdir())
         assert not [n for n in left if ".tmp-" in n], left
+        from fastvid.train.checkpoint import atomic_save
+
+        with pytest.raises(RuntimeError, match=f"could not write {disk / 'ckpt'}"):
+            atomic_save({"model": {"w": torch.zeros(100_000)}}, disk / "ckpt" / "checkpoint.pth")
+        assert list((disk / "ckpt").iterdir()) == []
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 

@@ -24,6 +24,8 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except Exception as exc:  # a full disk: torch's message names neither file
+        raise RuntimeError(f"could not write {path}: {exc}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()

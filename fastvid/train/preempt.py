@@ -3,8 +3,10 @@
 The signal handler only sets a flag; the training loop polls it after every step. One process reads
 its own flag (free). Under DDP the ranks must stop at the same step, so each step starts an
 asynchronous all-reduce (max) of the local flag and reads the result of the one started the step
-before: no rank ever blocks on it while the previous step is still running, collectives stay in the
-same order on every rank, and a stop takes effect at most two steps after the signal.
+before: the vote has had a whole step to complete, collectives stay in the same order on every rank,
+and a stop takes effect at most two steps after the signal. The vote is a CPU tensor on a gloo group
+(with NCCL training, a gloo side group made once), so it never waits for the GPU: no per-step host
+sync, unlike reading a flag reduced on the GPU.
 """
 
 from __future__ import annotations
@@ -44,11 +46,11 @@ class StopFlag:
 class StopVote:
     """Per-step agreement on the stop flag across ranks, one step behind (see the module docstring)."""
 
-    def __init__(self, flag, device: torch.device):
+    def __init__(self, flag):
         self.flag = flag
         self.distributed = dist.is_available() and dist.is_initialized()
-        # NCCL reduces GPU tensors only; gloo CPU ones.
-        self.device = device if self.distributed and dist.get_backend() == "nccl" else torch.device("cpu")
+        # Every rank builds its StopVote at the same point, as new_group requires.
+        self.group = dist.new_group(backend="gloo") if self.distributed and dist.get_backend() != "gloo" else None
         self._pending = None
 
     def poll(self) -> bool:
@@ -56,8 +58,8 @@ class StopVote:
         if not self.distributed:
             return bool(self.flag())
         agreed = self._collect()
-        tensor = torch.tensor([float(bool(self.flag()))], device=self.device)
-        self._pending = (dist.all_reduce(tensor, op=dist.ReduceOp.MAX, async_op=True), tensor)
+        tensor = torch.tensor([float(bool(self.flag()))])
+        self._pending = (dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.group, async_op=True), tensor)
         return agreed
 
     def _collect(self) -> bool:

@@ -296,7 +296,7 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
     profiler = StepProfiler(cfg.profile_steps, out_dir, info.rank, info.device) if cfg.profile_steps else None
     ctx = StepContext(device=info.device, optimizer=optimizer, lr_scheduler=lr_scheduler, criterion=criterion,
                       autocast_dtype=amp_dtype, scaler=scaler, grad_clip=cfg.grad_clip, channels_last=cfg.channels_last,
-                      print_freq=cfg.print_freq, profiler=profiler, stop_vote=StopVote(stop, info.device))
+                      print_freq=cfg.print_freq, profiler=profiler, stop_vote=StopVote(stop))
     try:
         return _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_loader, optimizer, lr_scheduler,
                        scaler, start_epoch, resume_step, steps_per_epoch, eval_kwargs, out_dir)
