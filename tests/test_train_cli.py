@@ -232,3 +232,37 @@ def test_yaml_config_drives_a_run_and_flags_override_it(shard_root, tmp_path):
     ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)
     assert ckpt["args"]["model_kwargs"] == {"width": 8} and ckpt["args"]["lr"] == 0.05
     assert ckpt["model"]["layer1.0.conv1.0.0.weight"].shape[1] == 8
+
+
+@pytest.mark.slow
+def test_torchrun_sigterm_stops_every_rank_at_the_same_step(shard_root, tmp_path):
+    """SIGTERM to torchrun (it forwards it to the workers): the ranks agree on the step, rank 0 writes the
+    mid-epoch checkpoint, every worker exits 75, and the resume finishes the epoch."""
+    out, keys = tmp_path / "ddp_stop", tmp_path / "keys.jsonl"
+    args = tiny_args(shard_root, out, "--epochs", "50", "--print-freq", "1000", "-b", "1")  # 8 steps per epoch
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+           "-m", "fastvid", "train", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**env(), "FASTVID_DEBUG_KEYS": str(keys)})
+    import time
+
+    while not (keys.exists() and len(keys.read_text().splitlines()) >= 2):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    text = proc.communicate(timeout=120)[0]
+    assert "exiting with code 75 (preempted)" in text, text[-3000:]
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
+    if "resume_epoch" not in ckpt:  # the signal landed in an epoch's last step: epoch checkpoint, no evaluation
+        assert rows(out)[-1]["preempted"] is True and rows(out)[-1]["val_acc1"] is None
+        return
+    per_rank = {}
+    for line in keys.read_text().splitlines():
+        row = json.loads(line)
+        per_rank.setdefault(row["rank"], []).append(row["epoch"])
+    steps = {rank: epochs.count(ckpt["resume_epoch"]) for rank, epochs in per_rank.items()}
+    assert steps == {0: ckpt["resume_step"], 1: ckpt["resume_step"]}  # both ranks stopped after the same step
+    r = run_torchrun(tiny_args(shard_root, out, "--epochs", str(ckpt["resume_epoch"] + 1), "-b", "1",
+                               "--resume", str(out / "checkpoint.pth")))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert rows(out)[-1]["epoch"] == ckpt["resume_epoch"] and rows(out)[-1]["steps"] == 8 - ckpt["resume_step"]
