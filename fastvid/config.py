@@ -134,9 +134,9 @@ def load_yaml(path: str | Path) -> dict:
     """Read a YAML config into {field: value} with dashed keys normalized; clear errors on bad files."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+    from fastvid.configs import resolve
+
+    path = resolve(path)  # a file path, or the name of a shipped recipe
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -164,7 +164,9 @@ def build_config(overrides: dict | None = None, config_path: str | Path | None =
             raise ValueError(f"unknown training option {name!r}")
         values[name] = _coerce(name, value, "command line")
     if config_path:
-        values["config"] = str(config_path)
+        from fastvid.configs import resolve
+
+        values["config"] = str(resolve(config_path))
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg

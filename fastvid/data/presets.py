@@ -104,7 +104,7 @@ def clip_geometry(preset: Preset, height: int, width: int, train: bool, rng: np.
     crop_hw = (min(out[0], resize_hw[0]), min(out[1], resize_hw[1]))
     clips = []
     if train and preset.train_crop == "multiscale":
-        from fastvid.kernels import sample_multiscale_boxes
+        from fastvid.data.boxes import sample_multiscale_boxes
 
         boxes = sample_multiscale_boxes(height, width, n, scales=preset.scales, max_distort=1, fixed_offsets=True,
                                         more_fixed_offsets=True, seed=rng, out_size=out)

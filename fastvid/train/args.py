@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             kw["help"] += f" (default: {default})"
         p.add_argument(*flags, default=S, **kw)
 
-    add("--config", metavar="FILE.yaml", help="YAML file of options (dashed or underscored names); flags given here override it")
+    add("--config", metavar="NAME|FILE.yaml", help="a shipped recipe by name (e.g. r2plus1d_18_k400; see fastvid.configs) or a YAML file of options (dashed or underscored names); flags given here override it")
     add("--data-path", help="directory holding the shard sets made by `fastvid shard` (train-dir and val-dir inside)")
     add("--train-dir", help="name of the training shard set directory under --data-path")
     add("--val-dir", help="name of the validation shard set directory under --data-path")
