@@ -68,6 +68,10 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests, benchmarks)
     label_smoothing: float = 0.0
     eval_every: int = 1                   # evaluate every N epochs (and after the last)
+    tensorboard: str = "auto"             # event-file dir; auto: OUTPUT/tb when tensorboard is installed; none: off
+    wandb: bool = False                   # log to Weights & Biases (extra `wandb`; WANDB_MODE=offline works offline)
+    wandb_project: str = "fastvid"
+    no_progress: bool = False             # log lines instead of progress bars even on a terminal
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--lr-warmup-epochs", type=int, help="the number of epochs to warmup")
     add("--lr-warmup-method", choices=["linear", "constant"], help="the warmup method")
     add("--lr-warmup-decay", type=float, help="the lr factor at the start of warmup")
-    add("--print-freq", type=int, help="steps between progress updates (and NaN / preemption checks)")
+    add("--print-freq", type=int, help="steps between log lines / progress updates, TensorBoard step scalars and NaN / preemption checks")
     add("--output-dir", help="where checkpoints, metrics.jsonl and traces go")
     add("--resume", help="checkpoint to resume from (e.g. OUTPUT/checkpoint.pth)")
     add("--start-epoch", type=int, metavar="N", help="start epoch (taken from the checkpoint when resuming)")
@@ -89,6 +89,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--max-steps-per-epoch", type=int, metavar="N", help="cut every epoch to N steps")
     add("--label-smoothing", type=float, help="cross-entropy label smoothing")
     add("--eval-every", type=int, metavar="N", help="evaluate every N epochs and after the last")
+    add("--tensorboard", metavar="DIR", help="write TensorBoard event files to DIR ('auto': OUTPUT/tb when tensorboard is installed; 'none': off)")
+    add("--wandb", action="store_true", help="also log to Weights & Biases (pip install 'fastvid[wandb]'; WANDB_MODE=offline needs no network)")
+    add("--wandb-project", help="Weights & Biases project name")
+    add("--no-progress", action="store_true", help="no progress bars: a log line every --print-freq steps (the default when stderr is not a terminal)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
