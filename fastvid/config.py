@@ -172,6 +172,7 @@ def build_config(overrides: dict | None = None, config_path: str | Path | None =
 
         values["config"] = str(resolve(config_path))
     cfg = TrainConfig(**values)
+    cfg.lr_warmup_method = cfg.lr_warmup_method.lower()  # torchvision lower-cases it ("Linear" works there)
     validate(cfg)
     return cfg
 

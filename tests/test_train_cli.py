@@ -15,23 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastvid.cli import main as fastvid_main
-from fastvid.synth import make_motion_dataset
-
-CLASSES = ["move_up", "move_down"]
-
-
-@pytest.fixture(scope="session")
-def shard_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_shards")
-    for split, per_class, seed in (("train", 4, 0), ("val", 3, 1)):
-        make_motion_dataset(root / f"raw_{split}", videos_per_class=per_class, classes=CLASSES, num_frames=16, height=48,
-                            width=64, fps=15, codec="libx264", seed=seed)
-        rc = fastvid_main(["shard", "videos", str(root / f"raw_{split}"), str(root / "data" / split), "--codec", "vp9",
-                           "--workers", "1", "--split", split])
-        assert rc == 0
-    return root / "data"
-
 
 def tiny_args(data: Path, out: Path, *extra) -> list[str]:
     return ["--data-path", str(data), "--model", "r3d_18", "--model-width", "8", "--device", "cpu", "--clip-len", "4",

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from test_train_cli import env, rows, shard_root, tiny_args  # noqa: F401  (shard_root is a fixture)
+from test_train_cli import env, rows, tiny_args
 
 from fastvid.train import logs
 
@@ -21,7 +21,7 @@ def _train_to_file(args, log_path, extra_env=None):
     return r.returncode, log_path.read_text()
 
 
-def test_redirected_log_has_lines_not_frames_and_tensorboard_reads_back(shard_root, tmp_path):  # noqa: F811
+def test_redirected_log_has_lines_not_frames_and_tensorboard_reads_back(shard_root, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -72,7 +72,7 @@ def test_line_progress_prints_every_print_freq_and_on_the_last_step(capsys):
     assert not logs.use_bars(True, stream=sys.stdout)
 
 
-def test_wandb_offline_run(shard_root, tmp_path):  # noqa: F811
+def test_wandb_offline_run(shard_root, tmp_path):
     pytest.importorskip("wandb")
     out = tmp_path / "wb"
     args = tiny_args(shard_root, out, "--epochs", "1", "--max-steps-per-epoch", "2", "--wandb", "--tensorboard", "none")

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from fastvid.config import TrainConfig, parse_step_range
+from fastvid.models.pretrained import resolve_weights
 from fastvid.train import distributed as D
 from fastvid.train import logs
 from fastvid.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
@@ -203,7 +204,7 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
         model_kwargs["width"] = cfg.model_width
     model = get_model(cfg.model, num_classes=num_classes, **model_kwargs)
     if cfg.weights:
-        fresh = load_weights(model, cfg.weights)
+        fresh = load_weights(model, resolve_weights(cfg.weights, cfg.model))
         log(info, f"loaded weights {cfg.weights}" + (f" (new classifier: {', '.join(fresh)})" if fresh else ""))
     if cfg.sync_bn:
         model, n = convert_sync_batchnorm(model, info.device)
