@@ -1,6 +1,7 @@
 """fastvid.kernels: CUDA C kernels (compiled at first use with CuPy/NVRTC) and their Numba CPU twins.
 
-- `crop`: the fused crop + bilinear resize + flip + normalize (`crop_resize_normalize`), Numba and CUDA.
+- `crop`: a fused crop + bilinear resize + flip + normalize operator (`crop_resize_normalize`), Numba and
+  CUDA; standalone (the video loaders do not call it), measured by `fastvid bench crop`.
 - `cuda`: loading the `*.cu` sources shipped in this package with CuPy's RawModule, cached per device.
 - `events.cu`: event-to-tensor kernels; their Python entry points live in `fastvid.events.representations`.
 
