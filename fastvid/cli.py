@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": ("fastvid.benchmarks.cli", "measure loaders, kernels and training throughput"),
     "quickstart": ("fastvid.quickstart", "generate a small dataset, shard it, train and evaluate, end to end"),
     "profile": ("fastvid.profile", "sample GPU utilization/memory/clocks of a command (CSV + PNG)"),
+    "env": ("fastvid.envreport", "which loader backends and GPU libraries are usable here, and how to add the missing ones"),
 }
 
 
