@@ -81,6 +81,17 @@ def test_shipped_configs_load_by_name_and_path(tmp_path):
         build_config({"config": "no_such_recipe"})
 
 
+def test_s3d_eval_recipe_and_k600_starting_points():
+    from fastvid.configs import recipe_names, resolve
+
+    cfg = build_config({"config": "s3d_k400_eval"})
+    assert (cfg.model, cfg.test_only, cfg.clip_len, cfg.clips_per_video, cfg.batch_size, cfg.frame_rate) == ("s3d", True, 128, 1, 16, 15.0)
+    assert (cfg.val_resize_size, cfg.val_crop_size) == ([256, 256], [224, 224])
+    # torchvision publishes no Kinetics-600 recipes: those files must say they are starting points.
+    k600 = [n for n in recipe_names() if n.endswith("_k600")]
+    assert k600 and all("STARTING POINT" in resolve(n).read_text() for n in k600)
+
+
 def _lrs(cfg, iters_per_epoch, epochs):
     p = nn.Parameter(torch.zeros(1))
     opt, _ = build_optimizer([p], cfg, torch.device("cpu"))
