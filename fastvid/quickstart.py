@@ -9,6 +9,7 @@ DIR/report.png. On a GPU it uses DALI's GPU path; on CPU, VP9 shards and DALI's 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def run(args) -> int:
         _cli(["shard", "videos", str(out / "videos" / split), str(out / "shards" / split), "--layout", "kinetics",
               "--codec", shard_codec, "--split", split, "--max-samples", "64", "--seed", str(args.seed)])
 
-    print(f"[3/4] training for {epochs} epochs on {device}")
+    print(f"[3/4] training for {epochs} epochs on {device} (each epoch prints a line with the ETA of the rest)")
     train_dir = out / "train"
     model = args.model or "r3d_18"
     train_argv = [
@@ -85,6 +86,8 @@ def run(args) -> int:
         # Evaluating 3 times instead of every epoch keeps the run within 5 minutes on 2 CPU cores;
         # each epoch still prints one line with the ETA of the rest.
         "--eval-every", str(max(epochs // 3, 1)),
+        # Decode threads/workers no more than the cores (at most 4): extra threads only contend with training.
+        "-j", str(max(1, min(os.cpu_count() or 1, 4))),
     ]
     if args.model is None:
         train_argv += ["--model-width", "16"]  # a quarter-width R3D-18: the real architecture, CPU-sized
