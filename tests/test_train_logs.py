@@ -3,7 +3,6 @@ back with tensorboard's EventAccumulator, W&B offline runs (when wandb is instal
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -80,7 +79,7 @@ def test_wandb_offline_run(shard_root, tmp_path):
     assert rc == 0, text[-3000:]
     assert not (out / "tb").exists()
     runs = list((out / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
-    summary = json.loads(next(runs[0].rglob("wandb-summary.json")).read_text()) if list(runs[0].rglob("wandb-summary.json")) else None
-    if summary is not None:
-        assert summary["epoch/val_acc1"] == pytest.approx(rows(out)[0]["val_acc1"])
+    assert len(runs) == 1
+    # The offline run file (protobuf records) holds the logged keys; `wandb sync` uploads it later.
+    data = next(runs[0].glob("*.wandb")).read_bytes()
+    assert b"train/loss" in data and b"epoch/val_acc1" in data and b"epoch/clips_per_s" in data
