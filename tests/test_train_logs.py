@@ -83,3 +83,15 @@ def test_wandb_offline_run(shard_root, tmp_path):
     # The offline run file (protobuf records) holds the logged keys; `wandb sync` uploads it later.
     data = next(runs[0].glob("*.wandb")).read_bytes()
     assert b"train/loss" in data and b"epoch/val_acc1" in data and b"epoch/clips_per_s" in data
+
+
+@pytest.mark.gpu
+def test_device_stats_read_gpu_memory_and_utilization():
+    import torch
+
+    dev = torch.device("cuda", 0)
+    x = torch.ones(1024, 1024, 4, device=dev)  # 16 MiB
+    stats = logs.DeviceStats(dev).read()
+    assert stats["gpu_mem_mib"] >= 16 and "rss_mib" not in stats
+    assert 0 <= stats.get("gpu_util", 0) <= 100
+    del x
