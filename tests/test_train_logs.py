@@ -95,3 +95,21 @@ def test_device_stats_read_gpu_memory_and_utilization():
     assert stats["gpu_mem_mib"] >= 16 and "rss_mib" not in stats
     assert 0 <= stats.get("gpu_util", 0) <= 100
     del x
+
+
+def test_terminal_bar_feeds_the_sinks_too(tmp_path):
+    # On a terminal the bar shows the values; TensorBoard still gets them at the print-freq steps.
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sinks = logs.Sinks(tmp_path / "tb")
+    with logs.progress(4, "Epoch: [1]", bars=True, print_freq=2, sinks=sinks, step_offset=4) as bar:
+        for step in range(4):
+            if step % 2 == 1:
+                bar.set_postfix(loss=f"{1.5 - step / 10:.4f}", lr="0.01", clips_s="20.0", wait="25.0%")
+            bar.update(1)
+    sinks.close()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [(e.step, round(e.value, 4)) for e in acc.Scalars("train/loss")] == [(6, 1.4), (8, 1.2)]
+    assert [e.value for e in acc.Scalars("train/data_wait_frac")] == pytest.approx([0.25, 0.25])
