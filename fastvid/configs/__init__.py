@@ -22,7 +22,7 @@ def resolve(config: str | Path) -> Path:
     path = Path(config)
     if path.is_file():
         return path
-    name = path.name[:-5] if path.name.endswith((".yaml")) else path.name
+    name = path.name[:-5] if path.name.endswith(".yaml") else path.name
     if len(path.parts) == 1 or (len(path.parts) == 2 and path.parts[0] == "configs"):
         shipped = importlib.resources.files(__name__).joinpath(name + ".yaml")
         if shipped.is_file():
