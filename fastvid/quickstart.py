@@ -73,12 +73,6 @@ def run(args) -> int:
         _cli(["shard", "videos", str(out / "videos" / split), str(out / "shards" / split), "--layout", "kinetics",
               "--codec", shard_codec, "--split", split, "--max-samples", "64", "--seed", str(args.seed)])
 
-    if not on_gpu:
-        import torch
-
-        # One core stays with the decoder threads. On a shared or busy machine this matters most: two
-        # OpenMP threads contending with other processes measured 5-7x slower per step than one thread.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
     print(f"[3/4] training for {epochs} epochs on {device} (each epoch prints a line with the ETA of the rest)")
     train_dir = out / "train"
     model = args.model or "r3d_18"
@@ -107,7 +101,17 @@ def run(args) -> int:
         train_argv += ["--resume", str(train_dir / "checkpoint.pth")]
     train_dir.mkdir(parents=True, exist_ok=True)
     model_marker.write_text(model)
-    _cli(train_argv)
+    import torch
+
+    threads = torch.get_num_threads()
+    if not on_gpu:
+        # One core stays with the decoder threads. On a shared or busy machine this matters most: two
+        # OpenMP threads contending with other processes measured 5-7x slower per step than one thread.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+    try:
+        _cli(train_argv)
+    finally:
+        torch.set_num_threads(threads)  # quickstart may run inside another program (tests)
 
     print("[4/4] summary")
     rows = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
