@@ -2,6 +2,7 @@
 
 Each command module exposes `add_arguments(parser)` and `run(args) -> int`; modules are
 imported only when their command runs, so `fastvid --help` stays fast and GPU-free.
+Exit statuses are the same for every command (EXIT_CODES, shown in `fastvid --help`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,24 @@ COMMANDS = {
     "bench": ("fastvid.benchmarks.cli", "measure loaders, kernels and training throughput"),
     "quickstart": ("fastvid.quickstart", "generate a small dataset, shard it, train and evaluate, end to end"),
     "profile": ("fastvid.profile", "sample GPU utilization/memory/clocks of a command (CSV + PNG)"),
+    "env": ("fastvid.envreport", "which loader backends and GPU libraries are usable here, and how to add the missing ones"),
 }
 
 
 
 
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_CLOSED_PIPE = 0, 1, 2, 130, 141
+EXIT_CODES = """exit status:
+  0    success
+  1    failure (bad input, missing file, training error): one line on stderr names what is wrong
+  2    usage error (unknown flag, invalid choice, missing argument)
+  130  interrupted (Ctrl-C)
+  141  stdout was closed early (e.g. `fastvid inspect DIR --json | head`): quiet, like other Unix tools"""
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastvid", description="fastvid: fast video and event-camera data loading and training")
+    parser = argparse.ArgumentParser(prog="fastvid", description="fastvid: fast video and event-camera data loading and training",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     from fastvid import __version__
 
     parser.add_argument("--version", action="version", version=f"fastvid {__version__}")
@@ -47,12 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
-        return 0 if not argv else 2
+        return EXIT_OK if not argv else EXIT_USAGE
     try:
-        return int(args._run(args) or 0)
+        rc = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit
+        return rc
+    except BrokenPipeError:
+        return _closed_pipe()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except (OSError, ValueError, RuntimeError, ImportError) as exc:
         # One clear line for user errors (OSError: missing files, but also an output path that is a file,
         # permissions, a full disk: its message names the path); set FASTVID_DEBUG=1 for the traceback.
@@ -61,7 +77,20 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("FASTVID_DEBUG"):
             raise
         print(f"fastvid {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (`| head`): stop quietly. Later writes, including Python's
+    flush at exit, go to /dev/null so no 'Broken pipe' message follows."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (e.g. captured in tests)
+        pass
+    return EXIT_CLOSED_PIPE
 
 
 if __name__ == "__main__":

@@ -69,6 +69,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     eval_every: int = 1                   # evaluate every N epochs (and after the last)
     trust_checkpoint: bool = False        # allow full unpickling of --resume/--weights (can run code)
+    tensorboard: str = "auto"             # event-file dir; auto: OUTPUT/tb when tensorboard is installed; none: off
+    wandb: bool = False                   # log to Weights & Biases (extra `wandb`; WANDB_MODE=offline works offline)
+    wandb_project: str = "fastvid"
+    no_progress: bool = False             # log lines instead of progress bars even on a terminal
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -135,9 +139,9 @@ def load_yaml(path: str | Path) -> dict:
     """Read a YAML config into {field: value} with dashed keys normalized; clear errors on bad files."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+    from fastvid.configs import resolve
+
+    path = resolve(path)  # a file path, or the name of a shipped recipe
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -165,8 +169,11 @@ def build_config(overrides: dict | None = None, config_path: str | Path | None =
             raise ValueError(f"unknown training option {name!r}")
         values[name] = _coerce(name, value, "command line")
     if config_path:
-        values["config"] = str(config_path)
+        from fastvid.configs import resolve
+
+        values["config"] = str(resolve(config_path))
     cfg = TrainConfig(**values)
+    cfg.lr_warmup_method = cfg.lr_warmup_method.lower()  # torchvision lower-cases it ("Linear" works there)
     validate(cfg)
     return cfg
 

@@ -44,16 +44,6 @@ _CONTAINER_FOR_CODEC = {"libx264": "mp4", "h264": "mp4", "libvpx-vp9": "webm", "
 _ENCODER_FOR_CODEC = {"h264": "libx264", "vp9": "libvpx-vp9", "vp8": "libvpx"}
 
 
-def as_frame_rate(fps: float | fractions.Fraction) -> fractions.Fraction:
-    """Exact rate for a float fps; NTSC rates such as 29.97 become 30000/1001, not 2997/100."""
-    if isinstance(fps, fractions.Fraction):
-        return fps
-    ntsc = float(fps) * 1.001
-    if abs(ntsc - round(ntsc)) < 1e-3 and abs(float(fps) - round(float(fps))) > 1e-3:
-        return fractions.Fraction(round(ntsc) * 1000, 1001)
-    return fractions.Fraction(float(fps)).limit_denominator(1001)
-
-
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float | fractions.Fraction = 25, codec: str = "libx264",
                 gop: int = 8, crf: int | None = None, container: str | None = None) -> Path:
     """Encode (T, H, W, 3) uint8 RGB frames to `path` with PyAV. H and W must be even."""
@@ -62,7 +52,9 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float | fracti
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     encoder = _ENCODER_FOR_CODEC.get(codec, codec)
-    rate = as_frame_rate(fps)
+    from fastvid.shard.transcode import exact_rate  # the production rule: synthetic clips get the rates shards get
+
+    rate = exact_rate(fps)
     options = {}
     if encoder == "libx264":
         options = {"crf": str(18 if crf is None else crf), "preset": "veryfast", "tune": "zerolatency"}

@@ -14,3 +14,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shard_root(tmp_path_factory):
+    """Tiny train/val video shard sets (2 motion classes, VP9) shared by the training tests."""
+    from fastvid.cli import main as fastvid_main
+    from fastvid.synth import make_motion_dataset
+
+    root = tmp_path_factory.mktemp("train_shards")
+    for split, per_class, seed in (("train", 4, 0), ("val", 3, 1)):
+        make_motion_dataset(root / f"raw_{split}", videos_per_class=per_class, classes=["move_up", "move_down"], num_frames=16,
+                            height=48, width=64, fps=15, codec="libx264", seed=seed)
+        rc = fastvid_main(["shard", "videos", str(root / f"raw_{split}"), str(root / "data" / split), "--codec", "vp9",
+                           "--workers", "1", "--split", split])
+        assert rc == 0
+    return root / "data"

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastvid.kernels import crop_resize_normalize, crop_resize_normalize_reference, sample_multiscale_boxes
+from fastvid.data.boxes import sample_multiscale_boxes
+from fastvid.kernels import crop_resize_normalize, crop_resize_normalize_reference
 
 MEAN, STD = (0.43, 0.39, 0.37), (0.22, 0.21, 0.23)
 

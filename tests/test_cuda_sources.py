@@ -144,7 +144,8 @@ def test_crop_kernel_logic_matches_numba(tmp_path):
     import numpy as np
     import torch
 
-    from fastvid.kernels import crop_resize_normalize, sample_multiscale_boxes
+    from fastvid.data.boxes import sample_multiscale_boxes
+    from fastvid.kernels import crop_resize_normalize
 
     lib = _host_library("crop.cu", tmp_path)
     rng = np.random.default_rng(1)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_cli import env, rows, run_train, shard_root, tiny_args  # noqa: F401  (shard_root: fixture)
+from test_train_cli import env, rows, tiny_args
 
 from fastvid.train.preempt import PREEMPTED_EXIT_CODE
 

@@ -61,7 +61,7 @@ def test_tsm_eval_short_side_256_centre_224():
 
 
 def test_tsm_train_uses_multiscale_fixed_offsets():
-    from fastvid.kernels import boxes as kboxes
+    from fastvid.data import boxes as kboxes
 
     p = presets.get_preset("tsm")
     geo = presets.clip_geometry(p, 240, 320, train=True, rng=np.random.default_rng(1), n=400)

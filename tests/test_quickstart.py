@@ -1,6 +1,7 @@
 """`fastvid quickstart` end to end on a tiny setting: dataset, shards, training, summary and report."""
 
 import json
+import re
 
 import pytest
 
@@ -23,7 +24,9 @@ def test_quickstart_tiny_end_to_end(tmp_path, capsys):
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
-    assert "quickstart: 6 classes" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "quickstart: 6 classes" in out_text
+    assert re.search(r"Epoch 0: train_loss .* \| eta \d+:\d\d:\d\d", out_text)  # the ETA while it runs
 
     # A rerun with the same parameters reuses videos, shards and the finished checkpoint.
     video = next((out / "videos" / "train").rglob("*.mp4"))

@@ -15,23 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastvid.cli import main as fastvid_main
-from fastvid.synth import make_motion_dataset
-
-CLASSES = ["move_up", "move_down"]
-
-
-@pytest.fixture(scope="session")
-def shard_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_shards")
-    for split, per_class, seed in (("train", 4, 0), ("val", 3, 1)):
-        make_motion_dataset(root / f"raw_{split}", videos_per_class=per_class, classes=CLASSES, num_frames=16, height=48,
-                            width=64, fps=15, codec="libx264", seed=seed)
-        rc = fastvid_main(["shard", "videos", str(root / f"raw_{split}"), str(root / "data" / split), "--codec", "vp9",
-                           "--workers", "1", "--split", split])
-        assert rc == 0
-    return root / "data"
-
 
 def tiny_args(data: Path, out: Path, *extra) -> list[str]:
     return ["--data-path", str(data), "--model", "r3d_18", "--model-width", "8", "--device", "cpu", "--clip-len", "4",
@@ -221,9 +204,9 @@ def test_gpu_amp_fp16_channels_last_training(shard_root, tmp_path):
 
 
 def test_yaml_config_drives_a_run_and_flags_override_it(shard_root, tmp_path):
-    config = Path(__file__).parent.parent / "configs" / "quickstart.yaml"
     out = tmp_path / "cfg"
-    r = run_train(["--config", str(config), "--data-path", str(shard_root), "--output-dir", str(out), "--device", "cpu",
+    # A shipped recipe by name (package data), not a path.
+    r = run_train(["--config", "quickstart", "--data-path", str(shard_root), "--output-dir", str(out), "--device", "cpu",
                    "--backend", "pyav", "-j", "0", "--epochs", "1", "--max-steps-per-epoch", "2", "--eval-every", "1"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "fastvid train: r2plus1d_18 on cpu" in r.stdout  # model from the YAML
@@ -232,6 +215,7 @@ def test_yaml_config_drives_a_run_and_flags_override_it(shard_root, tmp_path):
     ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)
     assert ckpt["args"]["model_kwargs"] == {"width": 8} and ckpt["args"]["lr"] == 0.05
     assert ckpt["model"]["layer1.0.conv1.0.0.weight"].shape[1] == 8
+    assert Path(ckpt["args"]["config"]).name == "quickstart.yaml" and Path(ckpt["args"]["config"]).is_file()
 
 
 @pytest.mark.slow

@@ -64,16 +64,32 @@ def test_negative_frame_rate_is_rejected_up_front():
         build_config({"frame_rate": -15.0})
 
 
-def test_shipped_configs_load():
-    from pathlib import Path
+def test_shipped_configs_load_by_name_and_path(tmp_path):
+    from fastvid.configs import recipe_names, resolve
 
-    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
-    assert len(configs) >= 6
-    names = set()
-    for c in configs:
-        cfg = build_config(config_path=c)
-        names.add(cfg.model)
-    assert {"r2plus1d_18", "r3d_18", "mc3_18", "s3d", "tsm_resnet50"} <= names
+    names = recipe_names()
+    assert {"r2plus1d_18_k400", "s3d_k400", "quickstart"} <= set(names)
+    models = {build_config({"config": name}).model for name in names}
+    assert {"r2plus1d_18", "r3d_18", "mc3_18", "s3d", "tsm_resnet50"} <= models
+    # The README's older spelling and an explicit .yaml name find the same recipe.
+    assert resolve("configs/r3d_18_k400.yaml") == resolve("r3d_18_k400.yaml") == resolve("r3d_18_k400")
+    # A file path wins over a recipe name; an unknown name lists the recipes.
+    own = tmp_path / "r3d_18_k400.yaml"
+    own.write_text("model: mc3_18\n")
+    assert build_config({"config": str(own)}).model == "mc3_18"
+    with pytest.raises(FileNotFoundError, match="r2plus1d_18_k400"):
+        build_config({"config": "no_such_recipe"})
+
+
+def test_s3d_eval_recipe_and_k600_starting_points():
+    from fastvid.configs import recipe_names, resolve
+
+    cfg = build_config({"config": "s3d_k400_eval"})
+    assert (cfg.model, cfg.test_only, cfg.clip_len, cfg.clips_per_video, cfg.batch_size, cfg.frame_rate) == ("s3d", True, 128, 1, 16, 15.0)
+    assert (cfg.val_resize_size, cfg.val_crop_size) == ([256, 256], [224, 224])
+    # torchvision publishes no Kinetics-600 recipes: those files must say they are starting points.
+    k600 = [n for n in recipe_names() if n.endswith("_k600")]
+    assert k600 and all("STARTING POINT" in resolve(n).read_text() for n in k600)
 
 
 def _lrs(cfg, iters_per_epoch, epochs):

@@ -35,7 +35,8 @@ def run_benchmark(device="auto", batch=8, clip_len=16, height=256, width=340, ou
     import torch
     from tqdm import tqdm
 
-    from fastvid.kernels import crop_resize_normalize, crop_resize_normalize_reference, sample_multiscale_boxes
+    from fastvid.data.boxes import sample_multiscale_boxes
+    from fastvid.kernels import crop_resize_normalize, crop_resize_normalize_reference
 
     if quick:
         batch, clip_len, repeats = min(batch, 2), min(clip_len, 8), min(repeats, 3)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from fastvid.data import sampling
 from fastvid.data.presets import get_preset, normalization
+from fastvid.data.pyav_backend import _worker_init  # one thread per decode worker, as the PyAV backend
 
 
 def probe_video(path) -> dict:
@@ -139,7 +140,3 @@ def baseline_loader(videos, *, batch_size: int, clip_len: int, frame_stride: int
                                        num_workers=num_workers, drop_last=True, persistent_workers=num_workers > 0,
                                        worker_init_fn=_worker_init if num_workers else None,
                                        prefetch_factor=2 if num_workers else None)
-
-
-def _worker_init(_):
-    torch.set_num_threads(1)

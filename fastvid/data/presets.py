@@ -21,6 +21,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fastvid.data.boxes import sample_multiscale_boxes, size_pair
+
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,23 +48,16 @@ PRESETS = {
 }
 
 
-def _pair(size) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
-        return int(size), int(size)
-    h, w = size
-    return int(h), int(w)
-
-
 def get_preset(name: str, crop_size=None, resize_size=None) -> Preset:
     """The named preset, with crop/resize sizes overridden when given."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     preset = PRESETS[name]
     if crop_size is not None:
-        preset = replace(preset, crop_size=_pair(crop_size))
+        preset = replace(preset, crop_size=size_pair(crop_size))
     if resize_size is not None:
         # An int is a short side, as torchvision's Resize(int) (and --*-resize-size with one value) means.
-        preset = replace(preset, resize_size=int(resize_size) if isinstance(resize_size, (int, np.integer)) else _pair(resize_size))
+        preset = replace(preset, resize_size=int(resize_size) if isinstance(resize_size, (int, np.integer)) else size_pair(resize_size))
     return preset
 
 
@@ -104,8 +99,6 @@ def clip_geometry(preset: Preset, height: int, width: int, train: bool, rng: np.
     crop_hw = (min(out[0], resize_hw[0]), min(out[1], resize_hw[1]))
     clips = []
     if train and preset.train_crop == "multiscale":
-        from fastvid.kernels import sample_multiscale_boxes
-
         boxes = sample_multiscale_boxes(height, width, n, scales=preset.scales, max_distort=1, fixed_offsets=True,
                                         more_fixed_offsets=True, seed=rng, out_size=out)
         flips = rng.random(n) < preset.flip_prob

@@ -5,9 +5,7 @@ fastvid/shard/cli.py delegates its `events` sub-command here (add_arguments / ru
 
 from __future__ import annotations
 
-import sys
-
-from fastvid.shard.cli import parse_size
+from fastvid.shard.options import add_common_arguments
 
 
 def add_arguments(parser):
@@ -15,20 +13,10 @@ def add_arguments(parser):
     parser.add_argument("out", help="output folder for the shards, DALI indexes and manifest.json")
     parser.add_argument("--format", default="gen1", choices=["gen1"], help="dataset layout (default: gen1)")
     parser.add_argument("--segment-ms", type=float, default=500.0, help="duration of one sample, in ms (default: 500)")
-    parser.add_argument("--split", default="train", help="split name, the prefix of every shard (default: train)")
     parser.add_argument("--classes", default=None, help="comma-separated class names, index = class_id (default GEN1: car,pedestrian)")
     parser.add_argument("--allow-missing-boxes", action="store_true", help="shard recordings without a _bbox.npy (no boxes) instead of failing them")
+    add_common_arguments(parser, max_samples=None, max_shard_bytes=None, workers=1)
     parser.add_argument("--compress-level", type=int, default=1, help="deflate level of the event columns: 1 (default, fast) to 9, 0 = uncompressed (fastest to read)")
-    parser.add_argument("--max-samples", type=int, default=None, help="segments per shard (default: the writer's)")
-    parser.add_argument("--max-shard-bytes", type=parse_size, default=None,
-                        help="start a new shard before one would exceed this size, e.g. 500MB, 1GiB (default: the writer's)")
-    parser.add_argument("--workers", type=int, default=1, help="encoding processes (default: 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample order over shards")
-    parser.add_argument("--node-rank", type=int, default=0, help="this node's part of a multi-node job")
-    parser.add_argument("--num-nodes", type=int, default=1, help="number of nodes sharing the job")
-    parser.add_argument("--strict", action="store_true", help="exit with an error if any recording failed")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a complete shard set in OUT made with other options or inputs (built beside, swapped in)")
 
 
 def run(args) -> int:
@@ -42,6 +30,6 @@ def run(args) -> int:
         writer_kw["max_shard_bytes"] = args.max_shard_bytes
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     shard_events(args.src, args.out, format=args.format, segment_ms=args.segment_ms, split=args.split,
-                            classes=classes, require_boxes=not args.allow_missing_boxes,
-                            compress_level=args.compress_level, **writer_kw)
+                 classes=classes, require_boxes=not args.allow_missing_boxes,
+                 compress_level=args.compress_level, **writer_kw)
     return 0  # the writer's summary names the failed recordings

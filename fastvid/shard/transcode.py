@@ -17,12 +17,13 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from fastvid.shard.sources import IMAGE_EXTENSIONS
+
 CODECS = ("vp9", "h264", "copy")
 ENCODERS = {"h264": "libx264", "vp9": "libvpx-vp9"}
 CONTAINERS = {"h264": "mp4", "vp9": "webm"}
 # `--codec copy` always remuxes into MP4 so a shard set has one video extension ("mp4").
 COPY_CONTAINER = "mp4"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # A file yielding fewer frames than its container promises (minus this slack) is reported as truncated.
 TRUNCATION_SLACK = 0.02
 
@@ -57,10 +58,13 @@ MUX_OPTIONS = {"fflags": "+bitexact"}
 
 
 def exact_rate(fps: float | fractions.Fraction) -> fractions.Fraction:
-    """Exact rational rate; 29.97 -> 30000/1001 (NTSC), 25.0 -> 25."""
-    from fastvid.synth import as_frame_rate
-
-    return as_frame_rate(fps)
+    """Exact rational rate; 29.97 -> 30000/1001 (NTSC, not 2997/100), 25.0 -> 25."""
+    if isinstance(fps, fractions.Fraction):
+        return fps
+    ntsc = float(fps) * 1.001
+    if abs(ntsc - round(ntsc)) < 1e-3 and abs(float(fps) - round(float(fps))) > 1e-3:
+        return fractions.Fraction(round(ntsc) * 1000, 1001)
+    return fractions.Fraction(float(fps)).limit_denominator(1001)
 
 
 def stream_rate(stream) -> fractions.Fraction | None:

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             kw["help"] += f" (default: {default})"
         p.add_argument(*flags, default=S, **kw)
 
-    add("--config", metavar="FILE.yaml", help="YAML file of options (dashed or underscored names); flags given here override it")
+    add("--config", metavar="NAME|FILE.yaml", help="a shipped recipe by name (e.g. r2plus1d_18_k400; see fastvid.configs) or a YAML file of options (dashed or underscored names); flags given here override it")
     add("--data-path", help="directory holding the shard sets made by `fastvid shard` (train-dir and val-dir inside)")
     add("--train-dir", help="name of the training shard set directory under --data-path")
     add("--val-dir", help="name of the validation shard set directory under --data-path")
@@ -63,9 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--lr-milestones", nargs="+", type=int, help="epochs at which the lr is multiplied by --lr-gamma")
     add("--lr-gamma", type=float, help="decrease lr by a factor of lr-gamma")
     add("--lr-warmup-epochs", type=int, help="the number of epochs to warmup")
-    add("--lr-warmup-method", choices=["linear", "constant"], help="the warmup method")
+    add("--lr-warmup-method", type=str.lower, choices=["linear", "constant"], help="the warmup method (any case, as torchvision lower-cases it)")
     add("--lr-warmup-decay", type=float, help="the lr factor at the start of warmup")
-    add("--print-freq", type=int, help="steps between progress updates (and NaN checks; SIGTERM is checked every step)")
+    add("--print-freq", type=int, help="steps between log lines / progress updates, TensorBoard step scalars and NaN checks (SIGTERM is checked every step)")
     add("--output-dir", help="where checkpoints, metrics.jsonl and traces go")
     add("--resume", help="checkpoint to resume from (e.g. OUTPUT/checkpoint.pth)")
     add("--start-epoch", type=int, metavar="N", help="start epoch (taken from the checkpoint when resuming)")
@@ -76,20 +76,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--use-deterministic-algorithms", action="store_true", help="force deterministic torch algorithms")
     add("--world-size", type=int, help="number of processes (set by torchrun through WORLD_SIZE)")
     add("--dist-url", help="url used to set up distributed training")
-    add("--weights", help="torchvision-format weights FILE (state_dict or {'model': ...}) to start from")
+    add("--weights", metavar="FILE|NAME", help="weights to start from: a torchvision-format FILE (state_dict or {'model': ...}) or "
+        "torchvision's name (R3D_18_Weights.KINETICS400_V1, MC3_18_..., R2Plus1D_18_..., S3D_Weights.KINETICS400_V1, "
+        "Enum.DEFAULT or DEFAULT), read from torchvision's download cache $TORCH_HOME/hub/checkpoints")
     add("--amp", action="store_true", help="mixed precision (bf16 by default, see --amp-dtype)")
     add("--kinetics-version", choices=["400", "600"], help="Kinetics version: checked against the shard set's classes")
     add("--train-resize-size", nargs="+", type=int, help="train resize (h w); default: the preset's")
-    add("--train-crop-size", nargs="+", type=int, help="train crop (h w); default: the preset's")
+    add("--train-crop-size", nargs="+", type=int, help="train crop (h w); default: the preset's (112; 224 for --model s3d and tsm_resnet50)")
     add("--val-resize-size", nargs="+", type=int, help="eval resize (h w); default: the preset's")
     add("--val-crop-size", nargs="+", type=int, help="eval crop (h w); default: the preset's")
     # fastvid additions
-    add("--backend", choices=["auto", "dali", "pyav"], help="loader backend")
-    add("--preset", choices=["video_resnet", "s3d", "tsm"], help="augmentation preset; default follows the model")
+    add("--backend", type=str.lower, choices=["auto", "dali", "pyav"], help="loader backend")
+    add("--preset", type=str.lower, choices=["video_resnet", "s3d", "tsm"], help="augmentation preset; default follows the model (s3d -> s3d: resize 256x256, crop 224, where torchvision's reference crops 112 unless given --train-crop-size; tsm_resnet50 -> tsm; others -> video_resnet: resize 128x171, crop 112)")
     add("--frame-stride", type=int, help="distance between a clip's frames, counted at --frame-rate (source frames: N x fps / frame-rate), or at the native rate when --frame-rate is none")
     add("--channels-last", action="store_true", help="channels_last_3d memory format for model and input")
     add("--compile", action="store_true", help="torch.compile the model")
-    add("--amp-dtype", choices=["bf16", "fp16"], help="autocast dtype with --amp (fp16 adds a GradScaler)")
+    add("--amp-dtype", type=str.lower, choices=["bf16", "fp16"], help="autocast dtype with --amp (fp16 adds a GradScaler)")
     add("--grad-clip", type=float, metavar="NORM", help="clip the global gradient norm")
     add("--profile-steps", metavar="A-B", help="write a torch.profiler trace of global steps A..B to OUTPUT/profile/")
     add("--seed", type=int, help="random seed (model init and clip sampling)")
@@ -102,6 +104,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--trust-checkpoint", action="store_true",
         help="allow --resume/--weights files that hold more than tensors and plain data (legacy or foreign pickles); "
              "unpickling such a file can run code, so only for files you trust")
+    add("--tensorboard", metavar="DIR", help="write TensorBoard event files to DIR ('auto': OUTPUT/tb when tensorboard is installed; 'none': off)")
+    add("--wandb", action="store_true", help="also log to Weights & Biases (pip install 'fastvid[wandb]'; WANDB_MODE=offline needs no network)")
+    add("--wandb-project", help="Weights & Biases project name")
+    add("--no-progress", action="store_true", help="no progress bars: a log line every --print-freq steps (the default when stderr is not a terminal)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

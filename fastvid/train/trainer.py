@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +12,9 @@ import torch
 import torch.nn as nn
 
 from fastvid.config import TrainConfig, parse_step_range
+from fastvid.models.pretrained import resolve_weights
 from fastvid.train import distributed as D
+from fastvid.train import logs
 from fastvid.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from fastvid.train.engine import StepContext, evaluate, train_one_epoch
 from fastvid.train.optim import build_lr_scheduler, build_optimizer
@@ -187,8 +188,6 @@ def run_training(cfg: TrainConfig) -> int:
 
 
 def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
-    from tqdm import tqdm
-
     from fastvid.models import get_model
 
     out_dir = Path(cfg.output_dir)
@@ -224,7 +223,7 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
         model_kwargs["width"] = cfg.model_width
     model = get_model(cfg.model, num_classes=num_classes, **model_kwargs)
     if cfg.weights:
-        fresh = load_weights(model, cfg.weights, trust=cfg.trust_checkpoint)
+        fresh = load_weights(model, resolve_weights(cfg.weights, cfg.model), trust=cfg.trust_checkpoint)
         log(info, f"loaded weights {cfg.weights}" + (f" (new classifier: {', '.join(fresh)})" if fresh else ""))
     if cfg.sync_bn:
         model, n = convert_sync_batchnorm(model, info.device)
@@ -280,7 +279,8 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         val_loader.set_epoch(0)
-        with tqdm(total=len(val_loader), desc="Test", disable=not info.is_main, dynamic_ncols=True) as bar:
+        with logs.progress(len(val_loader), "Test:", bars=logs.use_bars(cfg.no_progress), print_freq=cfg.print_freq,
+                           enabled=info.is_main) as bar:
             res = evaluate(model, val_loader, progress=bar, **eval_kwargs)
         log(info, f" * Clip Acc@1 {res['val_clip_acc1']:.3f} Clip Acc@5 {res['val_clip_acc5']:.3f}")
         log(info, f" * Video Acc@1 {res['val_acc1']:.3f} Video Acc@5 {res['val_acc5']:.3f} ({res['val_videos']} videos)")
@@ -297,10 +297,14 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
     ctx = StepContext(device=info.device, optimizer=optimizer, lr_scheduler=lr_scheduler, criterion=criterion,
                       autocast_dtype=amp_dtype, scaler=scaler, grad_clip=cfg.grad_clip, channels_last=cfg.channels_last,
                       print_freq=cfg.print_freq, profiler=profiler, stop_vote=StopVote(stop))
+    sinks = logs.make_sinks(cfg, info.is_main, out_dir)
+    if sinks.tb_dir is not None:
+        log(info, f"TensorBoard: tensorboard --logdir {sinks.tb_dir}")
     try:
         return _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_loader, optimizer, lr_scheduler,
-                       scaler, start_epoch, resume_step, steps_per_epoch, eval_kwargs, out_dir)
+                       scaler, start_epoch, resume_step, steps_per_epoch, eval_kwargs, out_dir, sinks)
     finally:
+        sinks.close()
         if profiler is not None:
             profiler.finish()  # also on errors: an active profiler at interpreter exit can crash it
 
@@ -335,14 +339,14 @@ def _stop_agreed(stop: StopFlag, info: D.DistInfo) -> bool:
 
 
 def _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_loader, optimizer, lr_scheduler, scaler,
-            start_epoch, resume_step, steps_per_epoch, eval_kwargs, out_dir) -> int:
-    from tqdm import tqdm
-
+            start_epoch, resume_step, steps_per_epoch, eval_kwargs, out_dir, sinks) -> int:
     from fastvid.metrics import ResourceSampler
 
     profiler = ctx.profiler
     metrics_path = out_dir / "metrics.jsonl"
     t_train = time.time()
+    bars = logs.use_bars(cfg.no_progress)
+    device_stats = logs.DeviceStats(info.device)
     for epoch in range(start_epoch, cfg.epochs):
         # Seeding per (seed, epoch, rank) makes dropout etc. identical after a resume.
         torch.manual_seed(cfg.seed + 1000 * epoch + info.rank)
@@ -351,8 +355,9 @@ def _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_lo
             torch.cuda.reset_peak_memory_stats(info.device)
         sampler = ResourceSampler(interval=0.5, gpu_indices=[info.device.index] if info.device.type == "cuda" else None).start()
         cpu_t0, wall_t0 = _cpu_seconds(), time.perf_counter()
-        with tqdm(total=steps_per_epoch, initial=resume_step, desc=f"Epoch [{epoch}]", disable=not info.is_main,
-                  dynamic_ncols=True, file=sys.stderr) as bar:
+        with logs.progress(steps_per_epoch, f"Epoch: [{epoch}]", bars=bars, initial=resume_step, print_freq=cfg.print_freq,
+                           enabled=info.is_main, sinks=sinks, step_offset=epoch * steps_per_epoch,
+                           device_stats=device_stats) as bar:
             res = train_one_epoch(model, _key_log(train_loader, epoch), ctx, epoch=epoch, num_steps=steps_per_epoch, start_step=resume_step, progress=bar)
         usage = sampler.stop()
         if not usage["num_samples"]:
@@ -398,7 +403,8 @@ def _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_lo
         is_last = epoch + 1 == cfg.epochs
         if not preempted and ((epoch + 1) % cfg.eval_every == 0 or is_last):
             val_loader.set_epoch(0)
-            with tqdm(total=len(val_loader), desc=f"Test [{epoch}]", disable=not info.is_main, dynamic_ncols=True, file=sys.stderr) as bar:
+            with logs.progress(len(val_loader), f"Test: [{epoch}]", bars=bars, print_freq=cfg.print_freq,
+                               enabled=info.is_main) as bar:
                 row.update(evaluate(model, val_loader, progress=bar, **eval_kwargs))
         else:
             row.update(val_acc1=None, val_acc5=None)
@@ -418,9 +424,9 @@ def _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_lo
         if info.is_main:
             save_checkpoint(state, out_dir, epoch=epoch)
             _append_jsonl(metrics_path, row)
-        acc = f"video acc@1 {row['val_acc1']:.2f} acc@5 {row['val_acc5']:.2f} | " if row.get("val_acc1") is not None else ""
-        log(info, f"Epoch {epoch}: train_loss {row['train_loss']:.4f} | {acc}{row['clips_per_s']:.1f} clips/s | "
-            f"data wait {100 * row['data_wait_frac']:.1f}% | lr {row['lr']:.4g}")
+            sinks.epoch(row, step=(epoch + 1) * steps_per_epoch)
+        eta = (time.time() - t_train) / (epoch + 1 - start_epoch) * (cfg.epochs - epoch - 1)
+        log(info, logs.epoch_line(row, epoch, cfg.epochs, eta))
         # All ranks must agree before leaving, or one would wait forever in the next epoch's collectives.
         if preempted or _stop_agreed(stop, info):
             log(info, f"SIGTERM: epoch {epoch} checkpointed{' (evaluation skipped)' if preempted else ''}; "

@@ -1,14 +1,13 @@
 """fastvid.kernels: CUDA C kernels (compiled at first use with CuPy/NVRTC) and their Numba CPU twins.
 
-- `boxes`: pure multi-scale crop geometry (`sample_multiscale_boxes`, TSM's GroupMultiScaleCrop rules).
-- `crop`: the fused crop + bilinear resize + flip + normalize (`crop_resize_normalize`), Numba and CUDA.
+- `crop`: a fused crop + bilinear resize + flip + normalize operator (`crop_resize_normalize`), Numba and
+  CUDA; standalone (the video loaders do not call it), measured by `fastvid bench crop`.
 - `cuda`: loading the `*.cu` sources shipped in this package with CuPy's RawModule, cached per device.
 - `events.cu`: event-to-tensor kernels; their Python entry points live in `fastvid.events.representations`.
 
+The crop boxes these kernels take are drawn by `fastvid.data.boxes` (pure numpy geometry).
 Numba and CuPy are imported only when a kernel is first used, so `import fastvid.kernels` stays light.
 """
-
-from fastvid.kernels.boxes import center_boxes, sample_multiscale_boxes
 
 _EXPORTS = {
     "crop_resize_normalize": "fastvid.kernels.crop",
@@ -17,7 +16,7 @@ _EXPORTS = {
     "cuda_source": "fastvid.kernels.cuda",
 }
 
-__all__ = ["sample_multiscale_boxes", "center_boxes", *_EXPORTS]
+__all__ = [*_EXPORTS]
 
 
 def __getattr__(name):

@@ -9,6 +9,10 @@ device="cpu" runs the Numba twin (njit(parallel=True, cache=True), one compiled 
 device="cuda" runs kernels/crop.cu in ONE launch per batch on torch's current stream, reading torch CUDA
 tensors without a copy. `crop_resize_normalize_reference` is the plain torch version the tests and the
 benchmark compare with.
+
+This is a standalone operator for your own loops over decoded uint8 batches: no fastvid loader calls it
+(the DALI backend crops with `fn.resize` regions of interest, the PyAV backend with slicing and
+`F.interpolate`). `fastvid bench crop` measures it against the torch version.
 """
 
 from __future__ import annotations
@@ -16,8 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from fastvid.data.presets import IMAGENET_MEAN, IMAGENET_STD
 
 _CUDA_KERNELS = {torch.float32: "crop_resize_normalize_f32", torch.float16: "crop_resize_normalize_f16",
                  torch.bfloat16: "crop_resize_normalize_bf16"}

@@ -20,7 +20,7 @@ _BASIC_OFFSETS = ((0, 0), (4, 0), (0, 4), (4, 4), (2, 2))
 _MORE_OFFSETS = ((0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3))
 
 
-def _pair(size) -> tuple[int, int]:
+def size_pair(size) -> tuple[int, int]:
     """An int or (h, w) -> (h, w)."""
     if np.isscalar(size):
         return int(size), int(size)
@@ -33,7 +33,7 @@ def crop_sizes(height: int, width: int, scales=DEFAULT_SCALES, out_size=224) -> 
 
     A snapped size never exceeds the image (a 222-pixel image with out_size 224 keeps 222).
     """
-    out_h, out_w = _pair(out_size)
+    out_h, out_w = size_pair(out_size)
     base = min(height, width)
     sizes = [int(base * s) for s in scales]
     hs = [min(out_h if abs(s - out_h) < 3 else s, height) for s in sizes]
@@ -108,7 +108,7 @@ def sample_multiscale_boxes(
 
 def center_boxes(height: int, width: int, n: int, crop_size) -> np.ndarray:
     """`n` identical centre crops (y0, x0, h, w) of `crop_size` (int or (h, w)), for evaluation."""
-    ch, cw = _pair(crop_size)
+    ch, cw = size_pair(crop_size)
     ch, cw = min(ch, height), min(cw, width)
     box = [(height - ch) // 2, (width - cw) // 2, ch, cw]
     return np.tile(np.asarray(box, dtype=np.int64), (int(n), 1))
