@@ -30,7 +30,7 @@ def event_set(tmp_path_factory):
         ts, xs, ys, ps = random_events(n, duration, seed=10 + i, width=SENSOR[0], height=SENSOR[1])
         write_gen1_dat(src / f"{name}_td.dat", ts, xs, ys, ps, width=SENSOR[0], height=SENSOR[1])
         box_ts = np.arange(0, duration, 50_000) + 7
-        boxes = write_boxes(src / f"{name}_bbox.npy", box_ts, seed=i)
+        boxes = write_boxes(src / f"{name}_bbox.npy", box_ts, seed=i, sensor=SENSOR)
         originals[name] = (ts, xs, ys, ps, boxes)
     out = root / "shards"
     shard_events(src, out, segment_ms=300, max_samples=4)

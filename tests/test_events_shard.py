@@ -18,12 +18,13 @@ from test_events_io import random_events, write_gen1_dat
 GEN1_BOX = np.dtype([("ts", "<u8"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"), ("h", "<f4"), ("class_id", "u1"), ("confidence", "<f4"), ("track_id", "<u4")])
 
 
-def write_boxes(path, ts, seed):
+def write_boxes(path, ts, seed, sensor=(304, 240)):
+    """GEN1-layout boxes of 30x20 px wholly inside the sensor (so cropping keeps them as they are)."""
     rng = np.random.default_rng(seed)
     boxes = np.zeros(len(ts), GEN1_BOX)
     boxes["ts"] = ts
-    boxes["x"] = rng.uniform(0, 200, len(ts))
-    boxes["y"] = rng.uniform(0, 150, len(ts))
+    boxes["x"] = rng.uniform(0, sensor[0] - 31, len(ts))
+    boxes["y"] = rng.uniform(0, sensor[1] - 21, len(ts))
     boxes["w"], boxes["h"] = 30, 20
     boxes["class_id"] = rng.integers(0, 2, len(ts))
     boxes["confidence"] = 1

@@ -132,7 +132,8 @@ def run_benchmark(device: str = "auto", work_dir: str = "bench_work/events-io", 
     from fastvid import _gpu
     from fastvid.benchmarks.common import device_info
     from fastvid.events.sequence import EventSequenceLoader
-    from fastvid.events.shard import iter_segments, shard_events
+    from fastvid.events.shard_read import iter_segments
+    from fastvid.events.shard_write import shard_events
 
     device = _gpu.resolve_device(device)
     recordings = recordings or (2 if quick else 3)

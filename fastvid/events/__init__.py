@@ -10,7 +10,17 @@ _EXPORTS = {
     "read_dat": "fastvid.events.io",
     "read_boxes": "fastvid.events.io",
     "read_events": "fastvid.events.io",
-    "iter_segments": "fastvid.events.shard",
+    "crop_boxes": "fastvid.events.io",
+    "BOX_DTYPE": "fastvid.events.io",
+    "shard_events": "fastvid.events.shard_write",
+    "list_segments": "fastvid.events.shard_write",
+    "SOURCE_FORMATS": "fastvid.events.shard_sources",
+    "iter_segments": "fastvid.events.shard_read",
+    "index_segments": "fastvid.events.shard_read",
+    "SegmentReader": "fastvid.events.shard_read",
+    "encode_events": "fastvid.events.shard_codec",
+    "decode_events": "fastvid.events.shard_codec",
+    "decode_sample": "fastvid.events.shard_codec",
     "EventSequenceLoader": "fastvid.events.sequence",
 }
 

@@ -30,7 +30,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from fastvid.events.shard import shard_events
+    from fastvid.events.shard_write import shard_events
 
     writer_kw = {"workers": args.workers, "seed": args.seed, "node_rank": args.node_rank,
                  "num_nodes": args.num_nodes, "strict": args.strict}

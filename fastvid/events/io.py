@@ -6,7 +6,8 @@
   the polarity in bit 28. The file is memory-mapped; a time range is found by binary search on the
   (sorted) timestamps, so only the requested events are touched.
 * Box labels (`*_bbox.npy`): structured arrays with `ts` (or `t`), x, y, w, h, class_id,
-  confidence, track_id, normalized to :data:`BOX_DTYPE`.
+  class_confidence (older files: confidence), track_id (uint32), normalized to :data:`BOX_DTYPE`
+  and optionally cropped to the sensor (`crop_boxes`).
 * Plain arrays: `.npy` / `.npz` / `.h5` holding x, y, t, p.
 
 Everything returns :data:`fastvid.events.types.EVENT_DTYPE` arrays. Broken files raise one
@@ -41,8 +42,8 @@ BOX_DTYPE = np.dtype(
         ("w", "<f4"),
         ("h", "<f4"),
         ("class_id", "<i4"),
-        ("confidence", "<f4"),
-        ("track_id", "<i4"),
+        ("class_confidence", "<f4"),
+        ("track_id", "<u4"),
     ]
 )
 
@@ -220,13 +221,23 @@ def read_dat(
     size is `header.sensor_size` = (width, height).
     """
     header = read_dat_header(path)
-    raw = _dat_memmap(header)
     if t_start is not None and t_end is not None and t_end < t_start:
         raise ValueError(f"{path}: t_end={t_end} is before t_start={t_start}")
     if t_start is None and t_end is None:
         i0, i1 = 0, header.num_events
     else:
         i0, i1 = dat_index_range(header, t_start, t_end)
+    out = read_dat_indices(header, i0, i1, check_sorted=check_sorted)
+    return (out, header) if return_header else out
+
+
+def read_dat_indices(path_or_header, start: int, stop: int, *, check_sorted: bool = True) -> np.ndarray:
+    """Events [start, stop) (by index) of a DAT file as EVENT_DTYPE, read in chunks from the memory map."""
+    header = path_or_header if isinstance(path_or_header, DatHeader) else read_dat_header(path_or_header)
+    i0, i1 = int(start), int(stop)
+    if not 0 <= i0 <= i1 <= header.num_events:
+        raise ValueError(f"{header.path}: event range [{i0}, {i1}) is outside the file's {header.num_events} events")
+    raw = _dat_memmap(header)
     out = np.empty(i1 - i0, EVENT_DTYPE)
     previous = None
     for a in range(i0, i1, _CHECK_CHUNK):
@@ -237,7 +248,7 @@ def read_dat(
             previous = chunk["t"][-1]
         out[a - i0 : b - i0] = decode_dat_words(chunk["t"], chunk["w"])
     del raw
-    return (out, header) if return_header else out
+    return out
 
 
 def check_dat_sorted(path_or_header) -> DatHeader:
@@ -276,15 +287,35 @@ def normalize_boxes(arr: np.ndarray, source: str = "boxes") -> np.ndarray:
     out["t"] = arr[time_field]
     for name in ("x", "y", "w", "h", "class_id"):
         out[name] = arr[name]
-    out["confidence"] = arr["confidence"] if "confidence" in names else 1.0
-    out["track_id"] = arr["track_id"] if "track_id" in names else -1
+    # GEN1 files name the score `confidence`, the 1 Mpx files and the toolbox `class_confidence`.
+    conf = "class_confidence" if "class_confidence" in names else "confidence" if "confidence" in names else None
+    out["class_confidence"] = arr[conf] if conf else 1.0
+    if "track_id" in names:
+        # uint32 kept whole; a signed copy (ids >= 2**31 wrapped negative) is reinterpreted back.
+        out["track_id"] = np.asarray(arr["track_id"]).astype(np.int64) & 0xFFFFFFFF
+    else:
+        out["track_id"] = 0
     if len(out) > 1 and np.any(out["t"][1:] < out["t"][:-1]):
         out = out[np.argsort(out["t"], kind="stable")]
     return out
 
 
-def read_boxes(path: str | os.PathLike) -> np.ndarray:
-    """Read a `_bbox.npy` label file into a BOX_DTYPE array (field `ts` renamed `t`), sorted by t."""
+def crop_boxes(boxes: np.ndarray, sensor_size) -> np.ndarray:
+    """Boxes clipped to the sensor's pixel grid [0, W-1] x [0, H-1]; boxes left with no width or height
+    are dropped (boxes partly or wholly outside the frame are a labelling error in GEN1 / 1 Mpx)."""
+    width, height = (int(v) for v in sensor_size)
+    x0 = np.clip(boxes["x"], 0, width - 1)
+    y0 = np.clip(boxes["y"], 0, height - 1)
+    x1 = np.clip(boxes["x"] + boxes["w"], 0, width - 1)
+    y1 = np.clip(boxes["y"] + boxes["h"], 0, height - 1)
+    out = boxes.copy()
+    out["x"], out["y"], out["w"], out["h"] = x0, y0, x1 - x0, y1 - y0
+    return out[(out["w"] > 0) & (out["h"] > 0)]
+
+
+def read_boxes(path: str | os.PathLike, sensor_size=None) -> np.ndarray:
+    """Read a `_bbox.npy` label file into a BOX_DTYPE array (field `ts` renamed `t`), sorted by t;
+    with `sensor_size` (W, H), cropped to the sensor (see crop_boxes)."""
     path = str(path)
     try:
         arr = np.load(path, allow_pickle=False)
@@ -294,7 +325,8 @@ def read_boxes(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: not a readable .npy box file ({exc})") from None
     if arr.dtype.names is None:
         raise ValueError(f"{path}: expected a structured box array with fields ts/t, x, y, w, h, class_id; got dtype {arr.dtype}")
-    return normalize_boxes(arr.reshape(-1), path)
+    boxes = normalize_boxes(arr.reshape(-1), path)
+    return boxes if sensor_size is None else crop_boxes(boxes, sensor_size)
 
 
 def empty_boxes() -> np.ndarray:

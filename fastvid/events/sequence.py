@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from fastvid.events import io as evio
-from fastvid.events.shard import META_EXT, SegmentReader, index_segments
+from fastvid.events.shard_codec import META_EXT
+from fastvid.events.shard_read import SegmentReader, index_segments, shard_set_options
 from fastvid.events.types import EVENT_DTYPE
 
 
@@ -237,12 +238,9 @@ class EventSequenceLoader:
         return recordings
 
     def _sensor_size(self) -> tuple[int, int]:
-        if isinstance(self.shards, (str, Path)):
-            from fastvid.shard.manifest import read_manifest
-
-            size = read_manifest(self.shards).get("options", {}).get("sensor_size")
-            if size:
-                return tuple(int(v) for v in size)
+        size = shard_set_options(self.shards).get("sensor_size")
+        if size:
+            return tuple(int(v) for v in size)
         return tuple(int(v) for v in self._first_meta["sensor_size"])
 
     # -- schedule -----------------------------------------------------------------------------
