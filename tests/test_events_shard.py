@@ -92,6 +92,7 @@ def test_shard_and_iter_segments_preserve_everything(gen1_dir, tmp_path):
             m = s["meta"]
             assert m["t1"] - m["t0"] == 500_000 and m["t0"] == 500_000 * m["segment"]
             assert m["num_events"] == len(s["events"]) and m["sensor_size"] == [304, 240]
+            assert m["recording_t_end"] == max(int(ts.max()), int(box_ts.max())) + 1
             assert np.all((s["events"]["t"] >= m["t0"]) & (s["events"]["t"] < m["t1"]))
             assert np.all((s["boxes"]["t"] >= m["t0"]) & (s["boxes"]["t"] < m["t1"]))
         # border events: 499_999 in segment 0, both 500_000 events in segment 1
