@@ -66,6 +66,33 @@ def test_encode_decode_roundtrip():
         evshard.encode_events(ev, 20_000_000)
 
 
+@pytest.mark.parametrize("codec,level,ext", [("zstd", 1, "events.npz.zst"), ("zstd", 9, "events.npz.zst"),
+                                             ("deflate", 1, "events.npz"), ("stored", 1, "events.npz"), ("zstd", 0, "events.npz")])
+def test_event_codecs_roundtrip(codec, level, ext):
+    import io
+    import zipfile
+
+    from fastvid.events import shard_codec
+
+    ts, xs, ys, ps = random_events(2000, 500_000, seed=4)
+    ev = np.zeros(len(ts), evshard.EVENT_DTYPE)
+    ev["t"], ev["x"], ev["y"], ev["p"] = ts + 1_000_000, xs, ys, ps
+    got_ext, data = shard_codec.encode_event_field(ev, 1_000_000, codec, level)
+    assert got_ext == ext
+    np.testing.assert_array_equal(shard_codec.decode_event_field(ext, data, 1_000_000, columns=False), ev)
+    cols = shard_codec.decode_event_field(ext, data, 1_000_000)
+    assert cols["t"].tolist() == ev["t"].tolist() and cols["x"].dtype == np.int16 and cols["p"].dtype == np.int8
+    if ext.endswith(".zst"):  # a standard zstd frame around a stored .npz: readable without fastvid
+        import zstandard
+
+        with zipfile.ZipFile(io.BytesIO(zstandard.ZstdDecompressor().decompress(data))) as zf:
+            assert sorted(zf.namelist()) == ["dt.npy", "n.npy", "p.npy", "x.npy", "y.npy"]
+        with pytest.raises(ValueError, match="zstd"):
+            shard_codec.decode_event_field(ext, data[:len(data) // 2], 1_000_000)
+    with pytest.raises(ValueError, match="codec"):
+        shard_codec.encode_event_field(ev, 0, "lzma")
+
+
 def test_shard_and_iter_segments_preserve_everything(gen1_dir, tmp_path):
     src, recs = gen1_dir
     out = tmp_path / "shards"
@@ -111,7 +138,7 @@ def test_tar_members_and_dali_index(gen1_dir, tmp_path):
     tar_path, idx_path = shard_files(out)[0]
     with tarfile.open(tar_path) as tar:
         names = tar.getnames()
-    assert any(n.endswith(".events.npz") for n in names) and any(n.endswith(".boxes.npy") for n in names)
+    assert any(n.endswith(".events.npz.zst") for n in names) and any(n.endswith(".boxes.npy") for n in names)
     header = idx_path.read_text().splitlines()[0].split()
     assert header[0].startswith("v1") and int(header[1]) == len(names) // 3
 
@@ -190,7 +217,7 @@ def test_corrupt_event_data_is_one_clear_error(gen1_dir, tmp_path):
     evshard.shard_events(src, out, segment_ms=500, max_samples=3)
     victim, idx = shard_files(out)[0]
     key, fields = indexed_samples(victim, idx)[0]
-    offset, size = fields["events.npz"]
+    offset, size = fields["events.npz.zst"]
     data = bytearray(victim.read_bytes())
     for i in range(offset + size // 2, offset + size // 2 + 16):
         data[i] ^= 0xFF

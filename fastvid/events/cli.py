@@ -18,7 +18,9 @@ def add_arguments(parser):
     parser.add_argument("--split", default="train", help="split name, the prefix of every shard (default: train)")
     parser.add_argument("--classes", default=None, help="comma-separated class names, index = class_id (default GEN1: car,pedestrian)")
     parser.add_argument("--allow-missing-boxes", action="store_true", help="shard recordings without a _bbox.npy (no boxes) instead of failing them")
-    parser.add_argument("--compress-level", type=int, default=1, help="deflate level of the event columns: 1 (default, fast) to 9, 0 = uncompressed (fastest to read)")
+    parser.add_argument("--codec", default="zstd", choices=["zstd", "deflate", "stored"],
+                        help="event column codec: zstd (default: events.npz.zst, fast to decode), deflate (events.npz as np.savez_compressed would), stored")
+    parser.add_argument("--compress-level", type=int, default=1, help="codec level: 1 (default, fast) to 19 (zstd) / 9 (deflate); 0 = uncompressed")
     parser.add_argument("--max-samples", type=int, default=None, help="segments per shard (default: the writer's)")
     parser.add_argument("--max-shard-bytes", type=parse_size, default=None,
                         help="start a new shard before one would exceed this size, e.g. 500MB, 1GiB (default: the writer's)")
@@ -41,7 +43,7 @@ def run(args) -> int:
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     manifest = shard_events(args.src, args.out, format=args.format, segment_ms=args.segment_ms, split=args.split,
                             classes=classes, require_boxes=not args.allow_missing_boxes,
-                            compress_level=args.compress_level, **writer_kw)
+                            compress_level=args.compress_level, codec=args.codec, **writer_kw)
     for failure in manifest["failures"][:5]:
         print(f"failed: {failure['source']}: {failure['error']}", file=sys.stderr)
     if len(manifest["failures"]) > 5:

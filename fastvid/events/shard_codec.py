@@ -1,10 +1,14 @@
 """The event shard sample format: field names, key rules, and the bytes of each field.
 
 A sample (key ``<recording>_s<segment:06d>``) holds
-* ``events.npz``: the segment's events, compact: timestamps delta-encoded (the first one relative
-  to the segment start t0) in the smallest unsigned type that fits, x/y as uint16, polarities
-  bit-packed, each column deflate-compressed (level 1 by default; 0 stores them) in an .npz, so
-  ``np.load`` reads it;
+* the segment's events, compact: timestamps delta-encoded (the first one relative to the segment
+  start t0) in the smallest unsigned type that fits, x/y as uint16, polarities bit-packed, as the
+  columns of an .npz, in one of three codecs (`EVENT_CODECS`):
+  ``events.npz.zst`` ("zstd", the default): the stored .npz in one Zstandard frame
+  (`zstd -d` then ``np.load`` reads it); ``events.npz`` ("deflate": each column deflate-compressed
+  inside the .npz; "stored": not compressed), which ``np.load`` reads as it is. Zstandard level 1
+  packs these columns a little smaller than deflate level 1 and decodes several times faster
+  (deflate's inflate was the loader's bottleneck; see bench/results/events-codec-cpu.json);
 * ``boxes.npy``: the boxes (BOX_DTYPE) whose timestamp falls in the segment;
 * ``json``: {"recording", "segment", "t0", "t1", "sensor_size": [W, H], "num_events", "num_boxes",
   "source", "recording_t_end"} (``recording_t_end``: one past the recording's last event or box, so
@@ -26,6 +30,9 @@ from fastvid.events import io as evio
 from fastvid.events.types import EVENT_DTYPE
 
 EVENTS_EXT = "events.npz"
+EVENTS_ZST_EXT = "events.npz.zst"
+EVENT_EXTS = (EVENTS_ZST_EXT, EVENTS_EXT)
+EVENT_CODECS = ("zstd", "deflate", "stored")
 BOXES_EXT = "boxes.npy"
 META_EXT = "json"
 SEGMENT_KEY = re.compile(r"^(?P<rec>.+)_s(?P<seg>\d{6})$")
@@ -80,6 +87,44 @@ def encode_events(events: np.ndarray, t0: int, compress_level: int = 1) -> bytes
     return buf.getvalue()
 
 
+def _zstd():
+    import zstandard
+
+    return zstandard
+
+
+def encode_event_field(events: np.ndarray, t0: int, codec: str = "zstd", level: int = 1) -> tuple[str, bytes]:
+    """(field extension, bytes) of a segment's events in `codec` ("zstd" levels 1-19, "deflate" 1-9,
+    "stored"; level 0 means stored for every codec)."""
+    if codec not in EVENT_CODECS:
+        raise ValueError(f"unknown event codec {codec!r}; choose one of {', '.join(EVENT_CODECS)}")
+    if codec == "stored" or level == 0:
+        return EVENTS_EXT, encode_events(events, t0, 0)
+    if codec == "deflate":
+        return EVENTS_EXT, encode_events(events, t0, level)
+    if not 1 <= level <= 19:
+        raise ValueError(f"zstd level must be 1 to 19 (0 = stored), got {level}")
+    # The frame checksum makes bit rot a clear error instead of silently wrong events.
+    return EVENTS_ZST_EXT, _zstd().ZstdCompressor(level=level, write_checksum=True).compress(encode_events(events, t0, 0))
+
+
+def decode_event_field(ext: str, data: bytes, t0: int, columns: bool = True):
+    """Inverse of encode_event_field: columns (see decode_event_columns) or an EVENT_DTYPE array."""
+    if ext == EVENTS_ZST_EXT:
+        try:
+            data = _zstd().ZstdDecompressor().decompress(data)
+        except _zstd().ZstdError as exc:
+            raise ValueError(f"corrupt zstd data ({exc})") from None
+    elif ext != EVENTS_EXT:
+        raise ValueError(f"unknown events field {ext!r}; expected one of {EVENT_EXTS}")
+    return decode_event_columns(data, t0) if columns else decode_events(data, t0)
+
+
+def events_field(fields) -> str | None:
+    """Which events extension a sample has (None: none)."""
+    return next((ext for ext in EVENT_EXTS if ext in fields), None)
+
+
 def decode_event_columns(data: bytes, t0: int) -> dict:
     """encode_events bytes -> contiguous columns {"t": int64, "x": int16, "y": int16, "p": int8}
     (the layout the representation kernels read, so loaders skip the structured-array copies)."""
@@ -117,9 +162,11 @@ def decode_sample(fields: dict, columns: bool = False) -> dict:
     """{ext: bytes} of one sample -> {"events", "boxes", "meta"}; events as EVENT_DTYPE, or as a
     dict of columns with `columns=True`."""
     meta = json.loads(fields[META_EXT])
-    decode = decode_event_columns if columns else decode_events
+    ext = events_field(fields)
+    if ext is None:
+        raise KeyError(f"no events field ({' or '.join(EVENT_EXTS)})")
     return {
-        "events": decode(fields[EVENTS_EXT], meta["t0"]),
+        "events": decode_event_field(ext, fields[ext], meta["t0"], columns),
         "boxes": decode_boxes(fields[BOXES_EXT]) if BOXES_EXT in fields else evio.empty_boxes(),
         "meta": meta,
     }

@@ -13,7 +13,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from fastvid.events.shard_codec import EVENTS_EXT, META_EXT, decode_sample, parse_segment_key
+from fastvid.events.shard_codec import EVENT_EXTS, META_EXT, decode_sample, events_field, parse_segment_key
 
 
 def shard_set_files(shards) -> list[tuple[Path, Path]]:
@@ -62,7 +62,7 @@ def index_segments(shards) -> list[SegmentRef]:
             parsed = parse_segment_key(key)
             if parsed is None:
                 raise ValueError(f"{tar}: sample key {key!r} is not an event segment key (<recording>_sNNNNNN)")
-            missing = [e for e in (EVENTS_EXT, META_EXT) if e not in fields]
+            missing = ([] if events_field(fields) else [" or ".join(EVENT_EXTS)]) + ([] if META_EXT in fields else [META_EXT])
             if missing:
                 raise ValueError(f"{tar}: sample {key!r} lacks {missing}")
             refs.append(SegmentRef(parsed[0], parsed[1], key, str(tar), fields))

@@ -16,7 +16,7 @@ import os
 
 from fastvid.events import io as evio
 from fastvid.events import segments as seglib
-from fastvid.events.shard_codec import BOXES_EXT, EVENTS_EXT, META_EXT, encode_boxes, encode_events, segment_key
+from fastvid.events.shard_codec import BOXES_EXT, EVENT_CODECS, META_EXT, encode_boxes, encode_event_field, segment_key
 from fastvid.events.shard_sources import find_recordings, source_format
 
 
@@ -86,7 +86,7 @@ def list_segments(src, segment_ms: float, require_boxes: bool = True, format: st
     return items
 
 
-def encode_segment(item: SegmentItem, compress_level: int = 1) -> dict:
+def encode_segment(item: SegmentItem, compress_level: int = 1, codec: str = "zstd") -> dict:
     """The webdataset fields of one segment (top-level, so worker processes can run it)."""
     if item.error:
         raise ValueError(item.error)
@@ -112,28 +112,37 @@ def encode_segment(item: SegmentItem, compress_level: int = 1) -> dict:
         "source": item.source,
         "recording_t_end": item.recording_t_end,
     }
-    return {EVENTS_EXT: encode_events(events, item.t0, compress_level), BOXES_EXT: encode_boxes(boxes), META_EXT: meta}
+    ext, data = encode_event_field(events, item.t0, codec, compress_level)
+    return {ext: data, BOXES_EXT: encode_boxes(boxes), META_EXT: meta}
 
 
 def shard_events(src, out_dir, *, format: str = "gen1", segment_ms: float = 500.0, split: str = "train",
-                 classes=None, require_boxes: bool = True, compress_level: int = 1, **writer_kw) -> dict:
+                 classes=None, require_boxes: bool = True, compress_level: int = 1, codec: str = "zstd",
+                 **writer_kw) -> dict:
     """Shard the event recordings under `src` into `out_dir`; returns the manifest.
 
     format: a key of fastvid.events.shard_sources.SOURCE_FORMATS ("gen1": *_td.dat + *_bbox.npy).
-    compress_level: deflate level of the event columns, 1 (default: fast, ~2.5x smaller than DAT on
-    random events) to 9, or 0 to store them uncompressed (largest, fastest to read).
+    codec: "zstd" (default; events.npz.zst), "deflate" or "stored" (events.npz), see shard_codec.
+    compress_level: the codec's level (zstd 1-19, deflate 1-9; 1, the default, is fast), or 0 to
+    store the columns uncompressed (largest, fastest to read).
     """
     from fastvid.shard.writer import write_shard_set
 
-    if not 0 <= int(compress_level) <= 9:
-        raise ValueError(f"compress level must be 0 (stored) to 9, got {compress_level}")
+    if codec not in EVENT_CODECS:
+        raise ValueError(f"unknown event codec {codec!r}; choose one of {', '.join(EVENT_CODECS)}")
+    top = 19 if codec == "zstd" else 9
+    if not 0 <= int(compress_level) <= top:
+        raise ValueError(f"{codec} compress level must be 0 (stored) to {top}, got {compress_level}")
+    if codec == "stored":
+        compress_level = 0
     fmt = source_format(format)
     items = list_segments(src, segment_ms, require_boxes=require_boxes, format=fmt.name)
     options = {"format": fmt.name, "segment_ms": segment_ms,
                "sensor_size": list(next((i.sensor_size for i in items if not i.error), fmt.sensor_size)),
                "num_recordings": len({i.recording for i in items}),
-               "events_ext": EVENTS_EXT, "boxes_ext": BOXES_EXT, "compress_level": int(compress_level)}
-    encode = functools.partial(encode_segment, compress_level=int(compress_level))
+               "events_ext": "events.npz.zst" if codec == "zstd" and compress_level else "events.npz",
+               "boxes_ext": BOXES_EXT, "codec": codec if compress_level else "stored", "compress_level": int(compress_level)}
+    encode = functools.partial(encode_segment, compress_level=int(compress_level), codec=codec)
     return write_shard_set(items, encode, out_dir, kind="events",
                            classes=list(classes or fmt.classes), options=options, split=split,
                            desc=f"shard events ({fmt.name})", **writer_kw)
