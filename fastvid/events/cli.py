@@ -1,4 +1,4 @@
-"""`fastvid shard events SRC OUT --format gen1 --segment-ms 500`: event recordings -> event shards.
+"""`fastvid shard events SRC OUT --format gen1|gen4 --segment-ms 500`: event recordings -> event shards.
 
 fastvid/shard/cli.py delegates its `events` sub-command here (add_arguments / run).
 """
@@ -11,12 +11,13 @@ from fastvid.shard.cli import parse_size
 
 
 def add_arguments(parser):
-    parser.add_argument("src", help="dataset folder (GEN1: *_td.dat with *_bbox.npy next to each, any depth) or one *_td.dat")
+    parser.add_argument("src", help="dataset folder (gen1: *_td.dat, gen4: *_td.h5, with *_bbox.npy next to each, any depth) or one events file")
     parser.add_argument("out", help="output folder for the shards, DALI indexes and manifest.json")
-    parser.add_argument("--format", default="gen1", choices=["gen1"], help="dataset layout (default: gen1)")
+    parser.add_argument("--format", default="gen1", choices=["gen1", "gen4"],
+                        help="dataset layout: gen1 (Prophesee GEN1 .dat), gen4 (Prophesee 1 Mpx as RVT's .h5; needs h5py + hdf5plugin); default gen1")
     parser.add_argument("--segment-ms", type=float, default=500.0, help="duration of one sample, in ms (default: 500)")
     parser.add_argument("--split", default="train", help="split name, the prefix of every shard (default: train)")
-    parser.add_argument("--classes", default=None, help="comma-separated class names, index = class_id (default GEN1: car,pedestrian)")
+    parser.add_argument("--classes", default=None, help="comma-separated class names, index = class_id (default: the format's, GEN1 car,pedestrian)")
     parser.add_argument("--allow-missing-boxes", action="store_true", help="shard recordings without a _bbox.npy (no boxes) instead of failing them")
     parser.add_argument("--codec", default="zstd", choices=["zstd", "deflate", "stored"],
                         help="event column codec: zstd (default: events.npz.zst, fast to decode), deflate (events.npz as np.savez_compressed would), stored")

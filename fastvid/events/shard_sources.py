@@ -92,7 +92,124 @@ def _read_dat(path: str, start: int, stop: int, carry: int) -> np.ndarray:
 
 GEN1 = SourceFormat("gen1", GEN1_CLASSES, GEN1_SENSOR_SIZE, "_td.dat", _scan_dat, _read_dat)
 
-SOURCE_FORMATS: dict[str, SourceFormat] = {GEN1.name: GEN1}
+
+# ------------------------------------------------------------------------------------- GEN4
+# Prophesee 1 Mpx ("gen4") as RVT distributes it: `<name>_td.h5` with datasets events/{x,y,p,t}
+# (blosc-compressed: the hdf5plugin package registers the filter) and optionally events/{width,height},
+# next to `<name>_bbox.npy`. Timestamps are not sorted everywhere in these files; as RVT does, each
+# one is raised to the running maximum (a non-decreasing clock), which keeps every event.
+
+GEN4_CLASSES = ["pedestrian", "two wheeler", "car", "truck", "bus", "traffic sign", "traffic light"]
+GEN4_SENSOR_SIZE = (1280, 720)
+_H5_CHUNK = 1 << 22  # events per read while scanning
+_H5_STRIDE = 4096  # every this many events the scan keeps the corrected time, to locate segment starts
+
+
+def _open_h5(path):
+    from fastvid import _gpu
+
+    h5py = _gpu.require("h5py", "reading 1 Mpx (.h5) event files; pip install 'fastvid[gen4]'")
+    try:  # registers the blosc filter the distributed files use
+        import hdf5plugin  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from None
+    try:
+        group = f["events"]
+        missing = [k for k in "xypt" if k not in group]
+        if missing:
+            raise ValueError(f"{path}: the 'events' group lacks dataset(s) {missing}; it has {sorted(group.keys())}")
+        n = len(group["t"])
+        lengths = {k: len(group[k]) for k in "xyp"}
+        if any(v != n for v in lengths.values()):
+            raise ValueError(f"{path}: events/x, y, p, t differ in length (t: {n}, {lengths})")
+    except KeyError:
+        f.close()
+        raise ValueError(f"{path}: no 'events' group (expected events/x, events/y, events/p, events/t)") from None
+    except ValueError:
+        f.close()
+        raise
+    return f
+
+
+def _h5_read(path, dataset, start: int, stop: int) -> np.ndarray:
+    try:
+        return np.asarray(dataset[start:stop])
+    except OSError as exc:  # a missing filter plugin or damaged chunk
+        raise ValueError(f"{path}: cannot read {dataset.name}[{start}:{stop}] ({exc}); blosc-compressed files "
+                         "need `pip install hdf5plugin`") from None
+
+
+def _scan_h5(path: Path) -> StreamScan:
+    with _open_h5(path) as f:
+        g = f["events"]
+        sensor = None
+        if "width" in g and "height" in g:
+            sensor = (int(np.asarray(g["width"][()]).item()), int(np.asarray(g["height"][()]).item()))
+        n = len(g["t"])
+        samples, carry, first = [], None, None
+        for a in range(0, n, _H5_CHUNK):
+            t = _h5_read(path, g["t"], a, min(a + _H5_CHUNK, n)).astype(np.int64)
+            if first is None and len(t):
+                first = int(t[0])
+                if first < 0:
+                    raise ValueError(f"{path}: negative timestamp {first} at event 0")
+            if carry is not None:
+                t[0] = max(int(t[0]), carry)
+            np.maximum.accumulate(t, out=t)
+            samples.append(t[::_H5_STRIDE].copy())  # _H5_CHUNK is a multiple of the stride
+            carry = int(t[-1])
+    sub = np.concatenate(samples) if samples else np.zeros(0, np.int64)
+    span = (int(sub[0]), carry) if n else None
+
+    def locate(edges):
+        """Event index of each edge (first event whose corrected time is >= it), from the kept
+        samples plus one stride of timestamps per edge."""
+        starts = []
+        with _open_h5(path) as f:
+            t_ds = f["events"]["t"]
+            for e in np.asarray(edges, np.int64).tolist():
+                j = int(np.searchsorted(sub, e, "left"))
+                if j == 0:
+                    starts.append(0)
+                    continue
+                lo = (j - 1) * _H5_STRIDE
+                block = _h5_read(path, t_ds, lo, min(lo + _H5_STRIDE, n)).astype(np.int64)
+                block[0] = sub[j - 1]  # the corrected time there (the running maximum so far)
+                np.maximum.accumulate(block, out=block)
+                starts.append(lo + int(np.searchsorted(block, e, "left")))
+        return [(starts[k], starts[k + 1], int(edges[k])) for k in range(len(starts) - 1)]
+
+    return StreamScan(sensor, span, locate)
+
+
+def _read_h5(path: str, start: int, stop: int, carry: int) -> np.ndarray:
+    """Events [start, stop) with the corrected clock. A segment starts at an event that sets a new
+    running maximum, so the running maximum within the segment equals the file's."""
+    from fastvid.events.types import EVENT_DTYPE
+
+    with _open_h5(path) as f:
+        g = f["events"]
+        cols = {k: _h5_read(path, g[k], start, stop) for k in "xypt"}
+    out = np.empty(stop - start, EVENT_DTYPE)
+    t = cols["t"].astype(np.int64)
+    np.maximum.accumulate(t, out=t)
+    out["t"] = t
+    for k in "xy":
+        v = cols[k]
+        if len(v) and (int(v.min()) < 0 or int(v.max()) >= 1 << 14):
+            raise ValueError(f"{path}: events/{k} holds {int(v.min())}..{int(v.max())}, outside 0..16383")
+        out[k] = v
+    out["p"] = cols["p"] > 0  # 0/1 or -1/+1
+    return out
+
+
+GEN4 = SourceFormat("gen4", GEN4_CLASSES, GEN4_SENSOR_SIZE, "_td.h5", _scan_h5, _read_h5)
+
+SOURCE_FORMATS: dict[str, SourceFormat] = {GEN1.name: GEN1, GEN4.name: GEN4}
 
 
 def source_format(name: str) -> SourceFormat:
