@@ -274,3 +274,18 @@ def test_split_and_assign_preserve_counts_at_borders():
 def test_window_edges():
     assert seg.window_edges(1000, 1000 + 120, 50).tolist() == [1000, 1050, 1100, 1150]
     assert seg.window_edges(0, 100, 50).tolist() == [0, 50, 100]
+
+
+def test_read_dat_equals_the_plain_numpy_reader_of_the_benchmark(tmp_path):
+    """The benchmark's baseline (np.fromfile + bit fields) and read_dat agree on every field."""
+    from fastvid.benchmarks.events_read import plain_numpy_read
+
+    ts, xs, ys, ps = random_events(3000, 1_000_000, seed=8)
+    path = tmp_path / "b_td.dat"
+    write_gen1_dat(path, ts, xs, ys, ps)
+    ours, plain = evio.read_dat(path), plain_numpy_read(path)
+    for name in "txyp":
+        assert ours[name].tolist() == plain[name].tolist()
+    assert evio.read_dat_indices(path, 10, 20).tolist() == ours[10:20].tolist()
+    with pytest.raises(ValueError, match="outside"):
+        evio.read_dat_indices(path, 10, 5000)

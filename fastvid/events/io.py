@@ -16,6 +16,7 @@ ValueError naming the file and the byte offset of the problem.
 
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 import zlib
@@ -47,8 +48,6 @@ BOX_DTYPE = np.dtype(
     ]
 )
 
-# Sortedness is checked in chunks so a full-file check never materializes the whole file.
-_CHECK_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -169,21 +168,6 @@ def _bisect_left(ts, value: int, lo: int = 0, hi: int | None = None) -> int:
     return lo
 
 
-def _check_sorted(path, t: np.ndarray, first_index: int, data_offset: int, event_size: int, previous=None) -> None:
-    """Raise naming the byte offset of the first event whose timestamp goes backwards."""
-    if previous is not None and len(t) and int(t[0]) < int(previous):
-        bad = first_index
-    else:
-        drops = np.flatnonzero(t[1:] < t[:-1])
-        if not len(drops):
-            return
-        bad = first_index + int(drops[0]) + 1
-    raise ValueError(
-        f"{path}: timestamps are not sorted: event {bad} at byte {data_offset + bad * event_size} "
-        f"goes back in time"
-    )
-
-
 def dat_index_range(path_or_header, t_start=None, t_end=None) -> tuple[int, int]:
     """Event index range [i0, i1) of the events with t_start <= t < t_end (binary search)."""
     header = path_or_header if isinstance(path_or_header, DatHeader) else read_dat_header(path_or_header)
@@ -239,27 +223,62 @@ def read_dat_indices(path_or_header, start: int, stop: int, *, check_sorted: boo
         raise ValueError(f"{header.path}: event range [{i0}, {i1}) is outside the file's {header.num_events} events")
     raw = _dat_memmap(header)
     out = np.empty(i1 - i0, EVENT_DTYPE)
-    previous = None
-    for a in range(i0, i1, _CHECK_CHUNK):
-        b = min(a + _CHECK_CHUNK, i1)
-        chunk = np.array(raw[a:b])  # one copy out of the page cache
-        if check_sorted:
-            _check_sorted(header.path, chunk["t"], a, header.data_offset, header.event_size, previous)
-            previous = chunk["t"][-1]
-        out[a - i0 : b - i0] = decode_dat_words(chunk["t"], chunk["w"])
+    if i1 > i0:
+        # One compiled pass from the page cache into the output fields (numpy's per-field bit operations
+        # on the packed 13-byte layout ran at a fraction of a plain reader's speed).
+        bad = _dat_kernels()[0](raw["t"][i0:i1], raw["w"][i0:i1], out["t"], out["x"], out["y"], out["p"],
+                                bool(check_sorted))
+        if bad >= 0:
+            _raise_unsorted(header, i0 + bad)
     del raw
     return out
+
+
+def _raise_unsorted(header: DatHeader, bad: int):
+    raise ValueError(f"{header.path}: timestamps are not sorted: event {bad} at byte "
+                     f"{header.data_offset + bad * header.event_size} goes back in time")
+
+
+@functools.lru_cache(maxsize=None)
+def _dat_kernels():
+    """(decode, first_unsorted): Numba kernels compiled on first use (nogil: threads read in parallel)."""
+    import numba
+
+    @numba.njit(nogil=True)
+    def decode(raw_t, raw_w, t, x, y, p, check):
+        bad = -1
+        prev = np.int64(raw_t[0]) if raw_t.shape[0] else np.int64(0)
+        for i in range(raw_t.shape[0]):
+            ti = np.int64(raw_t[i])
+            if check and bad < 0 and ti < prev:
+                bad = i
+            prev = ti
+            w = raw_w[i]
+            t[i] = ti
+            x[i] = w & 0x3FFF
+            y[i] = (w >> 14) & 0x3FFF
+            p[i] = (w >> 28) & 1
+        return bad
+
+    @numba.njit(nogil=True)
+    def first_unsorted(raw_t):
+        for i in range(1, raw_t.shape[0]):
+            if raw_t[i] < raw_t[i - 1]:
+                return i
+        return -1
+
+    return decode, first_unsorted
 
 
 def check_dat_sorted(path_or_header) -> DatHeader:
     """Stream through a DAT file once and raise if any timestamp goes backwards."""
     header = path_or_header if isinstance(path_or_header, DatHeader) else read_dat_header(path_or_header)
-    raw = _dat_memmap(header)
-    previous = None
-    for a in range(0, header.num_events, _CHECK_CHUNK):
-        t = np.array(raw["t"][a : a + _CHECK_CHUNK])
-        _check_sorted(header.path, t, a, header.data_offset, header.event_size, previous)
-        previous = t[-1]
+    if header.num_events:
+        raw = _dat_memmap(header)
+        bad = _dat_kernels()[1](raw["t"])
+        del raw
+        if bad >= 0:
+            _raise_unsorted(header, bad)
     return header
 
 

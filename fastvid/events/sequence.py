@@ -295,8 +295,11 @@ class EventSequenceLoader:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle = shuffle
         self.prefetch = prefetch
-        # Segment reads + inflate run in threads (zlib and numpy release the GIL).
-        self.num_workers = min(4, batch_size) if num_workers is None else int(num_workers)
+        # Segment reads + decompression run in threads (zstd, zlib and numpy release the GIL); decode is
+        # the host's heaviest stage, so use the cores (up to 8) when the batch has enough streams.
+        import os
+
+        self.num_workers = min(8, batch_size, os.cpu_count() or 1) if num_workers is None else int(num_workers)
         self.readahead = readahead
         self.epoch = 0
         self.recordings = self._index(shards)
