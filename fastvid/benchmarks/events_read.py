@@ -5,6 +5,8 @@ Compares, on one generated GEN1-like file read from the page cache (best of `rep
 * plain numpy: the usual reader of the format (skip the '%' header and the two type/size bytes,
   `np.fromfile` the 8-byte events, unpack x/y/p with bit operations), written here as the baseline;
 * expelliarmus (when installed): `Wizard(encoding="dat").read`, alone and converted to EVENT_DTYPE.
+The same events written as an EVT 2.0 RAW file are read with `fastvid.events.raw.read_raw` and with
+expelliarmus (`encoding="evt2"`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,22 @@ def plain_numpy_read(path) -> np.ndarray:
     return out
 
 
+def write_evt2(path, events) -> None:
+    """EVT 2.0 words for sorted events: a TIME_HIGH word before each change of t >> 6, then CD words."""
+    t = events["t"].astype(np.int64)
+    high = t >> 6
+    change = np.ones(len(t), bool)
+    change[1:] = high[1:] != high[:-1]
+    pos = np.arange(len(t)) + np.cumsum(change)  # each CD word's index, after the TIME_HIGH words so far
+    words = np.zeros(len(t) + int(change.sum()), "<u4")
+    words[pos[change] - 1] = (np.uint32(8) << 28) | (high[change] & 0x0FFFFFFF).astype(np.uint32)
+    words[pos] = ((events["p"].astype(np.uint32) & 1) << 28) | ((t & 0x3F).astype(np.uint32) << 22) \
+        | (events["x"].astype(np.uint32) << 11) | events["y"].astype(np.uint32)
+    with open(path, "wb") as f:
+        f.write(b"% evt 2.0\n% format EVT2;height=240;width=304\n% end\n")
+        f.write(words.tobytes())
+
+
 def _best(fn, repeats: int) -> float:
     best = None
     for _ in range(repeats):
@@ -61,8 +79,15 @@ def run_benchmark(device: str = "cpu", work_dir: str = "bench_work/events-read",
     path = write_dat(work / "bench_td.dat", ev)
     if not np.array_equal(read_dat(path), ev):  # also compiles the kernels outside the timing
         raise RuntimeError("read_dat does not read back the benchmark file")
+    from fastvid.events.raw import read_raw
+
+    raw_path = work / "bench.raw"
+    write_evt2(raw_path, ev)
+    if not np.array_equal(read_raw(raw_path), ev):
+        raise RuntimeError("read_raw does not read back the benchmark file")
     result = {"device": "cpu", "device_info": device_info(), "events": n, "repeats": repeats, "readers": {}}
-    readers = {"fastvid read_dat": lambda: read_dat(path), "plain numpy": lambda: plain_numpy_read(path)}
+    readers = {"fastvid read_dat": lambda: read_dat(path), "plain numpy": lambda: plain_numpy_read(path),
+               "fastvid read_raw (EVT 2.0)": lambda: read_raw(raw_path)}
     try:
         from expelliarmus import Wizard
 
@@ -75,6 +100,7 @@ def run_benchmark(device: str = "cpu", work_dir: str = "bench_work/events-read",
 
         readers["expelliarmus"] = lambda: Wizard(encoding="dat").read(str(path))
         readers["expelliarmus -> EVENT_DTYPE"] = expelliarmus_converted
+        readers["expelliarmus (EVT 2.0)"] = lambda: Wizard(encoding="evt2").read(str(raw_path))
     except ImportError:
         result["expelliarmus"] = "not installed (pip install expelliarmus)"
     for name, fn in readers.items():

@@ -1,4 +1,4 @@
-"""Event-camera data: reading (Prophesee DAT, bbox npy, plain arrays), tensor representations,
+"""Event-camera data: reading (Prophesee DAT and RAW EVT 2.0/3.0, bbox npy, plain arrays), tensor representations,
 event shards and the streaming sequence loader. Names are imported lazily from their modules."""
 
 from fastvid.events.types import EVENT_DTYPE
@@ -10,6 +10,7 @@ _EXPORTS = {
     "read_dat": "fastvid.events.io",
     "read_boxes": "fastvid.events.io",
     "read_events": "fastvid.events.io",
+    "read_raw": "fastvid.events.raw",
     "crop_boxes": "fastvid.events.io",
     "BOX_DTYPE": "fastvid.events.io",
     "shard_events": "fastvid.events.shard_write",

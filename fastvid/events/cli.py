@@ -11,10 +11,11 @@ from fastvid.shard.cli import parse_size
 
 
 def add_arguments(parser):
-    parser.add_argument("src", help="dataset folder (gen1: *_td.dat, gen4: *_td.h5, with *_bbox.npy next to each, any depth) or one events file")
+    parser.add_argument("src", help="dataset folder (gen1: *_td.dat, gen4: *_td.h5, raw: *.raw, with *_bbox.npy next to each, any depth) or one events file")
     parser.add_argument("out", help="output folder for the shards, DALI indexes and manifest.json")
-    parser.add_argument("--format", default="gen1", choices=["gen1", "gen4"],
-                        help="dataset layout: gen1 (Prophesee GEN1 .dat), gen4 (Prophesee 1 Mpx as RVT's .h5; needs h5py + hdf5plugin); default gen1")
+    parser.add_argument("--format", default="gen1", choices=["gen1", "gen4", "raw"],
+                        help="dataset layout: gen1 (Prophesee GEN1 *_td.dat), gen4 (Prophesee 1 Mpx as RVT's *_td.h5; needs h5py + hdf5plugin), "
+                             "raw (Prophesee EVT 2.0/3.0 *.raw); each with *_bbox.npy next to it; default gen1")
     parser.add_argument("--segment-ms", type=float, default=500.0, help="duration of one sample, in ms (default: 500)")
     parser.add_argument("--split", default="train", help="split name, the prefix of every shard (default: train)")
     parser.add_argument("--classes", default=None, help="comma-separated class names, index = class_id (default: the format's, GEN1 car,pedestrian)")

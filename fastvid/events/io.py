@@ -399,11 +399,12 @@ def _load_array_events(path: str) -> np.ndarray:
             if not {"x", "y", "t", "p"} <= keys:
                 raise ValueError(f"{path}: .h5 should hold datasets x, y, t, p (at the root or under 'events/'); it has {sorted(keys)}")
             return _columns_to_events(group["x"][:], group["y"][:], group["t"][:], group["p"][:], path)
-    raise ValueError(f"{path}: unknown event file type {suffix!r}; expected .dat, .npy, .npz or .h5")
+    raise ValueError(f"{path}: unknown event file type {suffix!r}; expected .dat, .raw, .npy, .npz or .h5")
 
 
 def read_events(path: str | os.PathLike, t_start: int | None = None, t_end: int | None = None, **kw) -> np.ndarray:
-    """Read events from .dat (memory-mapped, see read_dat) or .npy/.npz/.h5 holding x, y, t, p.
+    """Read events from .dat (memory-mapped, see read_dat), .raw (EVT 2.0/3.0, see fastvid.events.raw) or
+    .npy/.npz/.h5 holding x, y, t, p.
 
     Returns the EVENT_DTYPE array of the events with t_start <= t < t_end. Unsorted timestamps
     raise a ValueError naming the file and the index of the first event that goes back in time.
@@ -411,6 +412,13 @@ def read_events(path: str | os.PathLike, t_start: int | None = None, t_end: int 
     path = str(path)
     if Path(path).suffix.lower() == ".dat":
         return read_dat(path, t_start, t_end, **kw)
+    if Path(path).suffix.lower() == ".raw":  # Prophesee EVT 2.0 / 3.0 stream
+        from fastvid.events.raw import read_raw
+
+        events = read_raw(path)
+        lo = 0 if t_start is None else int(np.searchsorted(events["t"], t_start, "left"))
+        hi = len(events) if t_end is None else int(np.searchsorted(events["t"], t_end, "left"))
+        return events[lo:max(lo, hi)]
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such event file")
     try:

@@ -30,12 +30,12 @@ class SourceRecording:
 
 @dataclasses.dataclass(frozen=True)
 class StreamScan:
-    """What one pass over an events file found: its sensor and, per segment, the event index range
-    [start, stop) and `carry` (the timestamp floor going into the segment; see SourceFormat.read)."""
+    """What one pass over an events file found: its sensor, its time span, and how to find each
+    segment's event index range [start, stop) from the segment edges."""
 
     sensor_size: tuple[int, int] | None
     span: tuple[int, int] | None  # (first, last) timestamp, None when the file holds no events
-    locate: Callable[[np.ndarray], list[tuple[int, int, int]]]  # segment edges -> ranges
+    locate: Callable[[np.ndarray], list[tuple[int, int]]]  # segment edges -> (start, stop) per segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,9 @@ class SourceFormat:
     sensor_size: tuple[int, int]  # when the file does not say
     events_suffix: str  # '<stem><events_suffix>' next to '<stem>_bbox.npy'
     scan: Callable[[Path], StreamScan]
-    read: Callable[[str, int, int, int], np.ndarray]  # (path, start, stop, carry) -> EVENT_DTYPE
+    read: Callable[[str, int, int], np.ndarray]  # (path, start, stop) -> EVENT_DTYPE
+    # For streams without random access: (recording, work folder) -> a file `scan`/`read` understand.
+    prepare: Callable[[SourceRecording, Path], Path] | None = None
 
 
 def find_recordings(src: str | os.PathLike, fmt: "SourceFormat") -> list[SourceRecording]:
@@ -80,13 +82,13 @@ def _scan_dat(path: Path) -> StreamScan:
         ranges = []
         for t0, t1 in zip(edges[:-1], edges[1:]):
             i0, i1 = evio.dat_index_range(header, int(t0), int(t1))
-            ranges.append((i0, i1, int(t0)))
+            ranges.append((i0, i1))
         return ranges
 
     return StreamScan(header.sensor_size, evio.dat_time_span(header), locate)
 
 
-def _read_dat(path: str, start: int, stop: int, carry: int) -> np.ndarray:
+def _read_dat(path: str, start: int, stop: int) -> np.ndarray:
     return evio.read_dat_indices(path, start, stop)
 
 
@@ -181,12 +183,12 @@ def _scan_h5(path: Path) -> StreamScan:
                 block[0] = sub[j - 1]  # the corrected time there (the running maximum so far)
                 np.maximum.accumulate(block, out=block)
                 starts.append(lo + int(np.searchsorted(block, e, "left")))
-        return [(starts[k], starts[k + 1], int(edges[k])) for k in range(len(starts) - 1)]
+        return [(starts[k], starts[k + 1]) for k in range(len(starts) - 1)]
 
     return StreamScan(sensor, span, locate)
 
 
-def _read_h5(path: str, start: int, stop: int, carry: int) -> np.ndarray:
+def _read_h5(path: str, start: int, stop: int) -> np.ndarray:
     """Events [start, stop) with the corrected clock. A segment starts at an event that sets a new
     running maximum, so the running maximum within the segment equals the file's."""
     from fastvid.events.types import EVENT_DTYPE
@@ -209,7 +211,28 @@ def _read_h5(path: str, start: int, stop: int, carry: int) -> np.ndarray:
 
 GEN4 = SourceFormat("gen4", GEN4_CLASSES, GEN4_SENSOR_SIZE, "_td.h5", _scan_h5, _read_h5)
 
-SOURCE_FORMATS: dict[str, SourceFormat] = {GEN1.name: GEN1, GEN4.name: GEN4}
+
+
+# -------------------------------------------------------------------------------------- RAW
+# Prophesee RAW recordings (EVT 2.0 / 3.0, see fastvid.events.raw) next to `<stem>_bbox.npy`. Their
+# words cannot be located by time without decoding from the start, so each file is decoded once into
+# a DAT file in the job's work folder and sharded from there like GEN1.
+
+
+def _prepare_raw(rec: SourceRecording, work_dir: Path) -> Path:
+    from fastvid.events.raw import read_raw
+    from fastvid.events.shard_codec import sanitize_key
+
+    events, header = read_raw(rec.events, return_header=True)
+    if header.sensor_size is None:
+        raise ValueError(f"{rec.events}: the RAW header gives no sensor size ('% geometry WxH' or width/height in '% format')")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return evio.write_dat(work_dir / f"{sanitize_key(rec.name)}_td.dat", events, header.sensor_size)
+
+
+RAW = SourceFormat("raw", [], GEN4_SENSOR_SIZE, ".raw", _scan_dat, _read_dat, _prepare_raw)
+
+SOURCE_FORMATS: dict[str, SourceFormat] = {GEN1.name: GEN1, GEN4.name: GEN4, RAW.name: RAW}
 
 
 def source_format(name: str) -> SourceFormat:

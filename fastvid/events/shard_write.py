@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import shutil
+from pathlib import Path
 
 from fastvid.events import io as evio
 from fastvid.events import segments as seglib
@@ -27,7 +29,7 @@ class SegmentItem:
     key: str
     source: str
     recording: str
-    dat_path: str  # the events file (DAT for gen1)
+    events_path: str  # the events file (.dat for gen1, .h5 for gen4)
     bbox_path: str | None
     segment: int
     t0: int
@@ -36,7 +38,7 @@ class SegmentItem:
     stamp: tuple  # (size, mtime_ns) of the inputs: a changed file invalidates resumed shards
     error: str | None = None
     format: str = "gen1"
-    event_range: tuple[int, int, int] = (0, 0, 0)  # (start, stop, carry) in the events file
+    event_range: tuple[int, int] = (0, 0)  # [start, stop) event indices in the events file
     recording_t_end: int = 0  # one past the recording's last event or box
 
 
@@ -50,10 +52,12 @@ def _stamp(*paths) -> tuple:
     return tuple(out)
 
 
-def list_segments(src, segment_ms: float, require_boxes: bool = True, format: str = "gen1") -> list[SegmentItem]:
+def list_segments(src, segment_ms: float, require_boxes: bool = True, format: str = "gen1",
+                  work_dir=None) -> list[SegmentItem]:
     """Every segment of every recording under `src`; a broken recording becomes one item with `error`.
 
     Each events file is scanned here once, front to back, so the per-segment reads can trust it.
+    work_dir: where formats that need it (raw) put the decoded copy the segments are read from.
     """
     fmt = source_format(format)
     segment_us = int(round(segment_ms * 1000))
@@ -66,6 +70,10 @@ def list_segments(src, segment_ms: float, require_boxes: bool = True, format: st
             if bbox is None and require_boxes:
                 stem = events_path.name[: -len(fmt.events_suffix)]
                 raise FileNotFoundError(f"{events_path}: no matching {stem}_bbox.npy next to it")
+            if fmt.prepare is not None:
+                if work_dir is None:
+                    raise ValueError(f"format {fmt.name!r} needs a work folder to decode {events_path} into")
+                events_path = fmt.prepare(rec, Path(work_dir))
             scan = fmt.scan(events_path)
             sensor = tuple(scan.sensor_size or fmt.sensor_size)
             boxes = evio.read_boxes(bbox, sensor_size=sensor) if bbox is not None else evio.empty_boxes()
@@ -74,14 +82,14 @@ def list_segments(src, segment_ms: float, require_boxes: bool = True, format: st
             last = scan.span[1] if scan.span else -1
             if len(boxes):
                 last = max(last, int(boxes["t"].max()))
-            stamp = _stamp(events_path, bbox)
+            stamp = _stamp(rec.events, bbox)
             for k in range(len(edges) - 1):
-                items.append(SegmentItem(segment_key(rec.name, k), str(events_path), rec.name, str(events_path),
+                items.append(SegmentItem(segment_key(rec.name, k), str(rec.events), rec.name, str(events_path),
                                          None if bbox is None else str(bbox), k, int(edges[k]), int(edges[k + 1]),
                                          sensor, stamp, format=fmt.name, event_range=tuple(int(v) for v in ranges[k]),
                                          recording_t_end=last + 1))
         except (OSError, ValueError) as exc:
-            items.append(SegmentItem(segment_key(rec.name, 0), str(events_path), rec.name, str(events_path), None, 0,
+            items.append(SegmentItem(segment_key(rec.name, 0), str(rec.events), rec.name, str(events_path), None, 0,
                                      0, 0, tuple(fmt.sensor_size), (), error=str(exc), format=fmt.name))
     return items
 
@@ -90,10 +98,10 @@ def encode_segment(item: SegmentItem, compress_level: int = 1, codec: str = "zst
     """The webdataset fields of one segment (top-level, so worker processes can run it)."""
     if item.error:
         raise ValueError(item.error)
-    start, stop, carry = item.event_range
-    events = source_format(item.format).read(item.dat_path, start, stop, carry)
+    start, stop = item.event_range
+    events = source_format(item.format).read(item.events_path, start, stop)
     if len(events) and (int(events["t"][0]) < item.t0 or int(events["t"][-1]) >= item.t1):
-        raise ValueError(f"{item.dat_path}: events of segment {item.segment} fall outside [{item.t0}, {item.t1}): "
+        raise ValueError(f"{item.events_path}: events of segment {item.segment} fall outside [{item.t0}, {item.t1}): "
                          "the file changed since it was listed")
     if item.bbox_path is not None:
         boxes = evio.read_boxes(item.bbox_path, sensor_size=item.sensor_size)
@@ -121,13 +129,12 @@ def shard_events(src, out_dir, *, format: str = "gen1", segment_ms: float = 500.
                  **writer_kw) -> dict:
     """Shard the event recordings under `src` into `out_dir`; returns the manifest.
 
-    format: a key of fastvid.events.shard_sources.SOURCE_FORMATS ("gen1": *_td.dat + *_bbox.npy).
+    format: a key of fastvid.events.shard_sources.SOURCE_FORMATS ("gen1": *_td.dat, "gen4": *_td.h5,
+    "raw": Prophesee EVT 2.0/3.0 *.raw; each with *_bbox.npy).
     codec: "zstd" (default; events.npz.zst), "deflate" or "stored" (events.npz), see shard_codec.
     compress_level: the codec's level (zstd 1-19, deflate 1-9; 1, the default, is fast), or 0 to
     store the columns uncompressed (largest, fastest to read).
     """
-    from fastvid.shard.writer import write_shard_set
-
     if codec not in EVENT_CODECS:
         raise ValueError(f"unknown event codec {codec!r}; choose one of {', '.join(EVENT_CODECS)}")
     top = 19 if codec == "zstd" else 9
@@ -136,7 +143,19 @@ def shard_events(src, out_dir, *, format: str = "gen1", segment_ms: float = 500.
     if codec == "stored":
         compress_level = 0
     fmt = source_format(format)
-    items = list_segments(src, segment_ms, require_boxes=require_boxes, format=fmt.name)
+    # Decoded copies (raw) live in the output folder, one per node, only while the job runs.
+    work_dir = Path(out_dir) / f".prepared-n{int(writer_kw.get('node_rank', 0))}" if fmt.prepare else None
+    try:
+        items = list_segments(src, segment_ms, require_boxes=require_boxes, format=fmt.name, work_dir=work_dir)
+        return _write(items, fmt, out_dir, split, classes, segment_ms, compress_level, codec, writer_kw)
+    finally:
+        if work_dir is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _write(items, fmt, out_dir, split, classes, segment_ms, compress_level, codec, writer_kw) -> dict:
+    from fastvid.shard.writer import write_shard_set
+
     options = {"format": fmt.name, "segment_ms": segment_ms,
                "sensor_size": list(next((i.sensor_size for i in items if not i.error), fmt.sensor_size)),
                "num_recordings": len({i.recording for i in items}),
