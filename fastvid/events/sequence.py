@@ -290,7 +290,8 @@ class EventSequenceLoader:
         self.count_cutoff = count_cutoff
         self.dtype = dtype
         self.device = _gpu.resolve_device(device)
-        self.pin_memory = self.device.startswith("cuda") if pin_memory is None else bool(pin_memory)
+        # Page-locked memory only helps copies to a GPU (and needs CUDA to allocate).
+        self.pin_memory = self.device.startswith("cuda") and (pin_memory is None or bool(pin_memory))
         self.sync_timing = sync_timing
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle = shuffle
