@@ -132,3 +132,17 @@ def test_pinned_cuda_label_windows_match_cpu(labelled_set):
     assert len(cpu) == len(gpu)
     for a, b in zip(cpu, gpu):
         assert b["x"].is_cuda and torch.equal(a["x"], b["x"].cpu())
+
+
+def test_events_io_benchmark_stages_count_every_event(tmp_path):
+    """The steady-state benchmark, tiny: every generated event goes through each measured stage."""
+    from fastvid.benchmarks.events_io import run_benchmark
+
+    r = run_benchmark(device="cpu", work_dir=str(tmp_path), quick=True, recordings=2, duration_s=0.3, rate_meps=0.05,
+                      batch_size=2, baseline=False, repeats=1)
+    n = r["data"]["events"]
+    assert r["stages"]["read"]["events"] == n == r["loader"]["events"] == r["loader_stages_synced"]["events"]
+    decode = r["stages"]["decode_one_thread"]
+    assert set(decode) == {"shards", "zstd", "deflate", "stored"} and decode["zstd"]["events"] == n
+    assert set(r["loader"]["stage_seconds"]) == {"read", "decode", "assemble", "wait", "transfer", "represent"}
+    assert r["loader"]["stage_seconds"]["represent"] > 0

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastvid.events import io as evio
-from fastvid.events.shard_codec import BOXES_EXT, META_EXT, decode_boxes
+from fastvid.events.shard_codec import BOXES_EXT, META_EXT, decode_boxes, decode_sample
 from fastvid.events.shard_read import SegmentReader, index_segments, shard_set_options
 from fastvid.events.types import EVENT_DTYPE
 from fastvid.events.windows import WINDOW_MODES, WindowPlan, make_windows, segments_needed
@@ -133,8 +133,6 @@ class StageTimes:
 
 def _read_segment(reader: SegmentReader, ref, times: StageTimes) -> dict:
     """Read one segment's bytes, then decode them to columns, timing both (runs in reader threads)."""
-    from fastvid.events.shard_codec import decode_sample
-
     t = time.perf_counter()
     fields = reader.read_fields(ref)
     t_read = time.perf_counter()

@@ -11,3 +11,8 @@ from fastvid.events.shard_write import SegmentItem, encode_segment, list_segment
 from fastvid.events.types import EVENT_DTYPE  # noqa: F401
 
 FORMATS = tuple(SOURCE_FORMATS)
+
+__all__ = ["BOXES_EXT", "EVENTS_EXT", "META_EXT", "decode_boxes", "decode_event_columns", "decode_events", "decode_sample",
+           "encode_boxes", "encode_events", "sanitize_key", "segment_key", "SegmentReader", "SegmentRef", "index_segments",
+           "iter_segments", "GEN1_CLASSES", "SOURCE_FORMATS", "find_gen1_recordings", "SegmentItem", "encode_segment",
+           "list_segments", "shard_events", "EVENT_DTYPE", "FORMATS"]
