@@ -232,3 +232,21 @@ def test_cli_output_path_that_is_a_file_is_one_clear_error(gen1_dir, tmp_path, c
     out.write_text("not a directory")
     rc = fastvid_main(["shard", "events", str(src), str(out)])
     assert rc == 1 and "taken" in capsys.readouterr().err
+
+
+def test_boxes_of_shards_written_before_class_confidence_are_normalized():
+    import io
+
+    from fastvid.events import shard_codec
+    from fastvid.events.io import BOX_DTYPE
+
+    old_layout = np.dtype([("t", "<i8"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"), ("h", "<f4"), ("class_id", "<i4"),
+                           ("confidence", "<f4"), ("track_id", "<i4")])
+    old = np.zeros(2, old_layout)
+    old["t"], old["confidence"] = [5, 9], [0.5, 0.25]
+    old["track_id"] = np.array([7, 3_000_000_000], np.uint32).view(np.int32)  # wrapped by the old int32 field
+    buf = io.BytesIO()
+    np.save(buf, old)
+    boxes = shard_codec.decode_boxes(buf.getvalue())
+    assert boxes.dtype == BOX_DTYPE
+    assert boxes["class_confidence"].tolist() == [0.5, 0.25] and boxes["track_id"].tolist() == [7, 3_000_000_000]
