@@ -30,7 +30,7 @@ def event_set(tmp_path_factory):
         ts, xs, ys, ps = random_events(n, duration, seed=10 + i, width=SENSOR[0], height=SENSOR[1])
         write_gen1_dat(src / f"{name}_td.dat", ts, xs, ys, ps, width=SENSOR[0], height=SENSOR[1])
         box_ts = np.arange(0, duration, 50_000) + 7
-        boxes = write_boxes(src / f"{name}_bbox.npy", box_ts, seed=i)
+        boxes = write_boxes(src / f"{name}_bbox.npy", box_ts, seed=i, sensor=SENSOR)
         originals[name] = (ts, xs, ys, ps, boxes)
     out = root / "shards"
     shard_events(src, out, segment_ms=300, max_samples=4)
@@ -63,7 +63,7 @@ def test_windows_match_single_represent_calls(event_set):
     from fastvid.events.representations import represent
 
     out, originals = event_set
-    B = 3  # 42 windows over 3 streams: the greedy refill leaves padding at the end
+    B = 3  # 36 windows over 3 streams: the greedy refill leaves padding at the end
     loader = EventSequenceLoader(out, batch_size=B, window_ms=100, representation="stacked_histogram", bins=3,
                                  device="cpu", shuffle=False)
     assert loader.sensor_size == SENSOR
@@ -101,12 +101,13 @@ def test_windows_match_single_represent_calls(event_set):
     for name, (duration, n) in RECORDINGS.items():
         assert sum(seen[name]) == len(originals[name][0])  # every event in exactly one window
         last_t = max(int(originals[name][0].max()), int(originals[name][4]["ts"].max()))
-        assert len(seen[name]) == (last_t // 300_000 + 1) * 3  # whole 300 ms segments, 100 ms windows
+        # 100 ms windows up to the last event or box, not to the end of its padded 300 ms segment
+        assert len(seen[name]) == last_t // 100_000 + 1
         assert box_seen[name] == len(originals[name][4])
     total = sum(len(v) for v in seen.values())
-    assert sum(int(s["valid"].sum()) for s in steps) == total == 42
-    assert len(steps) == 18  # streams: r0 then r4 (9 + 9), r1 then r3 (6 + 3), r2 (15)
-    assert sum(int((~s["valid"]).sum()) for s in steps) == B * 18 - 42
+    assert sum(int(s["valid"].sum()) for s in steps) == total == 36  # 9 + 4 + 13 + 3 + 7
+    assert len(steps) == 14  # streams: r0 (9), r1 then r3 then r4 (4 + 3 + 7), r2 (13)
+    assert sum(int((~s["valid"]).sum()) for s in steps) == B * 14 - 36
 
 
 def test_ranks_disjoint_and_equal_steps(event_set):

@@ -153,10 +153,55 @@ def test_read_boxes_ts_and_t_fields(tmp_path):
     older["class_id"] = [1, 0]
     np.save(tmp_path / "old_bbox.npy", older)
     out = evio.read_boxes(tmp_path / "old_bbox.npy")
-    assert out["t"].tolist() == [10, 20] and out["class_id"].tolist() == [0, 1] and out["track_id"].tolist() == [-1, -1]
+    assert out["t"].tolist() == [10, 20] and out["class_id"].tolist() == [0, 1] and out["track_id"].tolist() == [0, 0]
+    assert out["class_confidence"].tolist() == [1.0, 1.0]  # no score in the file: 1
     np.save(tmp_path / "nobox.npy", np.zeros(2, [("q", "f4")]))
     with pytest.raises(ValueError, match="nobox.npy.*lacks"):
         evio.read_boxes(tmp_path / "nobox.npy")
+
+
+def test_read_boxes_keeps_class_confidence_and_uint32_track_ids(tmp_path):
+    # the toolbox / 1 Mpx layout: 't' and 'class_confidence'
+    toolbox = np.dtype([("t", "<u8"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"), ("h", "<f4"), ("class_id", "u1"),
+                        ("class_confidence", "<f4"), ("track_id", "<u4")])
+    boxes = np.zeros(3, toolbox)
+    boxes["t"] = [10, 20, 30]
+    boxes["w"] = boxes["h"] = 5
+    boxes["class_confidence"] = [0.25, 0.5, 0.875]
+    boxes["track_id"] = [1, 2**31 + 5, 2**32 - 1]
+    np.save(tmp_path / "a_bbox.npy", boxes)
+    out = evio.read_boxes(tmp_path / "a_bbox.npy")
+    assert out["class_confidence"].tolist() == [0.25, 0.5, 0.875]
+    assert out["track_id"].tolist() == [1, 2**31 + 5, 2**32 - 1]
+    # GEN1's own name for the score is 'confidence'
+    gen1 = np.zeros(1, [("ts", "<u8"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"), ("h", "<f4"), ("class_id", "u1"),
+                        ("confidence", "<f4"), ("track_id", "<u4")])
+    gen1["confidence"], gen1["track_id"] = 0.75, 3_000_000_000
+    np.save(tmp_path / "g_bbox.npy", gen1)
+    out = evio.read_boxes(tmp_path / "g_bbox.npy")
+    assert out["class_confidence"].tolist() == [0.75] and out["track_id"].tolist() == [3_000_000_000]
+    # an int32 copy that wrapped ids above 2**31 negative is read back as the uint32 id
+    wrapped = np.zeros(1, [("t", "<i8"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"), ("h", "<f4"), ("class_id", "<i4"),
+                           ("track_id", "<i4")])
+    wrapped["track_id"] = np.array([3_000_000_000], np.uint32).view(np.int32)
+    assert evio.normalize_boxes(wrapped)["track_id"].tolist() == [3_000_000_000]
+
+
+def test_boxes_cropped_to_sensor(tmp_path):
+    boxes = np.zeros(5, evio.BOX_DTYPE)
+    boxes["t"] = [1, 2, 3, 4, 5]
+    #            inside      left edge    right/bottom   wholly outside   zero height after crop
+    boxes["x"] = [10, -5, 290, 400, 20]
+    boxes["y"] = [10, 20, 230, 10, -30]
+    boxes["w"] = [20, 15, 50, 10, 10]
+    boxes["h"] = [20, 10, 40, 10, 25]
+    out = evio.crop_boxes(boxes, (304, 240))
+    assert out["t"].tolist() == [1, 2, 3]
+    assert out["x"].tolist() == [10, 0, 290] and out["w"].tolist() == [20, 10, 13]  # 303 - 290
+    assert out["y"].tolist() == [10, 20, 230] and out["h"].tolist() == [20, 10, 9]  # 239 - 230
+    np.save(tmp_path / "c_bbox.npy", boxes)
+    assert evio.read_boxes(tmp_path / "c_bbox.npy", sensor_size=(304, 240)).tolist() == out.tolist()
+    assert len(evio.read_boxes(tmp_path / "c_bbox.npy")) == 5  # no sensor given: not cropped
 
 
 def test_plain_array_files(tmp_path):
@@ -229,3 +274,18 @@ def test_split_and_assign_preserve_counts_at_borders():
 def test_window_edges():
     assert seg.window_edges(1000, 1000 + 120, 50).tolist() == [1000, 1050, 1100, 1150]
     assert seg.window_edges(0, 100, 50).tolist() == [0, 50, 100]
+
+
+def test_read_dat_equals_the_plain_numpy_reader_of_the_benchmark(tmp_path):
+    """The benchmark's baseline (np.fromfile + bit fields) and read_dat agree on every field."""
+    from fastvid.benchmarks.events_read import plain_numpy_read
+
+    ts, xs, ys, ps = random_events(3000, 1_000_000, seed=8)
+    path = tmp_path / "b_td.dat"
+    write_gen1_dat(path, ts, xs, ys, ps)
+    ours, plain = evio.read_dat(path), plain_numpy_read(path)
+    for name in "txyp":
+        assert ours[name].tolist() == plain[name].tolist()
+    assert evio.read_dat_indices(path, 10, 20).tolist() == ours[10:20].tolist()
+    with pytest.raises(ValueError, match="outside"):
+        evio.read_dat_indices(path, 10, 5000)

@@ -18,12 +18,13 @@ from test_events_io import random_events, write_gen1_dat
 GEN1_BOX = np.dtype([("ts", "<u8"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"), ("h", "<f4"), ("class_id", "u1"), ("confidence", "<f4"), ("track_id", "<u4")])
 
 
-def write_boxes(path, ts, seed):
+def write_boxes(path, ts, seed, sensor=(304, 240)):
+    """GEN1-layout boxes of 30x20 px wholly inside the sensor (so cropping keeps them as they are)."""
     rng = np.random.default_rng(seed)
     boxes = np.zeros(len(ts), GEN1_BOX)
     boxes["ts"] = ts
-    boxes["x"] = rng.uniform(0, 200, len(ts))
-    boxes["y"] = rng.uniform(0, 150, len(ts))
+    boxes["x"] = rng.uniform(0, sensor[0] - 31, len(ts))
+    boxes["y"] = rng.uniform(0, sensor[1] - 21, len(ts))
     boxes["w"], boxes["h"] = 30, 20
     boxes["class_id"] = rng.integers(0, 2, len(ts))
     boxes["confidence"] = 1
@@ -65,6 +66,33 @@ def test_encode_decode_roundtrip():
         evshard.encode_events(ev, 20_000_000)
 
 
+@pytest.mark.parametrize("codec,level,ext", [("zstd", 1, "events.npz.zst"), ("zstd", 9, "events.npz.zst"),
+                                             ("deflate", 1, "events.npz"), ("stored", 1, "events.npz"), ("zstd", 0, "events.npz")])
+def test_event_codecs_roundtrip(codec, level, ext):
+    import io
+    import zipfile
+
+    from fastvid.events import shard_codec
+
+    ts, xs, ys, ps = random_events(2000, 500_000, seed=4)
+    ev = np.zeros(len(ts), evshard.EVENT_DTYPE)
+    ev["t"], ev["x"], ev["y"], ev["p"] = ts + 1_000_000, xs, ys, ps
+    got_ext, data = shard_codec.encode_event_field(ev, 1_000_000, codec, level)
+    assert got_ext == ext
+    np.testing.assert_array_equal(shard_codec.decode_event_field(ext, data, 1_000_000, columns=False), ev)
+    cols = shard_codec.decode_event_field(ext, data, 1_000_000)
+    assert cols["t"].tolist() == ev["t"].tolist() and cols["x"].dtype == np.int16 and cols["p"].dtype == np.int8
+    if ext.endswith(".zst"):  # a standard zstd frame around a stored .npz: readable without fastvid
+        import zstandard
+
+        with zipfile.ZipFile(io.BytesIO(zstandard.ZstdDecompressor().decompress(data))) as zf:
+            assert sorted(zf.namelist()) == ["dt.npy", "n.npy", "p.npy", "x.npy", "y.npy"]
+        with pytest.raises(ValueError, match="zstd"):
+            shard_codec.decode_event_field(ext, data[:len(data) // 2], 1_000_000)
+    with pytest.raises(ValueError, match="codec"):
+        shard_codec.encode_event_field(ev, 0, "lzma")
+
+
 def test_shard_and_iter_segments_preserve_everything(gen1_dir, tmp_path):
     src, recs = gen1_dir
     out = tmp_path / "shards"
@@ -91,6 +119,7 @@ def test_shard_and_iter_segments_preserve_everything(gen1_dir, tmp_path):
             m = s["meta"]
             assert m["t1"] - m["t0"] == 500_000 and m["t0"] == 500_000 * m["segment"]
             assert m["num_events"] == len(s["events"]) and m["sensor_size"] == [304, 240]
+            assert m["recording_t_end"] == max(int(ts.max()), int(box_ts.max())) + 1
             assert np.all((s["events"]["t"] >= m["t0"]) & (s["events"]["t"] < m["t1"]))
             assert np.all((s["boxes"]["t"] >= m["t0"]) & (s["boxes"]["t"] < m["t1"]))
         # border events: 499_999 in segment 0, both 500_000 events in segment 1
@@ -109,7 +138,7 @@ def test_tar_members_and_dali_index(gen1_dir, tmp_path):
     tar_path, idx_path = shard_files(out)[0]
     with tarfile.open(tar_path) as tar:
         names = tar.getnames()
-    assert any(n.endswith(".events.npz") for n in names) and any(n.endswith(".boxes.npy") for n in names)
+    assert any(n.endswith(".events.npz.zst") for n in names) and any(n.endswith(".boxes.npy") for n in names)
     header = idx_path.read_text().splitlines()[0].split()
     assert header[0].startswith("v1") and int(header[1]) == len(names) // 3
 
@@ -188,7 +217,7 @@ def test_corrupt_event_data_is_one_clear_error(gen1_dir, tmp_path):
     evshard.shard_events(src, out, segment_ms=500, max_samples=3)
     victim, idx = shard_files(out)[0]
     key, fields = indexed_samples(victim, idx)[0]
-    offset, size = fields["events.npz"]
+    offset, size = fields["events.npz.zst"]
     data = bytearray(victim.read_bytes())
     for i in range(offset + size // 2, offset + size // 2 + 16):
         data[i] ^= 0xFF
@@ -203,3 +232,21 @@ def test_cli_output_path_that_is_a_file_is_one_clear_error(gen1_dir, tmp_path, c
     out.write_text("not a directory")
     rc = fastvid_main(["shard", "events", str(src), str(out)])
     assert rc == 1 and "taken" in capsys.readouterr().err
+
+
+def test_boxes_of_shards_written_before_class_confidence_are_normalized():
+    import io
+
+    from fastvid.events import shard_codec
+    from fastvid.events.io import BOX_DTYPE
+
+    old_layout = np.dtype([("t", "<i8"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"), ("h", "<f4"), ("class_id", "<i4"),
+                           ("confidence", "<f4"), ("track_id", "<i4")])
+    old = np.zeros(2, old_layout)
+    old["t"], old["confidence"] = [5, 9], [0.5, 0.25]
+    old["track_id"] = np.array([7, 3_000_000_000], np.uint32).view(np.int32)  # wrapped by the old int32 field
+    buf = io.BytesIO()
+    np.save(buf, old)
+    boxes = shard_codec.decode_boxes(buf.getvalue())
+    assert boxes.dtype == BOX_DTYPE
+    assert boxes["class_confidence"].tolist() == [0.5, 0.25] and boxes["track_id"].tolist() == [7, 3_000_000_000]

@@ -1,10 +1,15 @@
 """`fastvid bench events-io`: events/s from event shards to representation tensors on the device.
 
-Measures, on GEN1-like recordings (generated here unless --shards is given):
+Measures, at steady state (by default 32 GEN1-like recordings streamed 16 at a time; generated here
+unless --shards is given):
 * shard: `fastvid shard events` throughput (events/s written);
-* decode: `iter_segments` throughput (shards -> host numpy events);
-* loader: `EventSequenceLoader` end to end (shards -> (B, C, H, W) tensors on the device, one batched
-  representation call per step), also as a multiple of real time (GEN1 averages ~0.67 M events/s);
+* stages, each alone: read (the segments' bytes from the tars), decode (bytes -> columns, one
+  thread, per codec: the shards' own and zstd/deflate/stored re-encodings of the same segments);
+* loader: `EventSequenceLoader` end to end (shards -> (B, C, H, W) tensors on the device, one
+  batched representation call per step), also as a multiple of real time (GEN1 averages ~0.67 M
+  events/s); then once more with the device synchronized around each stage, for the loader's own
+  per-stage seconds (read, decode: summed over reader threads; assemble: cutting windows and
+  concatenating the batch; wait: the training loop waiting for a host batch; transfer; represent);
 * baseline: the no-shard way, read each window from the DAT file (memory-mapped binary search) and
   build its representation with one `represent` call per window; the ratio is loader vs baseline.
 `run_benchmark(...) -> dict` is what `fastvid bench all` calls.
@@ -12,6 +17,7 @@ Measures, on GEN1-like recordings (generated here unless --shards is given):
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -124,19 +130,91 @@ def bench_baseline(src: Path, window_ms: float, representation: str, bins: int, 
             "real_time_x": events / seconds / GEN1_EVENTS_PER_S}
 
 
+def bench_stages(shards, repeats: int, max_segments: int = 64) -> dict:
+    """Read and decode, each alone: all segments' bytes (read), then per codec the decode of up to
+    `max_segments` segments held in memory (one thread)."""
+    from fastvid.events import shard_codec as codec
+    from fastvid.events.shard_read import SegmentReader, index_segments
+
+    refs = index_segments(shards)
+    out = {}
+    with SegmentReader() as reader:
+        best, fields = None, []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fields = [reader.read_fields(ref) for ref in refs]
+            seconds = time.perf_counter() - start
+            best = seconds if best is None else min(best, seconds)
+    nbytes = sum(len(v) for f in fields for v in f.values())
+    samples = [codec.decode_sample(f) for f in fields[:max_segments]]
+    n_events = sum(len(s["events"]) for s in samples)
+    all_events = sum(int(json.loads(f[codec.META_EXT])["num_events"]) for f in fields)
+    out["read"] = {"segments": len(fields), "bytes": nbytes, "events": all_events, "seconds": round(best, 4),
+                   "events_per_s": all_events / best, "bytes_per_s": nbytes / best}
+    decode = {}
+    for name, level in (("shards", None), ("zstd", 1), ("deflate", 1), ("stored", 0)):
+        if name == "shards":
+            encoded = [(codec.events_field(f), f[codec.events_field(f)], s["meta"]["t0"])
+                       for f, s in zip(fields, samples)]
+        else:
+            encoded = [(*codec.encode_event_field(s["events"], s["meta"]["t0"], name, level), s["meta"]["t0"])
+                       for s in samples]
+        timings = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for ext, data, t0 in encoded:
+                codec.decode_event_field(ext, data, t0)
+            timings.append(time.perf_counter() - start)
+        seconds = min(timings)
+        decode[name] = {"segments": len(encoded), "events": n_events, "seconds": round(seconds, 4),
+                        "events_per_s": n_events / seconds,
+                        "bytes_per_event": sum(len(d) for _, d, _ in encoded) / max(n_events, 1)}
+    out["decode_one_thread"] = decode
+    return out
+
+
+def _run_loader(loader, repeats: int, device: str) -> dict:
+    timings, stages = [], None
+    for _ in range(repeats):
+        loader.stats.update(events=0, windows=0, padding_windows=0)
+        loader.stage_times.reset()
+        start = time.perf_counter()
+        steps = 0
+        shape = None
+        for batch in loader:
+            steps += 1
+            shape = tuple(batch["x"].shape)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        if not timings or seconds < min(timings):
+            stages = loader.stage_times.snapshot()
+        timings.append(seconds)
+    seconds = min(timings)
+    ev = loader.stats["events"]
+    return {"steps": steps, "batch_shape": list(shape or ()), "windows": loader.stats["windows"],
+            "padding_windows": loader.stats["padding_windows"], "events": ev, "seconds": round(seconds, 4),
+            "events_per_s": ev / seconds, "steps_per_s": steps / seconds,
+            "real_time_x": ev / seconds / GEN1_EVENTS_PER_S,
+            "stage_seconds": {k: round(v, 4) for k, v in stages.items()},
+            "stage_events_per_s": {k: (ev / v if v > 0 else None) for k, v in stages.items()}}
+
+
 def run_benchmark(device: str = "auto", work_dir: str = "bench_work/events-io", quick: bool = False, shards=None,
                   recordings: int | None = None, duration_s: float | None = None, rate_meps: float = 0.67,
                   segment_ms: float = 500.0, window_ms: float = 50.0, batch_size: int | None = None,
                   representation: str = "stacked_histogram", bins: int = 10, baseline: bool = True,
-                  repeats: int | None = None, numba_threads: int | None = None, compress_level: int = 1) -> dict:
+                  repeats: int | None = None, numba_threads: int | None = None, compress_level: int = 1,
+                  codec: str = "zstd", num_workers: int | None = None, dtype: str = "float32",
+                  count_cutoff: float | None = None) -> dict:
     from fastvid import _gpu
     from fastvid.benchmarks.common import device_info
     from fastvid.events.sequence import EventSequenceLoader
-    from fastvid.events.shard import iter_segments, shard_events
+    from fastvid.events.shard_write import shard_events
 
     device = _gpu.resolve_device(device)
-    recordings = recordings or (2 if quick else 3)
-    duration_s = duration_s or (1.0 if quick else 5.0)
+    recordings = recordings or (2 if quick else 32)
+    duration_s = duration_s or (1.0 if quick else 4.0)
+    batch_size = batch_size or (2 if quick else 16)
     repeats = repeats or (1 if quick else 3)
     if numba_threads:  # the CPU kernels' thread count (oversubscribed CPUs make parallel regions stall)
         import numba
@@ -145,9 +223,9 @@ def run_benchmark(device: str = "auto", work_dir: str = "bench_work/events-io", 
     work = Path(work_dir)
     result = {"device": device, "device_info": device_info(), "quick": quick, "repeats": repeats,
               "representation": representation, "numba_threads": _numba_threads(),
-              "load_average_before": _load_average(),
-              "bins": bins, "window_ms": window_ms, "segment_ms": segment_ms, "compress_level": compress_level,
-              "gen1_events_per_s_of_recording": GEN1_EVENTS_PER_S}
+              "load_average_before": _load_average(), "batch_size": batch_size, "dtype": dtype,
+              "count_cutoff": count_cutoff, "bins": bins, "window_ms": window_ms, "segment_ms": segment_ms,
+              "codec": codec, "compress_level": compress_level, "gen1_events_per_s_of_recording": GEN1_EVENTS_PER_S}
     src = None
     if shards is None:
         src = work / "gen1_like"
@@ -156,7 +234,7 @@ def run_benchmark(device: str = "auto", work_dir: str = "bench_work/events-io", 
         if shards.exists():  # our own output of an earlier run: shard again so the timing is real
             shutil.rmtree(shards)
         start = time.perf_counter()
-        shard_events(src, shards, segment_ms=segment_ms, compress_level=compress_level)
+        shard_events(src, shards, segment_ms=segment_ms, compress_level=compress_level, codec=codec)
         seconds = time.perf_counter() - start
         result["shard"] = {"seconds": round(seconds, 3), "events_per_s": result["data"]["events"] / seconds}
         raw_bytes = sum(p.stat().st_size for p in src.glob("*_td.dat"))
@@ -164,43 +242,23 @@ def run_benchmark(device: str = "auto", work_dir: str = "bench_work/events-io", 
         result["shard"]["bytes_per_event"] = shard_bytes / max(result["data"]["events"], 1)
         result["shard"]["dat_bytes_per_event"] = raw_bytes / max(result["data"]["events"], 1)
 
-    # decode only: shards -> host numpy (best of `repeats`: the CPU may be shared)
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        events = segments = 0
-        for sample in iter_segments(shards):
-            events += len(sample["events"])
-            segments += 1
-        timings.append(time.perf_counter() - start)
-    seconds = min(timings)
-    result["decode"] = {"segments": segments, "events": events, "seconds": round(seconds, 4),
-                        "events_per_s": events / seconds, "real_time_x": events / seconds / GEN1_EVENTS_PER_S}
+    result["stages"] = bench_stages(shards, repeats)
+    result["decode"] = result["stages"]["decode_one_thread"]["shards"]  # (key kept for earlier result files)
 
-    # end to end: shards -> device tensors
-    loader = EventSequenceLoader(shards, batch_size=batch_size or recordings, window_ms=window_ms,
-                                 representation=representation, bins=bins, device=device, shuffle=False)
+    kw = dict(batch_size=batch_size, window_ms=window_ms, representation=representation, bins=bins, device=device,
+              shuffle=False, dtype=dtype, count_cutoff=count_cutoff)
+    if num_workers is not None:
+        kw["num_workers"] = num_workers
+    loader = EventSequenceLoader(shards, **kw)
     _warm_up(representation, bins, loader.sensor_size, device)
-    timings = []
-    for _ in range(repeats):
-        loader.stats.update(events=0, windows=0, padding_windows=0)
-        start = time.perf_counter()
-        steps = 0
-        for batch in loader:
-            steps += 1
-            shape = tuple(batch["x"].shape)
-        _sync(device)
-        timings.append(time.perf_counter() - start)
-    seconds = min(timings)
-    ev = loader.stats["events"]
-    result["loader"] = {"steps": steps, "batch_shape": list(shape), "windows": loader.stats["windows"],
-                        "padding_windows": loader.stats["padding_windows"], "events": ev, "seconds": round(seconds, 4),
-                        "events_per_s": ev / seconds, "steps_per_s": steps / seconds,
-                        "real_time_x": ev / seconds / GEN1_EVENTS_PER_S}
+    result["loader"] = _run_loader(loader, repeats, device)
     result["loader_vs_gen1_real_time"] = result["loader"]["real_time_x"]
+    # The same run with the device synchronized around transfer and represent: per-stage seconds.
+    result["loader_stages_synced"] = _run_loader(EventSequenceLoader(shards, sync_timing=True, **kw), 1, device)
 
     if baseline and src is not None:
-        runs = [bench_baseline(src, window_ms, representation, bins, loader.sensor_size, device) for _ in range(repeats)]
+        runs = [bench_baseline(src, window_ms, representation, bins, loader.sensor_size, device,
+                               max_windows=None if quick else 400) for _ in range(repeats)]
         result["baseline_dat_per_window"] = max(runs, key=lambda r: r["events_per_s"])
         result["speedup_loader_vs_dat_per_window"] = (result["loader"]["events_per_s"]
                                                       / result["baseline_dat_per_window"]["events_per_s"])
@@ -212,17 +270,21 @@ def add_arguments(p):
     p.add_argument("--shards", default=None, help="an existing event shard set (default: generate GEN1-like data and shard it)")
     p.add_argument("--work-dir", default="bench_work/events-io", help="where generated recordings and shards are kept")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--recordings", type=int, default=None, help="generated recordings (default 3; --quick 2)")
-    p.add_argument("--duration-s", type=float, default=None, help="seconds per generated recording (default 5; --quick 1)")
+    p.add_argument("--recordings", type=int, default=None, help="generated recordings (default 32; --quick 2)")
+    p.add_argument("--duration-s", type=float, default=None, help="seconds per generated recording (default 4; --quick 1)")
     p.add_argument("--rate-meps", type=float, default=0.67, help="generated event rate, M events/s (GEN1 average: 0.67)")
     p.add_argument("--segment-ms", type=float, default=500.0)
     p.add_argument("--window-ms", type=float, default=50.0)
-    p.add_argument("--batch-size", type=int, default=None, help="parallel streams (default: number of recordings)")
+    p.add_argument("--batch-size", type=int, default=None, help="parallel streams (default 16; --quick 2)")
+    p.add_argument("--num-workers", type=int, default=None, help="loader reader threads (default: the loader's)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "uint8"], help="loader output dtype")
+    p.add_argument("--count-cutoff", type=float, default=None, help="cap of the histogram counts (RVT's count_cutoff)")
+    p.add_argument("--codec", default="zstd", choices=["zstd", "deflate", "stored"], help="shard codec for generated data")
     p.add_argument("--representation", default="stacked_histogram")
     p.add_argument("--bins", type=int, default=10)
     p.add_argument("--no-baseline", action="store_true", help="skip the per-window DAT read baseline")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement, best kept (default 3; --quick 1)")
-    p.add_argument("--compress-level", type=int, default=1, help="shard deflate level for generated data (0 = stored)")
+    p.add_argument("--compress-level", type=int, default=1, help="shard codec level for generated data (0 = stored)")
     p.add_argument("--numba-threads", type=int, default=None, help="threads of the CPU representation kernels (default: numba's)")
     p.add_argument("--quick", action="store_true", help="small inputs (a smoke run, not for reporting)")
     p.add_argument("--json", default=None, help="result path (default bench/results/events-io-<device>.json; '-' prints)")
@@ -238,7 +300,8 @@ def run(args) -> int:
                            segment_ms=args.segment_ms, window_ms=args.window_ms, batch_size=args.batch_size,
                            representation=args.representation, bins=args.bins, baseline=not args.no_baseline,
                            repeats=args.repeats, numba_threads=args.numba_threads,
-                           compress_level=args.compress_level)
+                           compress_level=args.compress_level, codec=args.codec, num_workers=args.num_workers,
+                           dtype=args.dtype, count_cutoff=args.count_cutoff)
     path = args.json or f"bench/results/events-io-{'cuda' if device.startswith('cuda') else 'cpu'}.json"
     write_json(result, path)
     lines = [f"events-io on {result['device_info']['device']} ({result['representation']}, bins {result['bins']}, "
@@ -246,7 +309,12 @@ def run(args) -> int:
     if "shard" in result:
         lines.append(f"  shard   {result['shard']['events_per_s'] / 1e6:8.2f} M events/s "
                      f"({result['shard']['bytes_per_event']:.2f} B/event in shards vs {result['shard']['dat_bytes_per_event']:.2f} in DAT)")
-    lines.append(f"  decode  {result['decode']['events_per_s'] / 1e6:8.2f} M events/s  ({result['decode']['real_time_x']:.0f}x GEN1 real time)")
+    st = result["stages"]
+    lines.append(f"  read    {st['read']['events_per_s'] / 1e6:8.2f} M events/s  ({st['read']['bytes_per_s'] / 1e6:.0f} MB/s)")
+    for name, d in st["decode_one_thread"].items():
+        lines.append(f"  decode  {d['events_per_s'] / 1e6:8.2f} M events/s  one thread, {name} ({d['bytes_per_event']:.2f} B/event)")
+    stages = result["loader_stages_synced"]["stage_seconds"]
+    lines.append("  loader stages (s, synced run): " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()))
     lines.append(f"  loader  {result['loader']['events_per_s'] / 1e6:8.2f} M events/s  ({result['loader']['real_time_x']:.0f}x GEN1 real time) "
                  f"-> {result['loader']['batch_shape']} on {device}")
     if "baseline_dat_per_window" in result:

@@ -1,4 +1,4 @@
-"""Event-camera data: reading (Prophesee DAT, bbox npy, plain arrays), tensor representations,
+"""Event-camera data: reading (Prophesee DAT and RAW EVT 2.0/3.0, bbox npy, plain arrays), tensor representations,
 event shards and the streaming sequence loader. Names are imported lazily from their modules."""
 
 from fastvid.events.types import EVENT_DTYPE
@@ -10,7 +10,18 @@ _EXPORTS = {
     "read_dat": "fastvid.events.io",
     "read_boxes": "fastvid.events.io",
     "read_events": "fastvid.events.io",
-    "iter_segments": "fastvid.events.shard",
+    "read_raw": "fastvid.events.raw",
+    "crop_boxes": "fastvid.events.io",
+    "BOX_DTYPE": "fastvid.events.io",
+    "shard_events": "fastvid.events.shard_write",
+    "list_segments": "fastvid.events.shard_write",
+    "SOURCE_FORMATS": "fastvid.events.shard_sources",
+    "iter_segments": "fastvid.events.shard_read",
+    "index_segments": "fastvid.events.shard_read",
+    "SegmentReader": "fastvid.events.shard_read",
+    "encode_events": "fastvid.events.shard_codec",
+    "decode_events": "fastvid.events.shard_codec",
+    "decode_sample": "fastvid.events.shard_codec",
     "EventSequenceLoader": "fastvid.events.sequence",
 }
 
