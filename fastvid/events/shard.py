@@ -276,16 +276,18 @@ class SegmentRef:
     fields: dict  # ext -> (offset, size)
 
 
+def opened_segments(opened) -> list[SegmentRef]:
+    """The events reader of fastvid.shard.reader (an OpenedSet of kind "events") -> sorted SegmentRefs."""
+    return index_segments(opened.pairs())
+
+
 def index_segments(shards) -> list[SegmentRef]:
     """Every segment of an event shard set (dir or list of (tar, idx)/tar paths), sorted by
     (recording, segment)."""
     if isinstance(shards, (str, os.PathLike)):
-        from fastvid.shard.manifest import read_manifest, shard_files
+        from fastvid.shard.reader import open_shard_set
 
-        manifest = read_manifest(shards)
-        if manifest["kind"] != "events":
-            raise ValueError(f"{shards}: manifest kind is {manifest['kind']!r}, not an event shard set")
-        pairs = shard_files(shards)
+        return open_shard_set(shards, kind="events")
     else:
         from fastvid.shard.dali_index import index_path_for
 

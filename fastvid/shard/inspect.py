@@ -15,10 +15,11 @@ import tarfile
 from pathlib import Path
 
 from fastvid.shard import dali_index
+from fastvid.shard.format import VIDEO_EXTS as _VIDEO_EXTS
 from fastvid.shard.manifest import MANIFEST_NAME, file_sha256, read_manifest
 from fastvid.shard.writer import human_bytes
 
-VIDEO_EXTS = {"mp4", "webm"}
+VIDEO_EXTS = set(_VIDEO_EXTS)
 
 
 def iter_samples(tar_path):

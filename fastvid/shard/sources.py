@@ -20,10 +20,11 @@ import os
 import re
 from pathlib import Path
 
-VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".flv", ".mpg", ".mpeg", ".ts", ".3gp", ".ogv", ".wmv"}
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from fastvid.shard.format import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
+from fastvid.shard.format import MAX_KEY_LEN
+from fastvid.shard.format import SOURCE_VIDEO_SUFFIXES as VIDEO_EXTENSIONS
+
 LAYOUTS = ("kinetics", "list", "frames")
-MAX_KEY_LEN = 90  # keeps tar member names inside the ustar 100-byte name field
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,22 +29,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fastvid.shard import dali_index
-from fastvid.shard.manifest import FORMAT, MANIFEST_NAME, VERSION, partial_manifest_name, write_json_atomic
+from fastvid.shard.format import KEY_PATTERN, shard_name, shard_prefix  # noqa: F401 (the format's rules)
+from fastvid.shard.manifest import (FORMAT, MANIFEST_NAME, VERSION, partial_manifest_name, write_json_atomic,
+                                    write_wids_index)
 
 DEFAULT_MAX_SAMPLES = 1000
 DEFAULT_MAX_SHARD_BYTES = 1 << 30  # 1 GiB: big enough for sequential reads, small enough to spread over workers
 TAR_BLOCK = 512
-KEY_PATTERN = re.compile(r"^[^.\s]+$")
 # Fixed member mtime so that a rerun of the same job produces byte-identical tars.
 MEMBER_MTIME = 0
-
-
-def shard_prefix(split: str, node_rank: int = 0, num_nodes: int = 1) -> str:
-    return f"{split}-n{node_rank:03d}" if num_nodes > 1 else split
-
-
-def shard_name(prefix: str, index: int) -> str:
-    return f"{prefix}-{index:06d}.tar"
 
 
 def shuffled_order(num_items: int, seed: int) -> list[int]:
@@ -374,6 +367,8 @@ def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Seq
     if num_nodes > 1:
         manifest["node_rank"] = node_rank
     write_json_atomic(manifest, manifest_path)
+    if num_nodes == 1:
+        write_wids_index(out_dir, manifest)
 
     elapsed = time.perf_counter() - t0
     skipped = f", {len(done)} complete shards kept from an earlier run" if done else ""
