@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 from fastvid.shard import remote
@@ -27,6 +28,10 @@ from fastvid.shard import remote
 DEFAULT_MAX_BYTES = 100 << 30
 LOCK_SUFFIX = ".lock"
 _TMP_MARK = ".tmp-"
+# Pins are per process (flock locks belong to open files: a second open in the same process would
+# block on our own shared lock), counted over every ShardCache object of the process.
+_PINS: dict[tuple[str, str], list[int]] = {}  # (cache root, entry name) -> [fd with a shared lock, users]
+_PINS_LOCK = threading.RLock()
 
 
 def default_cache() -> "ShardCache":
@@ -59,7 +64,8 @@ class ShardCache:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_bytes = int(max_bytes)
-        self._pins: dict[str, int] = {}  # entry name -> fd holding a shared lock
+        self._key = str(self.root.resolve())
+        self._held: set[str] = set()  # entries this object pinned
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
@@ -80,7 +86,7 @@ class ShardCache:
         for path in entries:
             if used + incoming <= self.max_bytes:
                 return
-            if path.name in self._pins:
+            if (self._key, path.name) in _PINS:
                 continue
             fd = self._lock_fd(path.name)
             try:
@@ -105,8 +111,14 @@ class ShardCache:
         """Local path of `address` (downloaded once, then reused); pinned until `release()`."""
         name = entry_name(address)
         path = self.root / name
-        fd = self._pins.get(name)
-        if fd is None:
+        key = (self._key, name)
+        with _PINS_LOCK:
+            if key in _PINS:
+                if name not in self._held:
+                    _PINS[key][1] += 1
+                    self._held.add(name)
+                os.utime(path)
+                return path
             fd = self._lock_fd(name)
             fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another rank downloads this entry
             try:
@@ -118,7 +130,8 @@ class ShardCache:
                 os.close(fd)
                 raise
             fcntl.flock(fd, fcntl.LOCK_SH)  # pinned: others may read it, nobody evicts it
-            self._pins[name] = fd
+            _PINS[key] = [fd, 1]
+            self._held.add(name)
         return path
 
     def _download(self, address: str, path: Path, size_hint: int | None) -> None:
@@ -145,21 +158,26 @@ class ShardCache:
             global_fd = os.open(self.root / (".cache" + LOCK_SUFFIX), os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(global_fd, fcntl.LOCK_EX)
-                self._pins.setdefault(path.name, -1)  # keep the new entry while making room
+                _PINS[(self._key, path.name)] = [-1, 0]  # keep the new entry while making room
                 try:
                     self._make_room(0, address)
                 finally:
-                    if self._pins.get(path.name) == -1:
-                        del self._pins[path.name]
+                    del _PINS[(self._key, path.name)]
             finally:
                 os.close(global_fd)
 
     def release(self) -> None:
         """Unpin every entry this object fetched (they stay cached until evicted)."""
-        pins, self._pins = self._pins, {}
-        for fd in pins.values():
-            if fd >= 0:
-                os.close(fd)
+        with _PINS_LOCK:
+            held, self._held = self._held, set()
+            for name in held:
+                pin = _PINS.get((self._key, name))
+                if pin is None:
+                    continue
+                pin[1] -= 1
+                if pin[1] <= 0:
+                    del _PINS[(self._key, name)]
+                    os.close(pin[0])
 
     def __del__(self):
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fastvid.shard import dali_index
 from fastvid.shard.format import VIDEO_EXTS as _VIDEO_EXTS
-from fastvid.shard.manifest import MANIFEST_NAME, file_sha256, read_manifest
+from fastvid.shard.manifest import MANIFEST_NAME, file_sha256
 from fastvid.shard.writer import human_bytes
 
 VIDEO_EXTS = set(_VIDEO_EXTS)
@@ -44,8 +44,12 @@ def iter_samples(tar_path):
 
 def summarize(out_dir, verify: bool = False) -> dict:
     """Summary dict of the shard set; with verify=True, a list of `problems` (empty when intact)."""
-    out_dir = Path(out_dir)
-    manifest = read_manifest(out_dir)
+    from fastvid.shard.reader import open_files
+
+    opened = open_files(out_dir, missing_ok=True)  # a directory, or a URL (its shards come through the local cache)
+    if opened.manifest is None:
+        raise FileNotFoundError(f"{out_dir}: not a shard set (no {MANIFEST_NAME})")
+    manifest = opened.manifest
     classes = manifest["classes"]
     per_class = collections.Counter()
     codecs, resolutions, fps_hist, containers = (collections.Counter() for _ in range(4))
@@ -55,8 +59,8 @@ def summarize(out_dir, verify: bool = False) -> dict:
     problems: list[str] = []
     keys_seen: set[str] = set()
     sample_count = 0
-    for shard in manifest["shards"]:
-        tar = out_dir / shard["name"]
+    for shard, shard_file in zip(manifest["shards"], opened.files):
+        tar = shard_file.tar
         if not tar.is_file():
             problems.append(f"{shard['name']}: missing")
             continue
@@ -155,7 +159,7 @@ def summarize(out_dir, verify: bool = False) -> dict:
         return classes[label] if 0 <= label < len(classes) else f"<label {label} not in classes>"
 
     summary = {
-        "dir": str(out_dir),
+        "dir": str(out_dir),  # as given (a path or URL)
         "kind": manifest["kind"],
         "split": manifest["split"],
         "num_samples": manifest["num_samples"],

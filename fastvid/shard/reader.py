@@ -79,8 +79,9 @@ def _read_manifest(address: str) -> dict:
     return parse_manifest_text(text, address)
 
 
-def open_files(spec, cache=None) -> OpenedSet:
-    """Find every shard of `spec` as local files (remote ones via `cache`, default: fastvid.shard.cache.default_cache())."""
+def open_files(spec, cache=None, *, missing_ok: bool = False) -> OpenedSet:
+    """Find every shard of `spec` as local files (remote ones via `cache`, default: fastvid.shard.cache.default_cache()).
+    `missing_ok`: a local set's missing tar or index is left for the caller to report (`fastvid inspect`)."""
     text = _spec_text(spec)
     addresses = remote.expand(spec)
     if not addresses:
@@ -90,7 +91,7 @@ def open_files(spec, cache=None) -> OpenedSet:
         if proto not in (None, "file"):
             remote._filesystem(address)  # unknown protocols fail here, naming the URL
     if len(addresses) == 1 and _is_set_address(addresses[0]):
-        return _open_set_dir(addresses[0], cache)
+        return _open_set_dir(addresses[0], cache, missing_ok)
     if any(_is_set_address(a) and not remote.is_remote(a) for a in addresses):
         raise ValueError(f"{text}: give one shard set directory, or a list of .tar files, not a mix")
     return _open_tar_list(addresses, text, cache)
@@ -104,7 +105,7 @@ def _cache_for(cache):
     return default_cache()
 
 
-def _open_set_dir(address: str, cache) -> OpenedSet:
+def _open_set_dir(address: str, cache, missing_ok: bool = False) -> OpenedSet:
     if address.endswith(".json"):
         manifest_address, base = address, remote.parent(address)
     else:
@@ -132,9 +133,11 @@ def _open_set_dir(address: str, cache) -> OpenedSet:
         for shard in manifest["shards"]:
             tar = root / shard["name"]
             idx = dali_index.index_path_for(tar)
-            if not tar.is_file():
+            if missing_ok:
+                pass
+            elif not tar.is_file():
                 raise FileNotFoundError(f"{tar}: listed in {manifest_address} but missing")
-            if not idx.is_file():
+            elif not idx.is_file():
                 raise FileNotFoundError(f"{idx}: DALI index of {tar.name} is missing (recreate it with "
                                         "fastvid.shard.dali_index.write_index)")
             files.append(ShardFile(str(tar), tar, idx, shard["samples"]))
