@@ -5,10 +5,12 @@ pipe: commands, shards served by a real HTTP server and a real S3-compatible ser
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import json
-import multiprocessing
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -196,24 +198,17 @@ def test_loader_reads_from_s3_compatible_server(shard_dir, tmp_path, monkeypatch
 # -- the cache -----------------------------------------------------------------------------------------
 
 
-def _fetch_in_process(cache_dir, url, queue):
-    path = ShardCache(cache_dir, 1 << 30).fetch(url)
-    queue.put(Path(path).read_bytes())
-
-
 def test_cache_downloads_once_for_concurrent_processes(shard_dir, http_root, tmp_path):
     url = f"{http_root}/set/train-000001.tar"
     _CountingHandler.counts.pop("/set/train-000001.tar", None)
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_fetch_in_process, args=(tmp_path / "c", url, queue)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(30)
-    assert [p.exitcode for p in procs] == [0, 0, 0]
-    assert results == [(shard_dir / "train-000001.tar").read_bytes()] * 3
+    # Three processes (ranks of one node) start together; each prints the sha256 of what it got.
+    code = ("import hashlib, sys; from fastvid.shard.cache import ShardCache; "
+            "print(hashlib.sha256(ShardCache(sys.argv[1], 1 << 30).fetch(sys.argv[2]).read_bytes()).hexdigest())")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "c"), url], stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    results = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert results == [hashlib.sha256((shard_dir / "train-000001.tar").read_bytes()).hexdigest()] * 3
     assert _CountingHandler.counts["/set/train-000001.tar"] == 1
     assert not [p for p in (tmp_path / "c").iterdir() if ".tmp-" in p.name]
 
