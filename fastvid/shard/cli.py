@@ -57,6 +57,11 @@ def add_video_arguments(p) -> None:
     p.add_argument("--gop", type=int, default=8, help="keyframe interval in frames (default: 8, cheap random access)")
     p.add_argument("--crf", type=int, help="quality, lower is better (default: 23 for h264, 32 for vp9)")
     p.add_argument("--preset", default="veryfast", help="libx264 preset (default: veryfast)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: --workers processes on this machine; ray: Ray tasks on a Ray cluster (same shards "
+                        "for the same seed) (default: local)")
+    p.add_argument("--ray-address", help="Ray cluster to join (e.g. 'auto' for the one `ray start --head` runs "
+                   "here, or ray://host:10001); default: start a local Ray instance with --workers CPUs")
     add_common_arguments(p)
 
 
@@ -100,6 +105,17 @@ def video_options(args):
                             crf=args.crf, preset=args.preset, frames_fps=args.fps if frames else None)
 
 
+def video_engine(args):
+    """The encoder of `--engine` (None: the writer's local process pool)."""
+    if args.engine == "local":
+        if args.ray_address:
+            raise ValueError("--ray-address needs --engine ray")
+        return None
+    from fastvid.shard import ray_engine
+
+    return ray_engine.engine(address=args.ray_address)
+
+
 def run_videos(args) -> int:
     from fastvid.shard import sources, transcode
     from fastvid.shard.writer import write_shard_set
@@ -114,5 +130,6 @@ def run_videos(args) -> int:
     write_shard_set(items, functools.partial(transcode.encode_sample, options=options), args.out, kind="video",
                     classes=classes, options=recorded, split=args.split, max_samples=args.max_samples,
                     max_shard_bytes=args.max_shard_bytes, workers=args.workers, seed=args.seed,
-                    node_rank=args.node_rank, num_nodes=args.num_nodes, strict=args.strict, desc=f"shard {args.split}")
+                    node_rank=args.node_rank, num_nodes=args.num_nodes, strict=args.strict, desc=f"shard {args.split}",
+                    engine=video_engine(args))
     return 0

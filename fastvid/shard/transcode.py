@@ -20,6 +20,9 @@ from typing import Iterator
 CODECS = ("vp9", "h264", "copy")
 ENCODERS = {"h264": "libx264", "vp9": "libvpx-vp9"}
 CONTAINERS = {"h264": "mp4", "vp9": "webm"}
+# Bitexact muxing: no random track UIDs or version tags, so the same clip always gives the same bytes
+# (reruns, node counts and engines produce identical shards).
+MUX_OPTIONS = {"fflags": "+bitexact"}
 # `--codec copy` always remuxes into MP4 so a shard set has one video extension ("mp4").
 COPY_CONTAINER = "mp4"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -128,7 +131,7 @@ def remux(path, start: float | None = None, end: float | None = None) -> tuple[b
         first_dts = None
         if start:
             container.seek(int(start / tb), stream=stream, backward=True, any_frame=False)
-        with av.open(buf, "w", format=fmt) as out:
+        with av.open(buf, "w", format=fmt, options=MUX_OPTIONS) as out:
             try:
                 out_stream = out.add_stream_from_template(stream)
             except (av.error.FFmpegError, ValueError) as exc:
@@ -269,7 +272,7 @@ def encode_frames(frames: Iterator[tuple[float, object]], src_rate: fractions.Fr
     buf = io.BytesIO()
     count = 0
     source_size = None
-    with av.open(buf, "w", format=fmt) as out:
+    with av.open(buf, "w", format=fmt, options=MUX_OPTIONS) as out:
         stream = None
         time_base = fractions.Fraction(rate.denominator, rate.numerator)
         for frame in resample_times(frames, rate, single_duration=1.0 / float(src_rate), duration=duration):

@@ -256,11 +256,14 @@ def human_bytes(n: float) -> str:
 def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Sequence[str], options: dict,
                     split: str = "train", max_samples: int | None = DEFAULT_MAX_SAMPLES,
                     max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, workers: int = 1, seed: int = 0,
-                    node_rank: int = 0, num_nodes: int = 1, strict: bool = False, desc: str = "shard") -> dict:
+                    node_rank: int = 0, num_nodes: int = 1, strict: bool = False, desc: str = "shard",
+                    engine: Callable | None = None) -> dict:
     """Write `items` as a WebDataset shard set under `out_dir`; returns the (partial, for num_nodes > 1) manifest.
 
     `encode(item) -> {ext: value}` (a top-level function or a functools.partial of one, so worker
     processes can pickle it) returns the sample's fields; exceptions become manifest failures.
+    `engine(encode, items, workers)` yields (item, ok, fields|error) in item order (default: local
+    processes; fastvid.shard.ray_engine runs the encoding on Ray): the shards do not depend on it.
     """
     from tqdm import tqdm
 
@@ -325,7 +328,7 @@ def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Seq
     failed_count = sum(len(r["failures"]) for r in records)
     try:
         position = start
-        for item, ok, payload in _iter_encoded(encode, mine[start:], workers):
+        for item, ok, payload in (engine or _iter_encoded)(encode, mine[start:], workers):
             if not ok:
                 pending_failures.append({"source": str(item.source), "error": payload})
                 failed_count += 1
