@@ -11,6 +11,7 @@ import argparse
 import functools
 import os
 import re
+import sys
 
 SIZE_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -48,6 +49,12 @@ def add_video_arguments(p) -> None:
                    "(label,youtube_id,time_start,time_end,split)")
     p.add_argument("--video-root", help="where the list/CSV paths are found (default: SRC)")
     p.add_argument("--classes", dest="classes_file", help="class names, one per line (line i = label i)")
+    p.add_argument("--label-level", type=_label_level, help="list/frames layouts: label = the folder at this level "
+                   "of each relative path (0 = first; iPER images_HD: 0 = person), or 'none' for no label "
+                   "(default: the list's labels, else the parent folder)")
+    p.add_argument("--kinetics-version", type=int, choices=(400, 600, 700),
+                   help="Kinetics-400/600/700: check the class count and name classes as the official CSVs do "
+                        "(folder 'air_drumming' -> 'air drumming'), so folder and CSV layouts share label ids")
     p.add_argument("--codec", choices=("vp9", "h264", "copy"), default="vp9",
                    help="vp9 (decodable by DALI on CPU and GPU), h264 (libx264; NVDEC on GPU), or copy "
                         "(remux the original stream, no re-encode) (default: vp9)")
@@ -63,6 +70,15 @@ def add_video_arguments(p) -> None:
     p.add_argument("--ray-address", help="Ray cluster to join (e.g. 'auto' for the one `ray start --head` runs "
                    "here, or ray://host:10001); default: start a local Ray instance with --workers CPUs")
     add_common_arguments(p)
+
+
+def _label_level(text: str):
+    if text.lower() == "none":
+        return "none"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--label-level {text!r}: a folder level (0, 1, ...) or 'none'") from None
 
 
 def add_arguments(parser) -> None:
@@ -122,8 +138,13 @@ def run_videos(args) -> int:
 
     options = video_options(args)
     items, classes = sources.discover(args.layout, args.src, list_file=args.list_file, video_root=args.video_root,
-                                      classes_file=args.classes_file)
-    recorded = {"layout": args.layout, "codec": options.codec, "container": "webm" if options.codec == "vp9" else "mp4",
+                                      classes_file=args.classes_file, label_level=args.label_level,
+                                      kinetics_version=args.kinetics_version)
+    missing = sum(it.stamp == "missing" for it in items)
+    if missing:
+        print(f"shard {args.split}: {missing} of {len(items)} listed videos are missing (each is recorded as a "
+              "failure in the manifest)", file=sys.stderr)
+    recorded = {"layout": args.layout, **({"kinetics_version": args.kinetics_version} if args.kinetics_version else {}), "codec": options.codec, "container": "webm" if options.codec == "vp9" else "mp4",
                 "short_side": options.short_side, "fps": options.fps, "frames_fps": options.frames_fps,
                 "gop": options.gop if options.codec != "copy" else None, "crf": options.crf,
                 "preset": options.preset if options.codec == "h264" else None}
