@@ -52,6 +52,13 @@ def ray_data_engine(encode, items, workers):
         yield (items[row["i"]], *pickle.loads(row["r"]))
 
 
+def _warm_worker() -> bool:
+    import fastvid.shard.transcode  # noqa: F401
+    import fastvid.shard.writer  # noqa: F401
+
+    return True
+
+
 def shard_once(src: Path, out: Path, codec: str, workers: int, short_side: int | None, engine: str = "local") -> dict:
     from fastvid.metrics import ResourceSampler
     from fastvid.shard import ray_engine, sources, transcode
@@ -64,6 +71,9 @@ def shard_once(src: Path, out: Path, codec: str, workers: int, short_side: int |
 
         ray.shutdown()
         ray_engine.connect(num_cpus=workers)
+        # Warm the workers (process start + imports), as on a cluster that is already up.
+        warm = ray.remote(num_cpus=1)(_warm_worker)
+        ray.get([warm.remote() for _ in range(2 * workers)])
         runner = ray_data_engine if engine == "ray-data" else ray_engine.engine()
     options = transcode.TranscodeOptions(codec=codec, short_side=short_side if codec != "copy" else None)
     items, classes = sources.discover("kinetics", src)

@@ -12,7 +12,6 @@ import collections
 import json
 import sys
 import tarfile
-from pathlib import Path
 
 from fastvid.shard import dali_index
 from fastvid.shard.format import VIDEO_EXTS as _VIDEO_EXTS
