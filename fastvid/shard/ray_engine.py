@@ -41,7 +41,13 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         return False
     kwargs = dict(include_dashboard=False, configure_logging=False, log_to_driver=True)
     if address:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as exc:
+            raise ConnectionError(
+                f"--ray-address {address}: {exc}. If the cluster uses token authentication (`ray start` enables it "
+                "by default since Ray 2.59), run with RAY_AUTH_MODE=token and the cluster's token in "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN") from None
     else:
         ray.init(num_cpus=num_cpus, **kwargs)
     return True
