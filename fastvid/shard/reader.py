@@ -54,7 +54,7 @@ class OpenedSet:
 def _spec_text(spec) -> str:
     if isinstance(spec, (str, os.PathLike)):
         return os.fspath(spec)
-    return ", ".join(os.fspath(s) for s in list(spec)[:3]) + (" ..." if len(list(spec)) > 3 else "")
+    return ", ".join(os.fspath(s) for s in spec[:3]) + (" ..." if len(spec) > 3 else "")
 
 
 def _is_set_address(address: str) -> bool:
@@ -82,6 +82,8 @@ def _read_manifest(address: str) -> dict:
 def open_files(spec, cache=None, *, missing_ok: bool = False) -> OpenedSet:
     """Find every shard of `spec` as local files (remote ones via `cache`, default: fastvid.shard.cache.default_cache()).
     `missing_ok`: a local set's missing tar or index is left for the caller to report (`fastvid inspect`)."""
+    if not isinstance(spec, (str, os.PathLike)):
+        spec = list(spec)  # iterated more than once below
     text = _spec_text(spec)
     addresses = remote.expand(spec)
     if not addresses:
