@@ -233,3 +233,18 @@ def test_cache_evicts_least_recently_used_but_never_pinned_entries(tmp_path):
     d = one.fetch(f"file://{src}/d.bin", size_hint=100)  # now b may go
     assert d.read_bytes() == b"d" * 100 and not b.exists() and c.exists()
     assert one.used_bytes() == 200
+
+
+def test_train_data_path_may_be_a_url(shard_dir, http_root, tmp_path, monkeypatch):
+    import torch
+
+    from fastvid.config import TrainConfig
+    from fastvid.train.distributed import DistInfo
+    from fastvid.train.trainer import build_loader
+
+    monkeypatch.setenv("FASTVID_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = TrainConfig(data_path=http_root, batch_size=2, clip_len=4, backend="pyav", workers=0)
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
+    ld = build_loader(cfg, info, "set", train=True, preset="video_resnet")
+    assert ld.num_videos == 7 and ld.classes == ["a", "b", "c"]
+    assert ld.shard_set.shards[0].tar.parent == tmp_path / "cache"
