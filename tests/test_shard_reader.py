@@ -154,6 +154,8 @@ def test_loader_and_inspect_read_over_http(shard_dir, http_root, tmp_path, monke
     a, b = list(local), list(remote_loader)
     assert [x["key"] for x in a] == [x["key"] for x in b] and len(a) == 3
     assert all((x["label"] == y["label"]).all() and (x["video"] == y["video"]).all() for x, y in zip(a, b))
+    braced = open_shard_set(f"{url}/train-{{000000..000002}}.tar")  # indexes and manifest found beside the tars
+    assert keys_labels(braced) == keys_labels(local.shard_set) and braced.manifest["num_samples"] == 7
     assert cli.main(["inspect", url, "--verify"]) == 0
     assert "verify: OK" in capsys.readouterr().out
     # Bad addresses: one clear error with the URL exactly as given.
