@@ -55,6 +55,9 @@ def test_manifest_rules_reject_bad_sets(shard_dir, tmp_path):
     bad = dict(manifest, shards=[dict(manifest["shards"][0], samples=-1)] + manifest["shards"][1:])
     with pytest.raises(ValueError, match="'samples' must be a non-negative integer"):
         fmt.validate_manifest(bad, "m.json")
+    bad = dict(manifest, shards=[dict(manifest["shards"][0], sha256="../../etc")] + manifest["shards"][1:])
+    with pytest.raises(ValueError, match="'sha256' must be 64 lowercase hex digits"):
+        fmt.validate_manifest(bad, "m.json")
     # A shard name that leaves the set's directory is refused when the set is opened, naming the manifest.
     evil = tmp_path / "evil"
     shutil.copytree(shard_dir, evil)

@@ -42,15 +42,16 @@ def default_cache() -> "ShardCache":
     return ShardCache(root, parse_size(size) if size else DEFAULT_MAX_BYTES)
 
 
-def entry_name(address: str) -> str:
-    """Cache file name of `address`: same prefix for every file of one directory (tar + idx stay paired)."""
+def entry_name(address: str, tag: str | None = None) -> str:
+    """Cache file name of `address`: same prefix for every file of one directory (tar + idx stay paired);
+    `tag` (a shard's sha256 from its manifest) makes a shard rewritten at the same URL a new entry."""
     if remote.is_pipe(address):
         prefix = hashlib.sha1(address.encode()).hexdigest()[:16]
     else:
         prefix = hashlib.sha1(remote.parent(address).encode()).hexdigest()[:16]
     name = remote.basename(address)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".") or "shard"
-    return f"{prefix}-{safe}"
+    return f"{prefix}-{tag}-{safe}" if tag else f"{prefix}-{safe}"
 
 
 class CacheFullError(OSError):
@@ -107,9 +108,9 @@ class ShardCache:
 
     # -- public -----------------------------------------------------------------------------------
 
-    def fetch(self, address: str, size_hint: int | None = None) -> Path:
+    def fetch(self, address: str, size_hint: int | None = None, tag: str | None = None) -> Path:
         """Local path of `address` (downloaded once, then reused); pinned until `release()`."""
-        name = entry_name(address)
+        name = entry_name(address, tag)
         path = self.root / name
         key = (self._key, name)
         with _PINS_LOCK:

@@ -40,6 +40,7 @@ MAX_KEY_LEN = 90
 SPLIT_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")
 SHARD_NAME_PATTERN = re.compile(r"^(?P<prefix>[A-Za-z0-9_]+(?:-n\d{3,})?)-(?P<index>\d{6})\.tar$")
 PARTIAL_MANIFEST_PATTERN = re.compile(r"^manifest-n(\d{3,})\.json$")
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 
 def check_key(key: str, where: str) -> str:
@@ -102,6 +103,8 @@ def validate_manifest(manifest, where: str = "manifest") -> dict:
                 raise ValueError(f"{where}: shard #{i} has no {key!r}")
         if not isinstance(shard["name"], str):
             raise ValueError(f"{where}: shard #{i} 'name' must be a string")
+        if not isinstance(shard["sha256"], str) or not SHA256_PATTERN.match(shard["sha256"]):
+            raise ValueError(f"{where}: shard #{i} ({shard['name']}) 'sha256' must be 64 lowercase hex digits")
         for key in ("samples", "bytes"):
             if not isinstance(shard[key], int) or isinstance(shard[key], bool) or shard[key] < 0:
                 raise ValueError(f"{where}: shard #{i} ({shard['name']}) {key!r} must be a non-negative integer")

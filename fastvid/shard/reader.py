@@ -127,8 +127,10 @@ def _open_set_dir(address: str, cache, missing_ok: bool = False) -> OpenedSet:
         cache = _cache_for(cache)
         for shard in manifest["shards"]:
             tar_address = remote.join(base, shard["name"])
-            idx = cache.fetch(remote.join(base, index_name_for(shard["name"])))
-            tar = cache.fetch(tar_address, size_hint=shard["bytes"])
+            # Tagged with the shard's sha256: a set rewritten at the same URL never reuses stale copies.
+            tag = str(shard["sha256"])[:16]
+            idx = cache.fetch(remote.join(base, index_name_for(shard["name"])), tag=tag)
+            tar = cache.fetch(tar_address, size_hint=shard["bytes"], tag=tag)
             files.append(ShardFile(tar_address, tar, idx, shard["samples"]))
     else:
         root = Path(remote.local_path(base))
