@@ -241,7 +241,7 @@ def format_summary(summary: dict) -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("out", help=f"shard set directory (with {MANIFEST_NAME})")
+    parser.add_argument("out", help=f"shard set directory or URL (with {MANIFEST_NAME}): path, file://, http(s)://, s3://")
     parser.add_argument("--verify", action="store_true", help="check sha256 of every shard, sample components and indexes")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
