@@ -1,4 +1,5 @@
-"""Shard-writing throughput: clips/s and MB/s of `fastvid shard videos`, copy vs re-encode, 1 vs 2 workers.
+"""Shard-writing throughput: clips/s (and clips/s per core) of `fastvid shard videos`, copy / H.264 / VP9,
+1 vs 2 workers, on the local engine, on Ray tasks (`--engine ray`) and, for comparison, on Ray Data.
 
 Generates a Kinetics-layout dataset of H.264 motion clips (fastvid.synth), then shards it with each
 codec and worker count through the same code path as the CLI. Input MB/s counts the source bytes
@@ -6,6 +7,11 @@ processed, output MB/s the shard bytes written. Speed-ups are ratios to the 1-wo
 same codec, measured in the same process.
 
     python bench/shard.py --out bench/results/shard-cpu.json
+    python bench/shard.py --engines local,ray,ray-data --out bench/results/shard-ray-cpu.json
+
+clips/s per core = clips/s / workers (cores busy encoding): what one core of a cluster node adds, to
+size a cluster. Ray runs start a local Ray instance with `workers` CPUs before the clock starts (a
+cluster is up before a job is submitted); the tars are written by the driver in both Ray variants.
 """
 
 from __future__ import annotations
@@ -30,25 +36,63 @@ def make_dataset(root: Path, clips: int, frames: int, height: int, width: int) -
     return sum(p.stat().st_size for p in paths)
 
 
-def shard_once(src: Path, out: Path, codec: str, workers: int, short_side: int | None) -> dict:
+def ray_data_engine(encode, items, workers):
+    """The alternative to fastvid.shard.ray_engine measured here: Ray Data `map` with preserved order."""
+    import pickle
+
+    import ray
+
+    from fastvid.shard.writer import _encode_one
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ds = ray.data.from_items([{"i": i} for i in range(len(items))], override_num_blocks=max(1, len(items)))
+    ds = ds.map(lambda row: {"i": row["i"], "r": pickle.dumps(_encode_one(encode, items[row["i"]]))}, num_cpus=1)
+    for row in ds.iter_rows():
+        yield (items[row["i"]], *pickle.loads(row["r"]))
+
+
+def _warm_worker() -> bool:
+    import fastvid.shard.transcode  # noqa: F401
+    import fastvid.shard.writer  # noqa: F401
+
+    return True
+
+
+def shard_once(src: Path, out: Path, codec: str, workers: int, short_side: int | None, engine: str = "local") -> dict:
     from fastvid.metrics import ResourceSampler
-    from fastvid.shard import sources, transcode
+    from fastvid.shard import ray_engine, sources, transcode
     from fastvid.shard.writer import write_shard_set
 
     shutil.rmtree(out, ignore_errors=True)
+    runner = None
+    if engine != "local":
+        import ray
+
+        ray.shutdown()
+        ray_engine.connect(num_cpus=workers)
+        # Warm the workers (process start + imports), as on a cluster that is already up.
+        warm = ray.remote(num_cpus=1)(_warm_worker)
+        ray.get([warm.remote() for _ in range(2 * workers)])
+        runner = ray_data_engine if engine == "ray-data" else ray_engine.engine()
     options = transcode.TranscodeOptions(codec=codec, short_side=short_side if codec != "copy" else None)
     items, classes = sources.discover("kinetics", src)
     with ResourceSampler(interval=0.2) as sampler:  # CPU% and RSS of this process and its workers
         t0 = time.perf_counter()
         manifest = write_shard_set(items, functools.partial(transcode.encode_sample, options=options), out, kind="video",
                                    classes=classes, options={"codec": codec}, max_samples=64, workers=workers,
-                                   desc=f"{codec} x{workers}")
+                                   desc=f"{codec} x{workers}", engine=runner)
         seconds = time.perf_counter() - t0
+    if engine != "local":
+        import ray
+
+        ray.shutdown()
     usage = sampler.summary()
     in_bytes = sum(Path(it.path).stat().st_size for it in items)
     out_bytes = sum(s["bytes"] for s in manifest["shards"])
-    result = {"codec": codec, "workers": workers, "clips": manifest["num_samples"], "failures": len(manifest["failures"]),
+    result = {"engine": engine, "codec": codec, "workers": workers, "clips": manifest["num_samples"], "failures": len(manifest["failures"]),
               "seconds": round(seconds, 3), "clips_per_s": round(manifest["num_samples"] / seconds, 2),
+              "clips_per_s_per_core": round(manifest["num_samples"] / seconds / workers, 2),
               "input_mb_per_s": round(in_bytes / seconds / 1e6, 2), "output_mb_per_s": round(out_bytes / seconds / 1e6, 2),
               "output_mb": round(out_bytes / 1e6, 2)}
     if isinstance(usage, dict):
@@ -66,6 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--codecs", default="copy,h264,vp9")
     p.add_argument("--repeats", type=int, default=2, help="runs per configuration, the best is reported (default: 2)")
     p.add_argument("--workers", default="1,2")
+    p.add_argument("--engines", default="local", help="comma list of local, ray, ray-data (default: local)")
     p.add_argument("--out", default="bench/results/shard-cpu.json", help="JSON result path ('-' prints it)")
     args = p.parse_args(argv)
 
@@ -81,22 +126,24 @@ def main(argv=None) -> int:
         # Warm-up (imports, file cache), not reported.
         shard_once(src, tmp / "warmup", "copy", 1, None)
         runs = []
-        for codec in args.codecs.split(","):
-            for workers in (int(w) for w in args.workers.split(",")):
+        combos = [(e, c, int(w)) for e in args.engines.split(",") for c in args.codecs.split(",")
+                  for w in args.workers.split(",")]
+        for engine, codec, workers in combos:
                 # Best of --repeats: the machine may be shared, the fastest run is the least disturbed one.
-                tries = [shard_once(src, tmp / f"out-{codec}-{workers}", codec, workers, args.short_side)
+                tries = [shard_once(src, tmp / f"out-{codec}-{workers}", codec, workers, args.short_side, engine)
                          for _ in range(args.repeats)]
                 r = min(tries, key=lambda x: x["seconds"])
                 r["all_seconds"] = [x["seconds"] for x in tries]
-                base = next((x for x in runs if x["codec"] == codec and x["workers"] == 1), None)
+                base = next((x for x in runs if x["engine"] == engine and x["codec"] == codec and x["workers"] == 1), None)
                 if base is not None:
                     r["speedup_vs_1_worker"] = round(r["clips_per_s"] / base["clips_per_s"], 2)
                 runs.append(r)
-                print(f"  {codec:5s} workers={workers}: {r['clips_per_s']:8.2f} clips/s, in {r['input_mb_per_s']:7.2f} MB/s, "
+                print(f"  {engine:8s} {codec:5s} workers={workers}: {r['clips_per_s']:8.2f} clips/s "
+                      f"({r['clips_per_s_per_core']:.2f} per core), in {r['input_mb_per_s']:7.2f} MB/s, "
                       f"out {r['output_mb_per_s']:7.2f} MB/s", file=sys.stderr)
-        copy = next((x for x in runs if x["codec"] == "copy" and x["workers"] == 1), None)
-        if copy is not None:
-            for r in runs:
+        for r in runs:
+            copy = next((x for x in runs if x["engine"] == r["engine"] and x["codec"] == "copy" and x["workers"] == 1), None)
+            if copy is not None:
                 r["clips_per_s_vs_copy"] = round(r["clips_per_s"] / copy["clips_per_s"], 3)
         result = {
             "benchmark": "shard",

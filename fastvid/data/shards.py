@@ -1,7 +1,8 @@
 """The sample table of a shard set: which tars, which samples, where their bytes are.
 
-Both backends read the tars through the DALI index files (`<stem>.idx`, written by `fastvid shard`),
-so they agree on the sample order and on the per-rank split. The PyAV backend reads a sample's
+Opening goes through fastvid.shard.reader (one manifest read; URLs, brace patterns and pipe: commands
+are fetched into the local shard cache first, since DALI needs local files). Both backends read the
+tars through the DALI index files (`<stem>.idx`, written by `fastvid shard`), so they agree on the sample order and on the per-rank split. The PyAV backend reads a sample's
 components with one seek + read per component, the same byte ranges DALI's webdataset reader uses.
 """
 
@@ -12,9 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastvid.shard.dali_index import index_path_for
+from fastvid.shard.format import VIDEO_EXTS  # noqa: F401 (re-exported)
 
-VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 # Codecs DALI's CPU video decoder can handle (everything else needs NVDEC or PyAV).
 DALI_CPU_CODECS = ("vp8", "vp9", "mjpeg")
 
@@ -64,45 +64,24 @@ class ShardSet:
         return out
 
 
-def _index_samples(tar: Path, idx: Path | None):
+def open_shard_set(shards, cache=None) -> ShardSet:
+    """A shard set (directory or URL with manifest.json, tar paths/URLs, brace pattern, pipe: commands) -> ShardSet."""
+    from fastvid.shard.reader import open_shard_set as open_any
+
+    return open_any(shards, kind="video", cache=cache)
+
+
+def video_shard_set(opened) -> ShardSet:
+    """The video reader of fastvid.shard.reader: an OpenedSet (manifest read once, local files) -> ShardSet."""
     from fastvid.shard.dali_index import indexed_samples
 
-    samples = indexed_samples(tar, idx)
-    return [os.path.basename(key) for key, _ in samples], [fields for _, fields in samples]
-
-
-def open_shard_set(shards) -> ShardSet:
-    """A shard set directory (with manifest.json) or a list of tar paths -> ShardSet."""
-    manifest = None
-    if isinstance(shards, (str, os.PathLike)) and Path(shards).is_dir():
-        from fastvid.shard.manifest import read_manifest, shard_files
-
-        manifest = read_manifest(shards)
-        if manifest.get("kind", "video") != "video":
-            raise ValueError(f"{shards}: shard set holds {manifest['kind']!r} samples, the video loader needs kind 'video'")
-        pairs = shard_files(shards)
-    else:
-        paths = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
-        if not paths:
-            raise ValueError("no shards given (expected a shard set directory or a list of .tar paths)")
-        pairs = []
-        for p in paths:
-            p = Path(p)
-            if not p.exists():
-                raise FileNotFoundError(f"{p}: shard does not exist")
-            idx = index_path_for(p)
-            pairs.append((p, idx if idx.exists() else None))
-        parent_manifest = Path(paths[0]).parent / "manifest.json"
-        if parent_manifest.exists():
-            from fastvid.shard.manifest import read_manifest
-
-            manifest = read_manifest(parent_manifest.parent)
+    manifest = opened.manifest
     shard_list = []
-    for tar, idx in pairs:
-        keys, comps = _index_samples(Path(tar), Path(idx) if idx else None)
-        shard_list.append(Shard(Path(tar), Path(idx) if idx else None, keys, comps))
+    for f in opened.files:
+        samples = indexed_samples(f.tar, f.idx)
+        shard_list.append(Shard(f.tar, f.idx, [os.path.basename(key) for key, _ in samples], [fields for _, fields in samples]))
     if not any(len(s) for s in shard_list):
-        raise ValueError(f"{shards}: the shard set holds no samples")
+        raise ValueError(f"{opened.spec}: the shard set holds no samples")
     first = next(s for s in shard_list if len(s))
     exts = [e for e in first.components[0] if e in VIDEO_EXTS]
     if not exts:
@@ -118,7 +97,8 @@ def open_shard_set(shards) -> ShardSet:
     classes = list(manifest["classes"]) if manifest is not None else []
     if not classes:
         classes = _classes_from_labels(shard_list)
-    return ShardSet(shard_list, classes, manifest, video_ext, (codec or "").lower() or None)
+    return ShardSet(shard_list, classes, manifest, video_ext, (codec or "").lower() or None,
+                    extra={"source": opened.spec, "opened": opened})
 
 
 def sample_metadata(shard_set: ShardSet, shard_index: int, sample_index: int, first_nonempty: bool = False) -> dict:

@@ -1,7 +1,7 @@
 """Reading event shard sets: segment index (key -> tar byte ranges) and random-access segment reads.
 
-The set's manifest is reached only through `shard_set_files` / `shard_set_options` (thin calls into
-fastvid.shard.manifest), so moving to the project's shard-set reader is a change in one place.
+The set's manifest is reached only through `shard_set_files` / `shard_set_options`, thin calls into
+fastvid.shard.reader (the one shard-set reader), which also accepts URLs and brace patterns.
 """
 
 from __future__ import annotations
@@ -17,27 +17,33 @@ from fastvid.events.shard_codec import EVENT_EXTS, META_EXT, decode_sample, even
 
 
 def shard_set_files(shards) -> list[tuple[Path, Path]]:
-    """(tar, idx) pairs of an event shard set: a directory with a manifest of kind "events", or a
+    """(tar, idx) pairs of an event shard set: a directory or address with a manifest of kind "events", or a
     list of tar paths / (tar, idx) pairs."""
     if isinstance(shards, (str, os.PathLike)):
-        from fastvid.shard.manifest import read_manifest, shard_files
+        from fastvid.shard.reader import open_files
 
-        manifest = read_manifest(shards)
-        if manifest["kind"] != "events":
-            raise ValueError(f"{shards}: manifest kind is {manifest['kind']!r}, not an event shard set")
-        return shard_files(shards)
+        opened = open_files(shards)
+        if opened.kind != "events":
+            raise ValueError(f"{opened.spec}: manifest kind is {opened.kind!r}, not an event shard set")
+        return _pairs(opened)
     from fastvid.shard.dali_index import index_path_for
 
     return [(Path(p[0]), Path(p[1])) if isinstance(p, tuple) else (Path(p), index_path_for(Path(p))) for p in shards]
+
+
+def _pairs(opened) -> list[tuple[Path, Path]]:
+    from fastvid.shard.dali_index import index_path_for
+
+    return [(tar, idx if idx is not None else index_path_for(tar)) for tar, idx in opened.pairs()]
 
 
 def shard_set_options(shards) -> dict:
     """The writer's options of a shard set directory ({} for a list of tars)."""
     if not isinstance(shards, (str, os.PathLike)):
         return {}
-    from fastvid.shard.manifest import read_manifest
+    from fastvid.shard.reader import open_files
 
-    return read_manifest(shards).get("options", {})
+    return (open_files(shards).manifest or {}).get("options", {})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,13 +57,22 @@ class SegmentRef:
     fields: dict  # ext -> (offset, size)
 
 
+def opened_segments(opened) -> list[SegmentRef]:
+    """The events reader of fastvid.shard.reader (an OpenedSet of kind "events") -> sorted SegmentRefs."""
+    return _segments(_pairs(opened))
+
+
 def index_segments(shards) -> list[SegmentRef]:
     """Every segment of an event shard set (dir or list of (tar, idx)/tar paths), sorted by
     (recording, segment)."""
+    return _segments(shard_set_files(shards))
+
+
+def _segments(pairs) -> list[SegmentRef]:
     from fastvid.shard.dali_index import indexed_samples
 
     refs = []
-    for tar, idx in shard_set_files(shards):
+    for tar, idx in pairs:
         for key, fields in indexed_samples(tar, idx):
             parsed = parse_segment_key(key)
             if parsed is None:

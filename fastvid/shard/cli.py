@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 
 from fastvid.shard.options import add_common_arguments
 
@@ -23,6 +24,12 @@ def add_video_arguments(p) -> None:
                    "(label,youtube_id,time_start,time_end,split)")
     p.add_argument("--video-root", help="where the list/CSV paths are found (default: SRC)")
     p.add_argument("--classes", dest="classes_file", help="class names, one per line (line i = label i)")
+    p.add_argument("--label-level", type=_label_level, help="list/frames layouts: label = the folder at this level "
+                   "of each relative path (0 = first; iPER images_HD: 0 = person), or 'none' for no label "
+                   "(default: the list's labels, else the parent folder)")
+    p.add_argument("--kinetics-version", type=int, choices=(400, 600, 700),
+                   help="Kinetics-400/600/700: check the class count and name classes as the official CSVs do "
+                        "(folder 'air_drumming' -> 'air drumming'), so folder and CSV layouts share label ids")
     p.add_argument("--codec", choices=("vp9", "h264", "copy"), default="vp9",
                    help="vp9 (decodable by DALI on CPU and GPU), h264 (libx264; NVDEC on GPU), or copy "
                         "(remux the original stream, no re-encode) (default: vp9)")
@@ -32,7 +39,21 @@ def add_video_arguments(p) -> None:
     p.add_argument("--gop", type=int, default=8, help="keyframe interval in frames (default: 8, cheap random access)")
     p.add_argument("--crf", type=int, help="quality, lower is better (default: 23 for h264, 32 for vp9)")
     p.add_argument("--preset", default="veryfast", help="libx264 preset (default: veryfast)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: --workers processes on this machine; ray: Ray tasks on a Ray cluster (same shards "
+                        "for the same seed) (default: local)")
+    p.add_argument("--ray-address", help="Ray cluster to join (e.g. 'auto' for the one `ray start --head` runs "
+                   "here, or ray://host:10001); default: start a local Ray instance with --workers CPUs")
     add_common_arguments(p)
+
+
+def _label_level(text: str):
+    if text.lower() == "none":
+        return "none"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--label-level {text!r}: a folder level (0, 1, ...) or 'none'") from None
 
 
 def add_arguments(parser) -> None:
@@ -75,14 +96,30 @@ def video_options(args):
                             crf=args.crf, preset=args.preset, frames_fps=args.fps if frames else None)
 
 
+def video_engine(args):
+    """The encoder of `--engine` (None: the writer's local process pool)."""
+    if args.engine == "local":
+        if args.ray_address:
+            raise ValueError("--ray-address needs --engine ray")
+        return None
+    from fastvid.shard import ray_engine
+
+    return ray_engine.engine(address=args.ray_address)
+
+
 def run_videos(args) -> int:
     from fastvid.shard import sources, transcode
     from fastvid.shard.writer import write_shard_set
 
     options = video_options(args)
     items, classes = sources.discover(args.layout, args.src, list_file=args.list_file, video_root=args.video_root,
-                                      classes_file=args.classes_file, exclude=args.out)
-    recorded = {"layout": args.layout, "codec": options.codec, "container": "webm" if options.codec == "vp9" else "mp4",
+                                      classes_file=args.classes_file, label_level=args.label_level,
+                                      kinetics_version=args.kinetics_version, exclude=args.out)
+    missing = sum(it.stamp == "missing" for it in items)
+    if missing:
+        print(f"shard {args.split}: {missing} of {len(items)} listed videos are missing (each is recorded as a "
+              "failure in the manifest)", file=sys.stderr)
+    recorded = {"layout": args.layout, **({"kinetics_version": args.kinetics_version} if args.kinetics_version else {}), "codec": options.codec, "container": "webm" if options.codec == "vp9" else "mp4",
                 "short_side": options.short_side, "fps": options.fps, "frames_fps": options.frames_fps,
                 "gop": options.gop if options.codec != "copy" else None, "crf": options.crf,
                 "preset": options.preset if options.codec == "h264" else None}
@@ -90,5 +127,5 @@ def run_videos(args) -> int:
                     classes=classes, options=recorded, split=args.split, max_samples=args.max_samples,
                     max_shard_bytes=args.max_shard_bytes, workers=args.workers, seed=args.seed,
                     node_rank=args.node_rank, num_nodes=args.num_nodes, strict=args.strict, desc=f"shard {args.split}",
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, engine=video_engine(args))
     return 0

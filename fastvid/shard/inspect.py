@@ -12,13 +12,13 @@ import collections
 import json
 import sys
 import tarfile
-from pathlib import Path
 
 from fastvid.shard import dali_index
-from fastvid.shard.manifest import MANIFEST_NAME, file_sha256, read_manifest
+from fastvid.shard.format import VIDEO_EXTS as _VIDEO_EXTS
+from fastvid.shard.manifest import MANIFEST_NAME, file_sha256
 from fastvid.shard.writer import human_bytes
 
-VIDEO_EXTS = {"mp4", "webm"}
+VIDEO_EXTS = set(_VIDEO_EXTS)
 
 
 def iter_samples(tar_path):
@@ -43,8 +43,12 @@ def iter_samples(tar_path):
 
 def summarize(out_dir, verify: bool = False) -> dict:
     """Summary dict of the shard set; with verify=True, a list of `problems` (empty when intact)."""
-    out_dir = Path(out_dir)
-    manifest = read_manifest(out_dir)
+    from fastvid.shard.reader import open_files
+
+    opened = open_files(out_dir, missing_ok=True)  # a directory, or a URL (its shards come through the local cache)
+    if opened.manifest is None:
+        raise FileNotFoundError(f"{out_dir}: not a shard set (no {MANIFEST_NAME})")
+    manifest = opened.manifest
     classes = manifest["classes"]
     per_class = collections.Counter()
     codecs, resolutions, fps_hist, containers = (collections.Counter() for _ in range(4))
@@ -54,8 +58,8 @@ def summarize(out_dir, verify: bool = False) -> dict:
     problems: list[str] = []
     keys_seen: set[str] = set()
     sample_count = 0
-    for shard in manifest["shards"]:
-        tar = out_dir / shard["name"]
+    for shard, shard_file in zip(manifest["shards"], opened.files):
+        tar = shard_file.tar
         if not tar.is_file():
             problems.append(f"{shard['name']}: missing")
             continue
@@ -154,7 +158,7 @@ def summarize(out_dir, verify: bool = False) -> dict:
         return classes[label] if 0 <= label < len(classes) else f"<label {label} not in classes>"
 
     summary = {
-        "dir": str(out_dir),
+        "dir": str(out_dir),  # as given (a path or URL)
         "kind": manifest["kind"],
         "split": manifest["split"],
         "num_samples": manifest["num_samples"],
@@ -237,7 +241,7 @@ def format_summary(summary: dict) -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("out", help=f"shard set directory (with {MANIFEST_NAME})")
+    parser.add_argument("out", help=f"shard set directory or URL (with {MANIFEST_NAME}): path, file://, http(s)://, s3://")
     parser.add_argument("--verify", action="store_true", help="check sha256 of every shard, sample components and indexes")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 

@@ -7,13 +7,13 @@ parts belong to the same job and writes the one manifest loaders read.
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
-from fastvid.shard.manifest import MANIFEST_NAME, load_manifest_file, write_json_atomic
+from fastvid.shard.format import PARTIAL_MANIFEST_PATTERN
+from fastvid.shard.manifest import MANIFEST_NAME, load_manifest_file, write_json_atomic, write_wids_index
 
-PART_PATTERN = re.compile(r"^manifest-n(\d{3,})\.json$")
+PART_PATTERN = PARTIAL_MANIFEST_PATTERN
 # Keys that legitimately differ between the parts of one job.
 PER_NODE_KEYS = ("node_rank", "num_samples", "shards", "failures")
 
@@ -67,6 +67,7 @@ def merge_manifests(out_dir, *, allow_missing: bool = False) -> dict:
     ordered = {k: merged[k] for k in ("format", "version", "kind", "split", "num_samples", "classes", "shards", "failures", "options")}
     ordered.update({k: v for k, v in merged.items() if k not in ordered})
     write_json_atomic(ordered, out_dir / MANIFEST_NAME)
+    write_wids_index(out_dir, ordered)
     return ordered
 
 

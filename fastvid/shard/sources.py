@@ -7,6 +7,12 @@ Layouts:
   `video_root` (as trimmed `<id>_<start>_<end>.mp4` files, or full `<id>.mp4` videos cut to the times);
 - `frames`: every leaf folder of JPEG/PNG frames is one video (Kinetics rawframes, iPER images_HD),
   labelled by a list file or by its parent folder's name.
+List files may be label-less (iPER's `train.txt`: bare `001/1/1` folder paths); `label_level` then
+takes the label from one folder level of the relative path (0 = first: the person in iPER), and
+without it samples carry no label. Kinetics CSV rows whose video is missing become items that fail
+(recorded in the manifest, counted in the summary), never a stop; `kinetics_version` checks the class
+count and spells class names as the CSVs do ("air drumming" for an `air_drumming/` folder), so folder
+and CSV layouts give the same label ids.
 Each item carries a unique webdataset key derived from its relative path (no dots: webdataset
 splits a member name at the first dot) and a size/mtime stamp so a resumed job notices changed inputs.
 """
@@ -20,10 +26,11 @@ import os
 import re
 from pathlib import Path
 
-VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".flv", ".mpg", ".mpeg", ".ts", ".3gp", ".ogv", ".wmv"}
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from fastvid.shard.format import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
+from fastvid.shard.format import MAX_KEY_LEN
+from fastvid.shard.format import SOURCE_VIDEO_SUFFIXES as VIDEO_EXTENSIONS
+
 LAYOUTS = ("kinetics", "list", "frames")
-MAX_KEY_LEN = 90  # keeps tar member names inside the ustar 100-byte name field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +38,8 @@ class VideoItem:
     key: str                  # webdataset __key__
     source: str               # path relative to the dataset root, as reported in json/failures
     path: str                 # absolute path of the video file or frame folder
-    label: int
-    label_name: str
+    label: int | None          # None: the sample has no label (label-less lists)
+    label_name: str | None
     start: float | None = None  # cut [start, end) seconds (Kinetics CSV)
     end: float | None = None
     is_frames: bool = False
@@ -84,7 +91,8 @@ def _make_items(entries, root: Path, is_frames: bool = False) -> list[VideoItem]
     items = []
     for key, (rel, label, name, start, end, source) in zip(keys, entries):
         path = (root / rel) if not Path(rel).is_absolute() else Path(rel)
-        items.append(VideoItem(key=key, source=source, path=str(path), label=int(label), label_name=name, start=start,
+        items.append(VideoItem(key=key, source=source, path=str(path), label=None if label is None else int(label),
+                               label_name=name, start=start,
                                end=end, is_frames=is_frames, stamp=file_stamp(path)))
     return items
 
@@ -143,16 +151,18 @@ def read_class_names(path) -> list[str]:
     return names
 
 
-def parse_list_file(path) -> list[tuple[str, str]]:
-    """(relative path, label token) per non-empty line of `path label` or `path num_frames label`."""
+def parse_list_file(path) -> list[tuple[str, str | None]]:
+    """(relative path, label token) per non-empty line of `path label` or `path num_frames label`;
+    a list whose every line is a bare path (iPER's `001/1/1`) gives label None."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: list file not found")
+    lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1)]
+    lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+    if lines and all(len(line.split()) == 1 for _, line in lines):
+        return [(line, None) for _, line in lines]  # label-less list
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for n, line in lines:
         parts = line.split()
         if len(parts) < 2:
             raise ValueError(f"{path}:{n}: expected 'relative/path label', got {line!r}")
@@ -206,11 +216,37 @@ def _names_from_folders(rows, labels, num) -> list[str]:
     return names
 
 
-def list_layout(list_file, root, class_names: list[str] | None = None) -> tuple[list[VideoItem], list[str]]:
-    """PaddleVideo-style list of `relative/path label` lines, paths relative to `root`."""
+def labels_from_level(rels: list[str], level: int, class_names: list[str] | None, where: str):
+    """Labels from folder level `level` of each relative path (0 = first folder); (labels, names, classes)."""
+    names = []
+    for rel in rels:
+        parts = Path(rel).parts
+        if not -len(parts) <= level < len(parts):
+            raise ValueError(f"{where}: {rel!r} has no folder level {level} (it has {len(parts)} levels)")
+        names.append(parts[level])
+    classes = sorted(set(names)) if class_names is None else list(class_names)
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        raise ValueError(f"{where}: folder names {unknown[:5]} at level {level} are not in the class list")
+    return [index[n] for n in names], names, classes
+
+
+def _row_labels(rows, class_names, label_level, where):
+    """Labels of list rows: from the folder level when asked, else from the tokens, else none."""
+    if label_level == "none" or any(token is None for _, token in rows) and label_level is None:
+        return [None] * len(rows), [None] * len(rows), []
+    if label_level is not None:
+        return labels_from_level([rel for rel, _ in rows], label_level, class_names, where)
+    return labels_from_tokens(rows, class_names, where)
+
+
+def list_layout(list_file, root, class_names: list[str] | None = None,
+                label_level: int | str | None = None) -> tuple[list[VideoItem], list[str]]:
+    """PaddleVideo-style list of `relative/path label` lines (or bare paths), paths relative to `root`."""
     root = _require_dir(root, "video root")
     rows = parse_list_file(list_file)
-    labels, names, classes = labels_from_tokens(rows, class_names, str(list_file))
+    labels, names, classes = _row_labels(rows, class_names, label_level, str(list_file))
     entries = [(rel, label, name, None, None, rel) for (rel, _), label, name in zip(rows, labels, names)]
     return _make_items(entries, root), classes
 
@@ -256,7 +292,7 @@ def kinetics_csv_layout(csv_file, video_root, class_names: list[str] | None = No
             path, start, end = by_stem[clip_stem], None, None
         elif row["youtube_id"] in by_stem:  # the full video: cut on the fly
             path, start, end = by_stem[row["youtube_id"]], t0, t1
-        else:  # not downloaded: recorded as a failure when encoded
+        else:  # not downloaded / removed from YouTube: an item that fails (recorded, counted), not a stop
             path, start, end = root / name / f"{clip_stem}.mp4", None, None
         rel = path.relative_to(root).as_posix()
         entries.append((rel, index[name], name, start, end, rel if start is None else f"{rel}[{t0:g}-{t1:g}s]"))
@@ -276,18 +312,26 @@ def frame_folders(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def frames_layout(src, list_file=None, class_names: list[str] | None = None) -> tuple[list[VideoItem], list[str]]:
-    """Each leaf folder of frames is one video; labels from `list_file` (folder paths) or the parent folder name."""
+def frames_layout(src, list_file=None, class_names: list[str] | None = None,
+                  label_level: int | str | None = None) -> tuple[list[VideoItem], list[str]]:
+    """Each leaf folder of frames is one video; labels from `list_file` (folder paths), from folder level
+    `label_level` of the relative path, none (`label_level="none"`), or the parent folder name."""
     root = _require_dir(src, "frames root")
     if list_file is not None:
         rows = parse_list_file(list_file)
-        labels, names, classes = labels_from_tokens(rows, class_names, str(list_file))
+        labels, names, classes = _row_labels(rows, class_names, label_level, str(list_file))
         entries = [(rel, label, name, None, None, rel) for (rel, _), label, name in zip(rows, labels, names)]
         return _make_items(entries, root, is_frames=True), classes
     folders = frame_folders(root)
     if not folders:
         raise ValueError(f"{root}: no folders of frame images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     rels = [f.relative_to(root).as_posix() for f in folders]
+    if label_level == "none":
+        return _make_items([(rel, None, None, None, None, rel) for rel in rels], root, is_frames=True), []
+    if label_level is not None:
+        labels, names, classes = labels_from_level(rels, label_level, class_names, str(root))
+        entries = [(rel, label, name, None, None, rel) for rel, label, name in zip(rels, labels, names)]
+        return _make_items(entries, root, is_frames=True), classes
     parents = [Path(r).parent.name for r in rels]
     if any(not p for p in parents):
         raise ValueError(f"{root}: frame folders directly under the root have no parent folder to name their class; "
@@ -301,21 +345,52 @@ def frames_layout(src, list_file=None, class_names: list[str] | None = None) -> 
     return _make_items(entries, root, is_frames=True), classes
 
 
-def discover(layout: str, src, *, list_file=None, video_root=None, classes_file=None,
-             exclude=None) -> tuple[list[VideoItem], list[str]]:
+KINETICS_VERSIONS = (400, 600, 700)
+
+
+def kinetics_class_name(name: str) -> str:
+    """The CSV spelling of a Kinetics class: folder downloads write `air_drumming` for `air drumming`."""
+    return " ".join(name.replace("_", " ").split())
+
+
+def apply_kinetics_version(items: list[VideoItem], classes: list[str], version: int, where: str):
+    """Class names spelled as in the Kinetics-`version` CSVs, labels = index in their sorted order, and a
+    check that all `version` classes are there (a subset would silently shift every label id)."""
+    if version not in KINETICS_VERSIONS:
+        raise ValueError(f"--kinetics-version {version}: expected one of {KINETICS_VERSIONS}")
+    names = sorted({kinetics_class_name(c) for c in classes})
+    if len(names) != version:
+        raise ValueError(f"{where}: {len(names)} classes, but Kinetics-{version} has {version}; shard the full class "
+                         "set (missing videos are fine) or drop --kinetics-version")
+    index = {name: i for i, name in enumerate(names)}
+    out = [dataclasses.replace(it, label=index[kinetics_class_name(it.label_name)],
+                               label_name=kinetics_class_name(it.label_name)) for it in items]
+    return out, names
+
+
+def discover(layout: str, src, *, list_file=None, video_root=None, classes_file=None, label_level=None,
+             kinetics_version: int | None = None, exclude=None) -> tuple[list[VideoItem], list[str]]:
     """Items and class names for one of LAYOUTS; nothing under `exclude` (OUT) is taken as input."""
     class_names = read_class_names(classes_file) if classes_file else None
+    if label_level is not None and layout == "kinetics":
+        raise ValueError("--label-level applies to --layout list and frames")
+    if kinetics_version is not None and not (layout == "kinetics" or (layout == "list" and list_file and is_kinetics_csv(list_file))):
+        raise ValueError("--kinetics-version applies to --layout kinetics and Kinetics CSV lists")
     if layout == "kinetics":
         items, classes = kinetics_layout(src, exclude=exclude)
         if class_names is not None:
             raise ValueError("--classes applies to --layout list and frames (kinetics takes class names from the folders)")
-        return items, classes
-    if layout == "list":
+    elif layout == "list":
         if list_file is None:
             raise ValueError("--layout list needs --list FILE")
         if is_kinetics_csv(list_file):
-            return kinetics_csv_layout(list_file, video_root or src, class_names)
-        return list_layout(list_file, video_root or src, class_names)
-    if layout == "frames":
-        return frames_layout(src, list_file, class_names)
-    raise ValueError(f"--layout {layout!r}: expected one of {LAYOUTS}")
+            items, classes = kinetics_csv_layout(list_file, video_root or src, class_names)
+        else:
+            return list_layout(list_file, video_root or src, class_names, label_level)
+    elif layout == "frames":
+        return frames_layout(src, list_file, class_names, label_level)
+    else:
+        raise ValueError(f"--layout {layout!r}: expected one of {LAYOUTS}")
+    if kinetics_version is not None:
+        items, classes = apply_kinetics_version(items, classes, kinetics_version, str(list_file or src))
+    return items, classes

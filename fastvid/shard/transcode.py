@@ -22,6 +22,9 @@ from fastvid.shard.sources import IMAGE_EXTENSIONS
 CODECS = ("vp9", "h264", "copy")
 ENCODERS = {"h264": "libx264", "vp9": "libvpx-vp9"}
 CONTAINERS = {"h264": "mp4", "vp9": "webm"}
+# Bitexact muxing: no random track UIDs or version tags, so the same clip always gives the same bytes
+# (reruns, node counts and engines produce identical shards).
+MUX_OPTIONS = {"fflags": "+bitexact"}
 # `--codec copy` always remuxes into MP4 so a shard set has one video extension ("mp4").
 COPY_CONTAINER = "mp4"
 # A file yielding fewer frames than its container promises (minus this slack) is reported as truncated.
@@ -340,13 +343,20 @@ def transcode_frames(folder, options: TranscodeOptions) -> tuple[bytes, dict]:
 
 def encode_sample(item, options: TranscodeOptions) -> dict:
     """Writer `encode` for video items (see fastvid.shard.sources.VideoItem): {video ext: bytes, cls, json}."""
+    if getattr(item, "stamp", "") == "missing":
+        raise FileNotFoundError("no such file or folder (a listed video that was not downloaded, or was deleted)")
     if item.is_frames:
         data, meta = transcode_frames(item.path, options)
     elif options.codec == "copy":
         data, meta = remux(item.path, item.start, item.end)
     else:
         data, meta = transcode(item.path, options, item.start, item.end)
-    info = {"source": item.source, "label": int(item.label), "label_name": item.label_name, **meta}
+    # `source` is the full relative path (iPER: person/cloth/action), kept for downstream tools.
+    info = {"source": item.source, **meta}
+    if item.label is not None:
+        info = {"source": item.source, "label": int(item.label), "label_name": item.label_name, **meta}
     if item.start is not None or item.end is not None:
         info["time_start"], info["time_end"] = item.start, item.end
+    if item.label is None:  # label-less set: no .cls member
+        return {meta["container"]: data, "json": info}
     return {meta["container"]: data, "cls": str(int(item.label)), "json": info}

@@ -38,24 +38,16 @@ from typing import Any, Callable, Sequence
 
 from fastvid.shard import dali_index
 from fastvid.shard.atomic import with_path
+from fastvid.shard.format import KEY_PATTERN, shard_name, shard_prefix  # noqa: F401 (the format's rules)
 from fastvid.shard.manifest import (FORMAT, MANIFEST_NAME, VERSION, partial_manifest_name, plain_file_name,
-                                    write_json_atomic)
+                                    write_json_atomic, write_wids_index)
 
 DEFAULT_MAX_SAMPLES = 1000
 DEFAULT_MAX_SHARD_BYTES = 1 << 30  # 1 GiB: big enough for sequential reads, small enough to spread over workers
 TAR_BLOCK = 512
-KEY_PATTERN = re.compile(r"^[^.\s]+$")
 MAX_LISTED_FAILURES = 10  # failed inputs named in the summary line (all are in the manifest)
 # Fixed member mtime so that a rerun of the same job produces byte-identical tars.
 MEMBER_MTIME = 0
-
-
-def shard_prefix(split: str, node_rank: int = 0, num_nodes: int = 1) -> str:
-    return f"{split}-n{node_rank:03d}" if num_nodes > 1 else split
-
-
-def shard_name(prefix: str, index: int) -> str:
-    return f"{prefix}-{index:06d}.tar"
 
 
 def shuffled_order(num_items: int, seed: int) -> list[int]:
@@ -312,12 +304,14 @@ def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Seq
                     split: str = "train", max_samples: int | None = DEFAULT_MAX_SAMPLES,
                     max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, workers: int = 1, seed: int = 0,
                     node_rank: int = 0, num_nodes: int = 1, strict: bool = False, desc: str = "shard",
-                    overwrite: bool = False) -> dict:
+                    overwrite: bool = False, engine: Callable | None = None) -> dict:
     """Write `items` as a WebDataset shard set under `out_dir`; returns the (partial, for num_nodes > 1) manifest.
 
     `encode(item) -> {ext: value}` (a top-level function or a functools.partial of one, so worker
     processes can pickle it) returns the sample's fields; exceptions become manifest failures.
     `overwrite`: replace a complete set of another job (built beside, swapped in when complete).
+    `engine(encode, items, workers)` yields (item, ok, fields|error) in item order (default: local
+    processes; fastvid.shard.ray_engine runs the encoding on Ray): the shards do not depend on it.
     """
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -326,7 +320,8 @@ def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Seq
     try:
         return _write_shard_set(items, encode, out_dir, kind=kind, classes=classes, options=options, split=split,
                                 max_samples=max_samples, max_shard_bytes=max_shard_bytes, workers=workers, seed=seed,
-                                node_rank=node_rank, num_nodes=num_nodes, strict=strict, desc=desc, overwrite=overwrite)
+                                node_rank=node_rank, num_nodes=num_nodes, strict=strict, desc=desc, overwrite=overwrite,
+                                engine=engine)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -366,7 +361,7 @@ def _changes(old: dict, new: dict) -> str:
 
 
 def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options, split, max_samples, max_shard_bytes,
-                     workers, seed, node_rank, num_nodes, strict, desc, overwrite) -> dict:
+                     workers, seed, node_rank, num_nodes, strict, desc, overwrite, engine) -> dict:
     from tqdm import tqdm
 
     items = list(items)
@@ -415,7 +410,8 @@ def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options
         staging = _staging_dir(out_dir)
         manifest = _write_shard_set(items, encode, staging, kind=kind, classes=classes, options=options, split=split,
                                     max_samples=max_samples, max_shard_bytes=max_shard_bytes, workers=workers, seed=seed,
-                                    node_rank=node_rank, num_nodes=num_nodes, strict=False, desc=desc, overwrite=False)
+                                    node_rank=node_rank, num_nodes=num_nodes, strict=False, desc=desc, overwrite=False,
+                                    engine=engine)
         _swap_in(staging, out_dir)
         print(f"{desc}: replaced the shard set in {out_dir}", file=sys.stderr)
         _check_failures(manifest, len(mine), strict, manifest_path)
@@ -449,7 +445,7 @@ def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options
         save_progress()
 
     failed_count = sum(len(r["failures"]) for r in records)
-    encoded = _iter_encoded(encode, mine[start:], workers)
+    encoded = (engine or _iter_encoded)(encode, mine[start:], workers)
     try:
         position = start
         for item, ok, payload in encoded:
@@ -495,6 +491,8 @@ def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options
     if num_nodes > 1:
         manifest["node_rank"] = node_rank
     write_json_atomic(manifest, manifest_path)
+    if num_nodes == 1:
+        write_wids_index(out_dir, manifest)
 
     elapsed = time.perf_counter() - t0
     skipped = f", {len(done)} complete shards kept from an earlier run" if done else ""

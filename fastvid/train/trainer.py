@@ -74,8 +74,10 @@ def build_loader(cfg: TrainConfig, info: D.DistInfo, split_dir: str, train: bool
 
     if not cfg.data_path:
         raise ValueError("--data-path is required: the directory holding the shard sets made by `fastvid shard`")
-    path = Path(cfg.data_path) / split_dir
-    if not (path / "manifest.json").is_file():
+    from fastvid.shard import remote
+
+    path = remote.join(cfg.data_path, split_dir)  # URLs (s3://...) stay intact; the reader fetches them
+    if not remote.is_remote(path) and not (Path(remote.local_path(path)) / "manifest.json").is_file():
         raise FileNotFoundError(
             f"{path} is not a shard set (no manifest.json); --data-path/--{'train' if train else 'val'}-dir must name "
             "a directory written by `fastvid shard videos`"
