@@ -119,7 +119,8 @@ def normalize_clips(clips: torch.Tensor, scale: torch.Tensor, shift: torch.Tenso
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Index i of the rank's epoch plan -> {"clips": (N, T, h, w, 3) uint8, "label", "key", "failed": [(key, error)]}.
+    """Index i of the rank's epoch plan (WorkItems) -> {"clips": (N, T, h, w, 3) uint8, "label", "key", "clip" (grid
+    clip of each row), "failed": [(key, error)]}.
 
     A sample that fails to decode is replaced by the next one of the plan (so the batch count stays
     the same on every rank) and reported in "failed".
@@ -128,7 +129,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def __init__(self, shard_set, config: ClipConfig, max_retries: int = 8):
         self.shard_set = shard_set
         self.config = config
-        self.plan: list[tuple[int, int]] = []
+        self.plan: list = []  # fastvid.data.contract.WorkItem
         self.epoch = 0
         self.max_retries = max_retries
         self._handles: dict[int, object] = {}
@@ -144,7 +145,7 @@ class ClipDataset(torch.utils.data.Dataset):
             self._handles[shard_index] = open(self.shard_set.shards[shard_index].tar, "rb")
         return self._handles[shard_index]
 
-    def load(self, shard_index: int, sample_index: int) -> dict:
+    def load(self, shard_index: int, sample_index: int, clips=None) -> dict:
         shard = self.shard_set.shards[shard_index]
         key = shard.keys[sample_index]
         comps = self.shard_set.read_components(shard_index, sample_index, exts=(self.shard_set.video_ext, "cls", "json"),
@@ -153,19 +154,27 @@ class ClipDataset(torch.utils.data.Dataset):
             raise ValueError(f"no {self.shard_set.video_ext} component")
         meta = json.loads(comps["json"]) if "json" in comps else {}
         label = int(comps["cls"].decode().strip()) if "cls" in comps else int(meta["label"])
-        plan = plan_clips(self.config, meta, key, self.epoch)
-        size, crop_at = scaled_crop(plan.boxes[0], plan.out_size, int(meta["height"]), int(meta["width"]))
-        decoded = decode_frames(comps[self.shard_set.video_ext], plan.frames.ravel(), size=size)
-        clips = [cut_clip(np.stack([decoded[int(i)] for i in idx]), crop_at, plan.out_size, bool(flip))
-                 for idx, flip in zip(plan.frames, plan.flips)]
-        return {"clips": torch.from_numpy(np.stack(clips)), "label": label, "key": key}
+        plan = plan_clips(self.config, meta, key, self.epoch, clips)
+        height, width = int(meta["height"]), int(meta["width"])
+        # Rows that scale the frame to the same size share one decode (every distinct frame decoded once:
+        # all views of an evaluation item, every training item of one clip).
+        cuts = [scaled_crop(box, plan.out_size, height, width) for box in plan.boxes]
+        out = [None] * len(cuts)
+        for size in dict.fromkeys(size for size, _ in cuts):
+            rows = [r for r, (s, _) in enumerate(cuts) if s == size]
+            decoded = decode_frames(comps[self.shard_set.video_ext], plan.frames[rows].ravel(), size=size)
+            for r in rows:
+                out[r] = cut_clip(np.stack([decoded[int(i)] for i in plan.frames[r]]), cuts[r][1], plan.out_size,
+                                  bool(plan.flips[r]))
+        return {"clips": torch.from_numpy(np.stack(out)), "label": label, "key": key, "clip": plan.clips.tolist()}
 
     def __getitem__(self, i):
         failed = []
         for attempt in range(self.max_retries + 1):
-            shard_index, sample_index = self.plan[(i + attempt) % len(self.plan)]
+            work = self.plan[(i + attempt) % len(self.plan)]
+            shard_index, sample_index = work.shard, work.sample
             try:
-                item = self.load(shard_index, sample_index)
+                item = self.load(shard_index, sample_index, work.clips)
                 item["failed"] = failed
                 return item
             except Exception as exc:  # a broken sample must not stop training: skip it, report the key
@@ -180,7 +189,8 @@ def collate(items):
     labels = torch.tensor([it["label"] for it in items], dtype=torch.int64).repeat_interleave(torch.tensor(n))
     keys = [it["key"] for it, k in zip(items, n) for _ in range(k)]
     failed = [f for it in items for f in it["failed"]]
-    return {"clips": videos, "label": labels, "key": keys, "failed": failed}
+    clip_ids = [c for it in items for c in it["clip"]]
+    return {"clips": videos, "label": labels, "key": keys, "clip": clip_ids, "failed": failed}
 
 
 def _worker_init(_):
