@@ -410,3 +410,31 @@ def test_more_ranks_than_videos_is_a_clear_error_on_every_rank(data):
     for rank in (0, n):
         with pytest.raises(ValueError, match=f"{n} videos cannot be split over {n + 1} ranks"):
             loader(data.h264, "pyav", train=False, rank=rank, world_size=n + 1)
+
+
+def test_eval_views_decode_each_video_once_and_cut_all_views(data, monkeypatch):
+    """--eval-views 2x3: every video gives 2 uniform clips x 3 crops from ONE decode of its frames."""
+    from fastvid.data import pyav_backend
+
+    calls = []
+    real = pyav_backend.decode_frames
+
+    def counting(data_bytes, indices, size=None):
+        calls.append(size)
+        return real(data_bytes, indices, size)
+
+    monkeypatch.setattr(pyav_backend, "decode_frames", counting)
+    ld = loader(data.h264, "pyav", train=False, clips_per_video=2, spatial_views=3, batch_size=6, drop_last=False)
+    batches = collect(ld)
+    assert len(batches) == len(ld) == 9  # 9 videos x 6 views / 6
+    assert len(calls) == 9 and len(set(calls)) == 1  # one decode per video, at one scale for all views
+    for b in batches:
+        assert len(set(b["key"])) == 1 and b["video"].shape[0] == 6
+        frames = clip_frames(b["video"])
+        key = b["key"][0]
+        k = data.videos[key]["num_frames"] - (CLIP_LEN - 1) * STRIDE
+        assert b["clip"] == [0, 0, 0, k - 1, k - 1, k - 1]
+        assert frames[:3] == [expected_frames(ld, key, 0, data)] * 3
+        assert frames[3:] == [expected_frames(ld, key, k - 1, data)] * 3
+    with pytest.raises(ValueError, match="spatial_views must be 1 or 3"):
+        loader(data.h264, "pyav", train=False, spatial_views=2)

@@ -190,6 +190,15 @@ def test_torchrun_two_ranks_syncbn_resume_and_test_only(shard_root, tmp_path):
     assert res["world_size"] == 2 and res["val_videos"] == 6 and res["val_clips"] == 12
     assert res["val_acc1"] == pytest.approx(got[2]["val_acc1"])  # same weights, same clips -> same accuracy
 
+    # multi-view: 2 clips x 3 crops per video, decoded once; batches of 4 make each rank wrap around (20 of 18 views)
+    views = tmp_path / "views"
+    r = run_torchrun(tiny_args(shard_root, views, "--test-only", "--eval-views", "2x3", "-b", "4", "--resume",
+                               str(out / "checkpoint.pth")))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    res = json.loads((views / "eval.json").read_text())
+    assert res["val_videos"] == 6 and res["val_clips"] == 36 and res["val_clips_per_s"] > 0
+    assert 0 <= res["val_acc1"] <= res["val_acc5"] <= 100
+
 
 @pytest.mark.slow
 def test_bench_train_reports_both_measurements(shard_root):
