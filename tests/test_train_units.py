@@ -234,3 +234,27 @@ def test_video_level_eval_averages_clips_and_ignores_wrapped_repeats():
     assert res["val_acc1"] == 100.0
     assert res["val_clip_acc1"] == 75.0
     assert res["val_acc5"] == 100.0
+
+
+def test_tsm_recipe_has_paddlevideos_documented_values():
+    from pathlib import Path
+
+    cfg = build_config(config_path=Path(__file__).parent.parent / "configs" / "tsm_resnet50_k400.yaml")
+    assert cfg.model == "tsm_resnet50" and cfg.num_segments == 8 and cfg.preset == "tsm"
+    assert cfg.batch_size * 8 == 128 and cfg.lr == 0.02 and cfg.momentum == 0.9 and cfg.weight_decay == 1e-4
+    assert cfg.epochs == 50 and cfg.lr_milestones == [20, 40] and cfg.lr_gamma == 0.1 and cfg.lr_warmup_epochs == 0
+    assert cfg.val_resize_size == [256] and cfg.val_crop_size == [224, 224] and cfg.train_crop_size == [224, 224]
+    from fastvid.data.presets import IMAGENET_MEAN, get_preset
+
+    p = get_preset("tsm")
+    assert p.scales == (1.0, 0.875, 0.75, 0.66) and p.mean == IMAGENET_MEAN and p.train_crop == "multiscale"
+
+
+def test_amp_means_fp16_with_grad_scaler_and_bf16_is_opt_in():
+    from fastvid.train.trainer import _autocast_dtype
+
+    assert build_config({}).amp_dtype == "fp16"
+    cpu = torch.device("cpu")
+    assert _autocast_dtype(build_config({"amp": True}), cpu) == torch.float16
+    assert _autocast_dtype(build_config({"amp": True, "amp_dtype": "bf16"}), cpu) == torch.bfloat16
+    assert _autocast_dtype(build_config({}), cpu) is None
