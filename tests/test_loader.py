@@ -438,3 +438,19 @@ def test_eval_views_decode_each_video_once_and_cut_all_views(data, monkeypatch):
         assert frames[3:] == [expected_frames(ld, key, k - 1, data)] * 3
     with pytest.raises(ValueError, match="spatial_views must be 1 or 3"):
         loader(data.h264, "pyav", train=False, spatial_views=2)
+
+
+@pytest.mark.parametrize("backend,codec", BACKENDS)
+def test_tsn_segments_take_one_frame_per_segment(data, backend, codec):
+    ld = loader(getattr(data, codec), backend, sampler="segments", batch_size=2, seed=4)
+    assert len(ld) == 5  # every video gives a sample (segments never drop a video)
+    for b in collect(ld):
+        for key, frames in zip(b["key"], clip_frames(b["video"])):
+            n = data.videos[key]["num_frames"]
+            expected = sampling.segment_indices(n, CLIP_LEN, True, plan._clip_rng(ld.config, 0, key, 0, 0))
+            assert all(i * n / CLIP_LEN <= f < (i + 1) * n / CLIP_LEN for i, f in enumerate(expected))
+            assert frames == (expected % 28).tolist()
+    ev = loader(getattr(data, codec), backend, sampler="segments", train=False, batch_size=10, drop_last=False)
+    (batch,) = collect(ev)
+    for key, frames in zip(batch["key"], clip_frames(batch["video"])):
+        assert frames == (sampling.segment_indices(data.videos[key]["num_frames"], CLIP_LEN, False) % 28).tolist()
