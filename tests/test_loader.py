@@ -454,3 +454,28 @@ def test_tsn_segments_take_one_frame_per_segment(data, backend, codec):
     (batch,) = collect(ev)
     for key, frames in zip(batch["key"], clip_frames(batch["video"])):
         assert frames == (sampling.segment_indices(data.videos[key]["num_frames"], CLIP_LEN, False) % 28).tolist()
+
+
+def test_cut_views_gathers_the_same_pixels_as_slicing():
+    from fastvid.data.views import cut_views
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (5, 20, 30, 3), dtype=torch.uint8, generator=g)
+    index = torch.tensor([[0, 2, 4], [1, 1, 3]])
+    crops = torch.tensor([[0, 0], [4, 12]])
+    out = cut_views(frames, index, crops, (16, 18), torch.tensor([False, True]))
+    assert out.shape == (2, 3, 16, 18, 3) and out.dtype == torch.uint8
+    assert torch.equal(out[0], frames[[0, 2, 4], 0:16, 0:18])
+    assert torch.equal(out[1], frames[[1, 1, 3], 4:20, 12:30].flip(2))
+    with pytest.raises(ValueError, match="leaves"):
+        cut_views(frames, index, torch.tensor([[0, 0], [5, 0]]), (16, 18))
+
+
+@pytest.mark.gpu
+def test_eval_views_are_cut_on_the_gpu_and_match_the_cpu(data):
+    cpu = loader(data.h264, "pyav", train=False, clips_per_video=2, spatial_views=3, batch_size=6, drop_last=False)
+    gpu = VideoLoader(data.h264, backend="pyav", device="cuda", train=False, clips_per_video=2, spatial_views=3, batch_size=6,
+                      clip_len=CLIP_LEN, frame_stride=STRIDE, num_workers=0, drop_last=False)
+    for a, b in zip(collect(cpu), collect(gpu)):
+        assert b["video"].device.type == "cuda" and a["key"] == b["key"]
+        torch.testing.assert_close(b["video"].cpu(), a["video"])

@@ -11,12 +11,14 @@ Backends: "dali" (fn.readers.webdataset + DALI video decoder, NVDEC with device=
 (PyAV in DataLoader workers), "auto" = DALI when it is installed and can decode the shards' codec on
 this device, else PyAV. Both cut the same clips for a given (seed, epoch, key) (fastvid.data.plan).
 
-Epoch length policy (identical on every rank, so DDP never hangs): ranks take contiguous ranges of
-the samples (DALI's shard_id/num_shards split, after a per-epoch shuffle of the tar order when
-training); with drop_last (training default) every rank yields floor(smallest rank's clips / B)
-batches, without it (evaluation default) ceil(largest rank's clips / B), the short ranks wrapping
-around their own samples. A sample that fails is skipped, counted in `stats["decode_failures"]` and
-its key logged; its place is filled by the next sample.
+Epoch plan (fastvid.data.sampling, identical on every rank so DDP never hangs): in training every
+clip of the epoch is its own WorkItem in one list shuffled across the data set, and each step takes
+world_size x batch_size consecutive clips of it, so every rank yields the same number of batches and
+`state_dict()` only needs the global position (a resume may use another world size); evaluation
+gives each rank a contiguous range of videos (all T x S views of a video in one item), the short
+ranks wrapping around to the largest. The shard jsons are read once at open for every video's clip
+grid. A sample that fails is skipped, counted in `stats["decode_failures"]` and its key logged; its
+place is filled by the next sample.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import torch
 
 from fastvid.data.plan import ClipConfig, plan_clips
 from fastvid.data.presets import normalization
+from fastvid.data.views import cut_views
 
 log = logging.getLogger("fastvid.data")
 
@@ -159,6 +160,15 @@ class ClipDataset(torch.utils.data.Dataset):
         # Rows that scale the frame to the same size share one decode (every distinct frame decoded once:
         # all views of an evaluation item, every training item of one clip).
         cuts = [scaled_crop(box, plan.out_size, height, width) for box in plan.boxes]
+        if not self.config.train and len({size for size, _ in cuts}) == 1:
+            # Evaluation views (T clips x S crops): the distinct frames travel once; views are cut on the device.
+            wanted = sorted(set(plan.frames.ravel().tolist()))
+            decoded = decode_frames(comps[self.shard_set.video_ext], wanted, size=cuts[0][0])
+            position = {f: i for i, f in enumerate(wanted)}
+            return {"frames": torch.from_numpy(np.stack([decoded[f] for f in wanted])),
+                    "index": torch.tensor([[position[int(f)] for f in row] for row in plan.frames], dtype=torch.int64),
+                    "crops": torch.tensor([at for _, at in cuts], dtype=torch.int64),
+                    "flips": torch.from_numpy(plan.flips.copy()), "label": label, "key": key, "clip": plan.clips.tolist()}
         out = [None] * len(cuts)
         for size in dict.fromkeys(size for size, _ in cuts):
             rows = [r for r, (s, _) in enumerate(cuts) if s == size]
@@ -184,13 +194,20 @@ class ClipDataset(torch.utils.data.Dataset):
 
 
 def collate(items):
-    videos = torch.cat([it["clips"] for it in items])
-    n = [it["clips"].shape[0] for it in items]
+    if "frames" in items[0]:  # evaluation views: frames once per video, cut later on the device
+        offsets = np.cumsum([0] + [it["frames"].shape[0] for it in items[:-1]])
+        n = [it["index"].shape[0] for it in items]
+        views = {"frames": torch.cat([it["frames"] for it in items]),
+                 "index": torch.cat([it["index"] + int(o) for it, o in zip(items, offsets)]),
+                 "crops": torch.cat([it["crops"] for it in items]), "flips": torch.cat([it["flips"] for it in items])}
+    else:
+        views = {"clips": torch.cat([it["clips"] for it in items])}
+        n = [it["clips"].shape[0] for it in items]
     labels = torch.tensor([it["label"] for it in items], dtype=torch.int64).repeat_interleave(torch.tensor(n))
     keys = [it["key"] for it, k in zip(items, n) for _ in range(k)]
     failed = [f for it in items for f in it["failed"]]
     clip_ids = [c for it in items for c in it["clip"]]
-    return {"clips": videos, "label": labels, "key": keys, "clip": clip_ids, "failed": failed}
+    return {**views, "label": labels, "key": keys, "clip": clip_ids, "failed": failed}
 
 
 def _worker_init(_):
@@ -209,6 +226,7 @@ class PyAVBackend:
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
         self.videos_per_batch = videos_per_batch
         self.num_workers = num_workers
+        self.out_size = config.preset.crop_size
 
     def epoch_chunks(self, plan, epoch: int):
         self.dataset.set_plan(plan, epoch)
@@ -221,5 +239,10 @@ class PyAVBackend:
             for key, error in chunk.pop("failed"):
                 log.warning("fastvid: sample %s failed to decode and was skipped: %s", key, error)
                 yield {"failed": (key, error)}
-            video = normalize_clips(chunk.pop("clips"), self.scale, self.shift, self.device, self.dtype, self.channels_last)
+            if "frames" in chunk:
+                frames = chunk.pop("frames").to(self.device, non_blocking=True)
+                clips = cut_views(frames, chunk.pop("index"), chunk.pop("crops"), self.out_size, chunk.pop("flips"))
+            else:
+                clips = chunk.pop("clips")
+            video = normalize_clips(clips, self.scale, self.shift, self.device, self.dtype, self.channels_last)
             yield {"video": video, **chunk}

@@ -336,7 +336,7 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
         return 0
 
     log(info, f"optimizer: {opt_name}; {steps_per_epoch} steps/epoch x {cfg.batch_size} clips x {info.world_size} ranks; "
-        f"AMP {cfg.amp_dtype if amp_dtype else 'off'}; channels_last {cfg.channels_last}; compile {cfg.compile}")
+        f"AMP {({torch.float16: 'fp16 + GradScaler', torch.bfloat16: 'bf16'}[amp_dtype]) if amp_dtype else 'off'}; channels_last {cfg.channels_last}; compile {cfg.compile}")
     profiler = StepProfiler(cfg.profile_steps, out_dir, info.rank, info.device) if cfg.profile_steps else None
     ctx = StepContext(device=info.device, optimizer=optimizer, lr_scheduler=lr_scheduler, criterion=criterion,
                       autocast_dtype=amp_dtype, scaler=scaler, grad_clip=cfg.grad_clip, channels_last=cfg.channels_last,
