@@ -298,7 +298,7 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
                 if ckpt.get("loader") is not None and hasattr(train_loader, "load_state_dict"):
                     train_loader.load_state_dict(ckpt["loader"])
                     # The loader continues at the saved global clip position, whatever the world size now.
-                    resume_step = max(steps_per_epoch - train_loader.remaining_batches, 0)
+                    resume_step = min(max(len(train_loader) - train_loader.remaining_batches, 0), steps_per_epoch)
             elastic = (ckpt.get("world_size", info.world_size), ckpt.get("args", {}).get("batch_size", cfg.batch_size)) != \
                 (info.world_size, cfg.batch_size)
             optimizer.load_state_dict(ckpt["optimizer"])
