@@ -244,3 +244,13 @@ def test_yaml_config_drives_a_run_and_flags_override_it(shard_root, tmp_path):
     ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)
     assert ckpt["args"]["model_kwargs"] == {"width": 8} and ckpt["args"]["lr"] == 0.05
     assert ckpt["model"]["layer1.0.conv1.0.0.weight"].shape[1] == 8
+
+
+def test_tsn_segments_train_tsm_end_to_end(shard_root, tmp_path):
+    out = tmp_path / "tsm"
+    r = run_train(tiny_args(shard_root, out, "--model", "tsm_resnet50", "--preset", "tsm", "--num-segments", "4", "--epochs", "1",
+                            "--max-steps-per-epoch", "2", "--val-resize-size", "36", "--clips-per-video", "1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "clip_len=4" in r.stdout and "sampler='segments'" in r.stdout and "AMP off" in r.stdout
+    row = rows(out)[0]
+    assert row["steps"] == 2 and row["val_videos"] == 6 and row["val_clips"] == 6

@@ -271,4 +271,4 @@ class VideoLoader:
         return (f"VideoLoader(backend={self.backend!r}, device={self.device!r}, videos={self.num_videos}, "
                 f"classes={self.num_classes}, batch_size={self.batch_size}, clip_len={c.clip_len}, "
                 f"frame_stride={c.frame_stride}, clips_per_video={c.clips_per_video}, train={c.train}, "
-                f"preset={c.preset.name!r}, rank={self.rank}/{self.world_size}, batches={len(self)})")
+                f"preset={c.preset.name!r}, sampler={c.sampler!r}, rank={self.rank}/{self.world_size}, batches={len(self)})")
