@@ -258,3 +258,18 @@ def test_amp_means_fp16_with_grad_scaler_and_bf16_is_opt_in():
     assert _autocast_dtype(build_config({"amp": True}), cpu) == torch.float16
     assert _autocast_dtype(build_config({"amp": True, "amp_dtype": "bf16"}), cpu) == torch.bfloat16
     assert _autocast_dtype(build_config({}), cpu) is None
+
+
+def test_fast_forward_schedule_lands_on_the_fresh_schedules_lr():
+    from fastvid.train.optim import fast_forward_schedule
+
+    cfg = build_config({"lr": 1.0, "lr_warmup_epochs": 2, "lr_warmup_decay": 0.1, "lr_milestones": [3, 5], "lr_gamma": 0.5})
+    fresh = _lrs(cfg, iters_per_epoch=4, epochs=6)
+    p = nn.Parameter(torch.zeros(1))
+    opt, _ = build_optimizer([p], cfg, torch.device("cpu"))
+    build_lr_scheduler(opt, cfg, 7)  # the old run's schedule (7 steps per epoch), then moved to 4 per epoch
+    opt.param_groups[0]["lr"] = 0.123
+    for steps in (0, 5, 8, 13, 21):
+        out = fast_forward_schedule(cfg, opt, 4, steps)
+        assert out["lrs"][0] == pytest.approx(fresh[steps]) and out["scheduler"]["last_epoch"] == steps
+        assert opt.param_groups[0]["initial_lr"] == 1.0

@@ -17,7 +17,7 @@ from fastvid.config import TrainConfig, eval_views, parse_step_range
 from fastvid.train import distributed as D
 from fastvid.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from fastvid.train.engine import StepContext, evaluate, train_one_epoch
-from fastvid.train.optim import build_lr_scheduler, build_optimizer
+from fastvid.train.optim import build_lr_scheduler, build_optimizer, fast_forward_schedule
 from fastvid.train.syncbn import convert_sync_batchnorm
 
 MODEL_PRESETS = {"tsm_resnet50": "tsm", "s3d": "s3d"}
@@ -176,25 +176,6 @@ def _train_state(cfg, info, model_without_ddp, optimizer, lr_scheduler, scaler, 
         "world_size": info.world_size,
         "loader": train_loader.state_dict() if hasattr(train_loader, "state_dict") else None,
     }
-
-
-def fast_forward_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int, steps: int) -> dict:
-    """Scheduler state and lrs after `steps` iterations of a fresh schedule (for a resume on another world size)."""
-    saved = [dict(g) for g in optimizer.param_groups]
-    for g in optimizer.param_groups:
-        g["lr"] = g.get("initial_lr", cfg.lr)
-        g.pop("initial_lr", None)
-    sched = build_lr_scheduler(optimizer, cfg, max(steps_per_epoch, 1))
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": intended here
-        for _ in range(steps):
-            sched.step()
-    out = {"scheduler": sched.state_dict(), "lrs": [g["lr"] for g in optimizer.param_groups]}
-    for g, old in zip(optimizer.param_groups, saved):
-        g["initial_lr"] = old.get("initial_lr", cfg.lr)
-    return out
 
 
 def _key_log_path(info: D.DistInfo) -> Path | None:
