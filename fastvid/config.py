@@ -59,7 +59,7 @@ class TrainConfig:
     frame_stride: int = 1                 # counted at frame_rate (native rate when frame_rate is None)
     channels_last: bool = False
     compile: bool = False
-    amp_dtype: str = "bf16"               # bf16 | fp16 (fp16 uses a GradScaler)
+    amp_dtype: str = "fp16"               # fp16 + GradScaler (torchvision's --amp) | bf16 (no scaler; fp16 where unsupported)
     grad_clip: float | None = None        # max global grad norm
     profile_steps: str | None = None      # "A-B": torch.profiler trace of global steps [A, B)
     seed: int = 0
@@ -73,6 +73,13 @@ class TrainConfig:
     wandb: bool = False                   # log to Weights & Biases (extra `wandb`; WANDB_MODE=offline works offline)
     wandb_project: str = "fastvid"
     no_progress: bool = False             # log lines instead of progress bars even on a terminal
+    # --- clip sampling (fastvid.data.sampling; defaults are torchvision's) ---
+    step_between_clips: int = 1           # frames between the starts of a video's grid clips (torchvision reference: 1)
+    short_videos: str = "drop"            # drop (torchvision) | pad (repeat the last frame)
+    clip_sampling: str = "without_replacement"  # RandomClipSampler | with_replacement (fastvid's former random starts)
+    num_segments: int | None = None       # TSN sampling: one frame from each of N equal segments (clip_len = N)
+    eval_views: str | None = None         # "TxS": T uniform clips x S spatial crops (1 or 3); None = clips_per_video x 1
+    save_every_steps: int | None = None   # also checkpoint every N training steps (mid-epoch, resumable on any world size)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -179,11 +186,21 @@ def build_config(overrides: dict | None = None, config_path: str | Path | None =
 
 
 def validate(cfg: TrainConfig) -> None:
+    if cfg.short_videos not in ("drop", "pad"):
+        raise ValueError(f"short_videos must be drop or pad, got {cfg.short_videos!r}")
+    if cfg.clip_sampling not in ("without_replacement", "with_replacement"):
+        raise ValueError(f"clip_sampling must be without_replacement or with_replacement, got {cfg.clip_sampling!r}")
+    if cfg.num_segments is not None and cfg.num_segments < 1:
+        raise ValueError(f"num_segments must be >= 1, got {cfg.num_segments}")
+    if cfg.save_every_steps is not None and cfg.save_every_steps < 1:
+        raise ValueError(f"save_every_steps must be >= 1, got {cfg.save_every_steps}")
+    if cfg.eval_views is not None:
+        parse_views(cfg.eval_views)
     if cfg.amp_dtype not in ("bf16", "fp16"):
         raise ValueError(f"amp_dtype must be bf16 or fp16, got {cfg.amp_dtype!r}")
     if cfg.lr_warmup_method not in ("linear", "constant"):
         raise ValueError(f"Invalid warmup lr method '{cfg.lr_warmup_method}'. Only linear and constant are supported.")
-    for name in ("clip_len", "batch_size", "clips_per_video", "frame_stride", "print_freq", "eval_every"):
+    for name in ("clip_len", "batch_size", "clips_per_video", "frame_stride", "print_freq", "eval_every", "step_between_clips"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.frame_rate is not None and cfg.frame_rate <= 0:
@@ -205,3 +222,19 @@ def parse_step_range(text: str) -> tuple[int, int]:
     if not 0 <= a < b:
         raise ValueError(f"profile_steps {text!r}: need 0 <= A < B")
     return a, b
+
+
+def parse_views(text: str) -> tuple[int, int]:
+    """'TxS' -> (T temporal clips, S spatial crops), S in (1, 3)."""
+    try:
+        t, s = (int(x) for x in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"eval_views must look like TxS (e.g. 10x3), got {text!r}") from None
+    if t < 1 or s not in (1, 3):
+        raise ValueError(f"eval_views {text!r}: need T >= 1 temporal clips and S = 1 or 3 spatial crops")
+    return t, s
+
+
+def eval_views(cfg: TrainConfig) -> tuple[int, int]:
+    """(T, S) of evaluation: --eval-views, else torchvision's clips_per_video uniform clips x 1 centre crop."""
+    return parse_views(cfg.eval_views) if cfg.eval_views else (cfg.clips_per_video, 1)

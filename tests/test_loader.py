@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fastvid import cli
-from fastvid.data import VideoLoader, sampling
+from fastvid.data import VideoLoader, plan, sampling
 from fastvid.data.presets import KINETICS_MEAN, KINETICS_STD
 from fastvid.data.shards import open_shard_set
 from fastvid.synth import decode_frame_index, frame_code, write_coded_video
@@ -72,6 +72,17 @@ def clip_frames(video: torch.Tensor) -> list[list[int]]:
     return [[decode_frame_index(r) for r in row] for row in levels(video)[:, 0].tolist()]
 
 
+def expected_frames(ld, key, clip, data) -> list[int]:
+    """The frames the pure planner assigns to grid clip `clip` of `key` (red level wraps at 28)."""
+    from fastvid.data.plan import video_grid
+
+    meta = {"num_frames": data.videos[key]["num_frames"], "fps": 25.0, "height": 48, "width": 64}
+    return (video_grid(ld.config, meta, key)[clip] % 28).tolist()
+
+
+SHORT = 6  # frames of the one video shorter than a clip (dropped by default, as torchvision does)
+
+
 def loader(path, backend, **kw):
     kw.setdefault("batch_size", 4)
     kw.setdefault("clip_len", CLIP_LEN)
@@ -108,16 +119,19 @@ def test_batches_hold_the_right_videos_frames_and_values(data, backend, codec):
             # the normalized value itself: (128 - mean) / std for blue
             expected_blue = (128 - KINETICS_MEAN[2] * 255) / (KINETICS_STD[2] * 255)
             assert abs(v[i, 2].mean().item() - expected_blue) < 3.5 / (KINETICS_STD[2] * 255)
-            # red marks the frame: exactly the frames the pure sampler picks for (seed, epoch, key)
-            expected = sampling.sample_clip_indices(info["num_frames"], clip_len=CLIP_LEN, frame_stride=STRIDE, train=True,
-                                                    seed=0, epoch=0, key=key)
-            assert clip_frames(v[i:i + 1]) == (expected % 28).tolist()
+            # red marks the frame: exactly the frames of the grid clip the planner chose for (seed, epoch, key)
+            clip = b["clip"][i]
+            assert clip == int(plan.default_clips(ld.config, {**info, "fps": 25.0, "height": 48, "width": 64}, key, 0)[0])
+            assert clip_frames(v[i:i + 1]) == [expected_frames(ld, key, clip, data)]
 
 
 @pytest.mark.parametrize("backend,codec", BACKENDS)
 def test_short_video_is_padded_with_its_last_frame(data, backend, codec):
-    ld = loader(getattr(data, codec), backend, batch_size=1, train=False, drop_last=False)
-    short = [k for k, v in data.videos.items() if v["num_frames"] == 6][0]
+    short = [k for k, v in data.videos.items() if v["num_frames"] == SHORT][0]
+    if backend == "pyav":  # default: dropped (torchvision); the DALI reader reads whole videos and pads it
+        dropped = loader(getattr(data, codec), backend, batch_size=1, train=False, drop_last=False)
+        assert short not in {k for b in collect(dropped) for k in b["key"]} and len(dropped) == 9
+    ld = loader(getattr(data, codec), backend, batch_size=1, train=False, drop_last=False, short_videos="pad")
     for b in collect(ld):
         if b["key"][0] == short:
             assert clip_frames(b["video"]) == [[0, 2, 4, 5]]
@@ -142,7 +156,7 @@ def test_same_seed_same_batches_other_epoch_other_order(data, backend, codec):
 def test_dali_and_pyav_cut_the_same_frames_for_a_key(data):
     seen = {}
     for backend, codec in BACKENDS:
-        ld = loader(getattr(data, codec), backend, seed=3, batch_size=5, clips_per_video=1)
+        ld = loader(getattr(data, codec), backend, seed=3, batch_size=3, clips_per_video=1)
         for b in collect(ld, epoch=2):
             for key, frames in zip(b["key"], clip_frames(b["video"])):
                 seen.setdefault(key, {})[backend] = frames
@@ -162,32 +176,34 @@ def test_ranks_are_disjoint_with_equal_batch_counts(data, backend, codec, world_
         batches = collect(ld)
         counts.append((len(batches), len(ld)))
         keys.append({k for b in batches for k in b["key"]})
-    # 10 videos: 3 ranks hold 3, 3, 4 -> drop: 1 batch each, wrap: 2 batches each
-    expected = sampling.batches_per_epoch(10, world_size, 2, 1, drop_last)
+    # 9 clips (the short video is dropped): drop -> whole rounds of world x 2 clips; wrap -> ceil(largest rank / 2)
+    expected = sampling.train_batches(9, world_size, 2) if drop_last else sampling.eval_batches(9, world_size, 2, 1)
     assert counts == [(expected, expected)] * world_size
     for i in range(world_size):
         for j in range(i + 1, world_size):
             assert not keys[i] & keys[j]
-    if not drop_last:
-        assert set().union(*keys) == set(data.videos)
+    if not drop_last and backend == "pyav":
+        assert set().union(*keys) == {k for k, v in data.videos.items() if v["num_frames"] != SHORT}
 
 
 @pytest.mark.parametrize("backend,codec", BACKENDS)
 def test_eval_takes_evenly_spaced_clips_deterministically(data, backend, codec):
     ld = loader(getattr(data, codec), backend, train=False, clips_per_video=3, batch_size=6, drop_last=False)
-    assert len(ld) == 5  # 30 clips
+    assert len(ld) == 5  # 27 clips: 9 videos (the short one dropped) x 3
     first, second = collect(ld), collect(ld, epoch=4)
     by_key = {}
     for x, y in zip(first, second):
         assert x["key"] == y["key"] and torch.equal(x["video"], y["video"])
         for key, frames in zip(x["key"], clip_frames(x["video"])):
             by_key.setdefault(key, []).append(frames)
-    assert set(by_key) == set(data.videos)
+    if backend == "dali":  # DALI's reader reads every video (the short one padded) until it executes plans
+        by_key = {k: v for k, v in by_key.items() if data.videos[k]["num_frames"] != SHORT}
+    assert set(by_key) == {k for k, v in data.videos.items() if v["num_frames"] != SHORT}
     for key, clips in by_key.items():
-        n = data.videos[key]["num_frames"]
-        starts = sampling.eval_clip_starts(n, CLIP_LEN, STRIDE, 3)
-        expected = [(sampling.clip_frame_indices(s, CLIP_LEN, STRIDE, n) % 28).tolist() for s in starts]
-        assert clips == expected, key
+        # UniformClipSampler: floor(linspace(0, K - 1, 3)) of the video's K-clip grid (step between clips 1)
+        k = (data.videos[key]["num_frames"] - (CLIP_LEN - 1) * STRIDE - 1) + 1
+        picks = [int(i) for i in torch.linspace(0, k - 1, 3).floor()]
+        assert clips[:3] == [expected_frames(ld, key, c, data) for c in picks], key  # (the last batch wraps around)
 
 
 @pytest.mark.parametrize("backend,codec", BACKENDS)
@@ -196,8 +212,10 @@ def test_frame_rate_derives_the_stride_from_each_videos_fps(data, backend, codec
     ld = loader(getattr(data, codec), backend, frame_stride=1, frame_rate=12.5, train=False, batch_size=10, drop_last=False)
     (batch,) = collect(ld)
     for key, frames in zip(batch["key"], clip_frames(batch["video"])):
-        expected = sampling.sample_clip_indices(data.videos[key]["num_frames"], clip_len=CLIP_LEN, frame_stride=2, train=False)
-        assert frames == (expected[0] % 28).tolist()
+        if data.videos[key]["num_frames"] == SHORT:
+            assert backend == "dali" and frames == [0, 2, 4, 4]  # DALI's reader pads it (resampled frames 0, 2, 4)
+            continue
+        assert frames == [0, 2, 4, 6], key  # the first of the grid
 
 
 def test_shards_given_as_a_list_of_tars(data, tmp_path):
@@ -392,3 +410,72 @@ def test_more_ranks_than_videos_is_a_clear_error_on_every_rank(data):
     for rank in (0, n):
         with pytest.raises(ValueError, match=f"{n} videos cannot be split over {n + 1} ranks"):
             loader(data.h264, "pyav", train=False, rank=rank, world_size=n + 1)
+
+
+def test_eval_views_decode_each_video_once_and_cut_all_views(data, monkeypatch):
+    """--eval-views 2x3: every video gives 2 uniform clips x 3 crops from ONE decode of its frames."""
+    from fastvid.data import pyav_backend
+
+    calls = []
+    real = pyav_backend.decode_frames
+
+    def counting(data_bytes, indices, size=None):
+        calls.append(size)
+        return real(data_bytes, indices, size)
+
+    monkeypatch.setattr(pyav_backend, "decode_frames", counting)
+    ld = loader(data.h264, "pyav", train=False, clips_per_video=2, spatial_views=3, batch_size=6, drop_last=False)
+    batches = collect(ld)
+    assert len(batches) == len(ld) == 9  # 9 videos x 6 views / 6
+    assert len(calls) == 9 and len(set(calls)) == 1  # one decode per video, at one scale for all views
+    for b in batches:
+        assert len(set(b["key"])) == 1 and b["video"].shape[0] == 6
+        frames = clip_frames(b["video"])
+        key = b["key"][0]
+        k = data.videos[key]["num_frames"] - (CLIP_LEN - 1) * STRIDE
+        assert b["clip"] == [0, 0, 0, k - 1, k - 1, k - 1]
+        assert frames[:3] == [expected_frames(ld, key, 0, data)] * 3
+        assert frames[3:] == [expected_frames(ld, key, k - 1, data)] * 3
+    with pytest.raises(ValueError, match="spatial_views must be 1 or 3"):
+        loader(data.h264, "pyav", train=False, spatial_views=2)
+
+
+@pytest.mark.parametrize("backend,codec", BACKENDS)
+def test_tsn_segments_take_one_frame_per_segment(data, backend, codec):
+    ld = loader(getattr(data, codec), backend, sampler="segments", batch_size=2, seed=4)
+    assert len(ld) == 5  # every video gives a sample (segments never drop a video)
+    for b in collect(ld):
+        for key, frames in zip(b["key"], clip_frames(b["video"])):
+            n = data.videos[key]["num_frames"]
+            expected = sampling.segment_indices(n, CLIP_LEN, True, plan._clip_rng(ld.config, 0, key, 0, 0))
+            assert all(i * n / CLIP_LEN <= f < (i + 1) * n / CLIP_LEN for i, f in enumerate(expected))
+            assert frames == (expected % 28).tolist()
+    ev = loader(getattr(data, codec), backend, sampler="segments", train=False, batch_size=10, drop_last=False)
+    (batch,) = collect(ev)
+    for key, frames in zip(batch["key"], clip_frames(batch["video"])):
+        assert frames == (sampling.segment_indices(data.videos[key]["num_frames"], CLIP_LEN, False) % 28).tolist()
+
+
+def test_cut_views_gathers_the_same_pixels_as_slicing():
+    from fastvid.data.views import cut_views
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (5, 20, 30, 3), dtype=torch.uint8, generator=g)
+    index = torch.tensor([[0, 2, 4], [1, 1, 3]])
+    crops = torch.tensor([[0, 0], [4, 12]])
+    out = cut_views(frames, index, crops, (16, 18), torch.tensor([False, True]))
+    assert out.shape == (2, 3, 16, 18, 3) and out.dtype == torch.uint8
+    assert torch.equal(out[0], frames[[0, 2, 4], 0:16, 0:18])
+    assert torch.equal(out[1], frames[[1, 1, 3], 4:20, 12:30].flip(2))
+    with pytest.raises(ValueError, match="leaves"):
+        cut_views(frames, index, torch.tensor([[0, 0], [5, 0]]), (16, 18))
+
+
+@pytest.mark.gpu
+def test_eval_views_are_cut_on_the_gpu_and_match_the_cpu(data):
+    cpu = loader(data.h264, "pyav", train=False, clips_per_video=2, spatial_views=3, batch_size=6, drop_last=False)
+    gpu = VideoLoader(data.h264, backend="pyav", device="cuda", train=False, clips_per_video=2, spatial_views=3, batch_size=6,
+                      clip_len=CLIP_LEN, frame_stride=STRIDE, num_workers=0, drop_last=False)
+    for a, b in zip(collect(cpu), collect(gpu)):
+        assert b["video"].device.type == "cuda" and a["key"] == b["key"]
+        torch.testing.assert_close(b["video"].cpu(), a["video"])

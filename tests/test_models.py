@@ -174,3 +174,31 @@ def test_tsm_loads_torchvision_resnet50_when_installed():
     ref = tvm.resnet50(num_classes=400).state_dict()
     model = get_model("tsm_resnet50", num_classes=400)
     model.load_state_dict(ref)
+
+
+def test_tsm_matches_paddlevideo_description():
+    """Temporal shift right before the first conv of every bottleneck; fc ~ normal(0, 0.001), zero bias."""
+    torch.manual_seed(0)
+    model = get_model("tsm_resnet50", num_classes=400).eval()
+    assert model.fc.bias.abs().max() == 0
+    assert abs(model.fc.weight.std().item() - 0.001) < 5e-5 and abs(model.fc.weight.mean().item()) < 5e-5
+    small = get_model("tsm_resnet50", num_classes=3, width=8, dropout=0.0).eval()
+    blocks = [b for layer in (small.layer1, small.layer2, small.layer3, small.layer4) for b in layer]
+    seen = {}
+    hooks = []
+
+    def keep(name):
+        def hook(module, args):
+            seen[name] = args[0].clone()  # returns None: the input is left as it is
+        return hook
+
+    for i, block in enumerate(blocks):
+        hooks.append(block.register_forward_pre_hook(keep(("in", i))))
+        hooks.append(block.conv1.register_forward_pre_hook(keep(("conv1", i))))
+    with torch.no_grad():
+        small(torch.randn(2, 3, 4, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 2 * len(blocks) == 2 * 16
+    for i in range(len(blocks)):
+        torch.testing.assert_close(seen[("conv1", i)], temporal_shift(seen[("in", i)], 4))

@@ -81,6 +81,8 @@ def test_plan_is_a_function_of_seed_epoch_key():
     assert np.array_equal(a.frames, b.frames) and np.array_equal(a.boxes, b.boxes)
     c = plan_clips(cfg, meta, "vid", 1)
     assert not (np.array_equal(a.frames, c.frames) and np.array_equal(a.boxes, c.boxes))
-    assert a.frames.shape == (2, 8) and a.boxes.shape == (2, 4) and (a.boxes[0] == a.boxes[1]).all()
+    # every clip is its own sample with its own crop (torchvision transforms each clip on its own)
+    assert a.frames.shape == (2, 8) and a.boxes.shape == (2, 4) and not (a.boxes[0] == a.boxes[1]).all()
+    assert np.array_equal(plan_clips(cfg, meta, "vid", 0, clips=[a.clips[1]]).boxes[0], a.boxes[1])  # per clip, not per call
     with pytest.raises(ValueError, match="vid"):
         plan_clips(cfg, {"fps": 25}, "vid", 0)

@@ -173,13 +173,25 @@ def test_torchrun_two_ranks_syncbn_resume_and_test_only(shard_root, tmp_path):
     assert res["world_size"] == 2 and res["val_videos"] == 6 and res["val_clips"] == 12
     assert res["val_acc1"] == pytest.approx(got[2]["val_acc1"])  # same weights, same clips -> same accuracy
 
+    # multi-view: 2 clips x 3 crops per video, decoded once; batches of 4 make each rank wrap around (20 of 18 views)
+    views = tmp_path / "views"
+    r = run_torchrun(tiny_args(shard_root, views, "--test-only", "--eval-views", "2x3", "-b", "4", "--resume",
+                               str(out / "checkpoint.pth")))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    res = json.loads((views / "eval.json").read_text())
+    assert res["val_videos"] == 6 and res["val_clips"] == 36 and res["val_clips_per_s"] > 0
+    assert 0 <= res["val_acc1"] <= res["val_acc5"] <= 100
+
 
 @pytest.mark.slow
 def test_bench_train_reports_both_measurements(shard_root):
     from fastvid.benchmarks.train import run_benchmark
 
-    res = run_benchmark(models=["r3d_18"], shards=shard_root / "train", device="cpu", backend="pyav", tiny=True, steps=3, warmup=1, repeats=2)
+    res = run_benchmark(models=["r3d_18"], shards=shard_root / "train", device="cpu", backend="pyav", tiny=True, steps=3, warmup=1,
+                        repeats=2, variants=["eager"])
     entry = res["models"]["r3d_18"]
+    step = res["step_variants"]["r3d_18"]
+    assert step["best"] == "eager" and step["variants"]["eager"]["numerics_ok"] and step["variants"]["eager"]["clips_per_s"] > 0
     assert res["config"]["backend"] == "pyav" and res["config"]["videos"] == 8
     for kind in ("synthetic", "shards"):
         assert entry[kind]["clips_per_s"] == max(entry[kind]["all_clips_per_s"]) > 0 and entry[kind]["steps"] == 3
@@ -250,3 +262,13 @@ def test_torchrun_sigterm_stops_every_rank_at_the_same_step(shard_root, tmp_path
                                "--resume", str(out / "checkpoint.pth")))
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert rows(out)[-1]["epoch"] == ckpt["resume_epoch"] and rows(out)[-1]["steps"] == 8 - ckpt["resume_step"]
+
+
+def test_tsn_segments_train_tsm_end_to_end(shard_root, tmp_path):
+    out = tmp_path / "tsm"
+    r = run_train(tiny_args(shard_root, out, "--model", "tsm_resnet50", "--preset", "tsm", "--num-segments", "4", "--epochs", "1",
+                            "--max-steps-per-epoch", "2", "--val-resize-size", "36", "--clips-per-video", "1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "clip_len=4" in r.stdout and "sampler='segments'" in r.stdout and "AMP off" in r.stdout
+    row = rows(out)[0]
+    assert row["steps"] == 2 and row["val_videos"] == 6 and row["val_clips"] == 6

@@ -250,3 +250,41 @@ def test_video_level_eval_averages_clips_and_ignores_wrapped_repeats():
     assert res["val_acc1"] == 100.0
     assert res["val_clip_acc1"] == 75.0
     assert res["val_acc5"] == 100.0
+
+
+def test_tsm_recipe_has_paddlevideos_documented_values():
+
+    cfg = build_config(config_path="tsm_resnet50_k400")  # a shipped recipe, by name
+    assert cfg.model == "tsm_resnet50" and cfg.num_segments == 8 and cfg.preset == "tsm"
+    assert cfg.batch_size * 8 == 128 and cfg.lr == 0.02 and cfg.momentum == 0.9 and cfg.weight_decay == 1e-4
+    assert cfg.epochs == 50 and cfg.lr_milestones == [20, 40] and cfg.lr_gamma == 0.1 and cfg.lr_warmup_epochs == 0
+    assert cfg.val_resize_size == [256] and cfg.val_crop_size == [224, 224] and cfg.train_crop_size == [224, 224]
+    from fastvid.data.presets import IMAGENET_MEAN, get_preset
+
+    p = get_preset("tsm")
+    assert p.scales == (1.0, 0.875, 0.75, 0.66) and p.mean == IMAGENET_MEAN and p.train_crop == "multiscale"
+
+
+def test_amp_means_fp16_with_grad_scaler_and_bf16_is_opt_in():
+    from fastvid.train.trainer import _autocast_dtype
+
+    assert build_config({}).amp_dtype == "fp16"
+    cpu = torch.device("cpu")
+    assert _autocast_dtype(build_config({"amp": True}), cpu) == torch.float16
+    assert _autocast_dtype(build_config({"amp": True, "amp_dtype": "bf16"}), cpu) == torch.bfloat16
+    assert _autocast_dtype(build_config({}), cpu) is None
+
+
+def test_fast_forward_schedule_lands_on_the_fresh_schedules_lr():
+    from fastvid.train.optim import fast_forward_schedule
+
+    cfg = build_config({"lr": 1.0, "lr_warmup_epochs": 2, "lr_warmup_decay": 0.1, "lr_milestones": [3, 5], "lr_gamma": 0.5})
+    fresh = _lrs(cfg, iters_per_epoch=4, epochs=6)
+    p = nn.Parameter(torch.zeros(1))
+    opt, _ = build_optimizer([p], cfg, torch.device("cpu"))
+    build_lr_scheduler(opt, cfg, 7)  # the old run's schedule (7 steps per epoch), then moved to 4 per epoch
+    opt.param_groups[0]["lr"] = 0.123
+    for steps in (0, 5, 8, 13, 21):
+        out = fast_forward_schedule(cfg, opt, 4, steps)
+        assert out["lrs"][0] == pytest.approx(fresh[steps]) and out["scheduler"]["last_epoch"] == steps
+        assert opt.param_groups[0]["initial_lr"] == 1.0

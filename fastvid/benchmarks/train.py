@@ -45,6 +45,10 @@ def add_arguments(p):
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--workers", type=int, default=None, help="loader threads/workers (default: all cores)")
     p.add_argument("--work-dir", default="bench_work/train")
+    p.add_argument("--variants", nargs="?", const="", default=None, metavar="NAMES",
+                   help="also time model-step variants (eager, --compile, CUDA graphs, cudnn.benchmark, memory format, AMP, "
+                        "batch size) from synthetic input, each checked against eager fp32 numerics; comma-separated names, "
+                        "or none for the device's default list (fastvid.benchmarks.step_variants)")
     p.add_argument("--json", default=None, help="result JSON path ('-' prints it)")
 
 
@@ -138,7 +142,7 @@ def _read_classes(shards) -> list:
 
 def run_benchmark(*, models=None, shards=None, device="auto", backend="auto", tiny=None, batch_size=None, clip_len=None,
                   crop=None, resize=None, steps=None, warmup=None, amp=None, channels_last=None, compile=False, workers=None,
-                  work_dir="bench_work/train", quick=False, model_kwargs=None, repeats=None) -> dict:
+                  work_dir="bench_work/train", quick=False, model_kwargs=None, repeats=None, variants=None) -> dict:
     """Measure every model from synthetic on-device clips and from the shard loader; returns the result dict."""
     from fastvid.data import VideoLoader
     from fastvid.models import get_model
@@ -179,6 +183,17 @@ def run_benchmark(*, models=None, shards=None, device="auto", backend="auto", ti
         model.train()
         return model, _make_step(torch.compile(model) if compile else model, device, d["amp"])
 
+    if variants is not None:
+        from fastvid.benchmarks.step_variants import measure_variants, variants_by_name
+
+        chosen = variants_by_name([v for v in variants if v], device)
+        for name in d["models"]:
+            print(f"{name}: model-step variants", flush=True)
+            result.setdefault("step_variants", {})[name] = measure_variants(
+                lambda name=name: get_model(name, num_classes=num_classes, **d["model_kwargs"]).to(device).train(),
+                device, chosen, batch_size=d["batch_size"], clip_len=d["clip_len"], crop=d["crop"], num_classes=num_classes,
+                steps=d["steps"], warmup=d["warmup"], repeats=d["repeats"])
+
     for name in d["models"]:
         model, step = build(name)
         synth = _measure(step, _synthetic_batches(d["batch_size"], d["clip_len"], d["crop"], num_classes, device),
@@ -211,7 +226,8 @@ def run(args) -> int:
     res = run_benchmark(models=args.models.split(",") if args.models else None, shards=args.shards, device=args.device,
                         backend=args.backend, tiny=args.tiny or None, batch_size=args.batch_size, clip_len=args.clip_len,
                         crop=args.crop, steps=args.steps, warmup=args.warmup, amp=args.amp, channels_last=args.channels_last,
-                        compile=args.compile, workers=args.workers, work_dir=args.work_dir)
+                        compile=args.compile, workers=args.workers, work_dir=args.work_dir,
+                        variants=None if args.variants is None else args.variants.split(","))
     out = args.json or f"bench/results/train-{'cpu' if res['device'] == 'cpu' else 'gpu'}.json"
     write_json(res, out)
     if out != "-":

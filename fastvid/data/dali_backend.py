@@ -16,6 +16,7 @@ order, so the PyAV backend cuts the same clips.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -28,7 +29,7 @@ import torch
 
 from fastvid import _gpu
 from fastvid.data import sampling
-from fastvid.data.plan import ClipConfig, plan_clips
+from fastvid.data.plan import ClipConfig, default_clips, plan_clips
 from fastvid.data.presets import normalization
 from fastvid.data.shards import DALI_CPU_CODECS, ShardSet, key_from_source_info
 
@@ -46,24 +47,37 @@ def check_codec(shard_set: ShardSet, device: str) -> None:
 
 
 class _Planner:
-    """The graph's Python callback: (source_info, json bytes) -> frame indices, ROI start/end, ok flag."""
+    """The graph's Python callback: (source_info, json bytes) -> frame indices, ROI start/end, ok flag.
+
+    Until this backend executes the epoch's WorkItem plan (issue 10), it reads whole videos through DALI's
+    reader: each video gives a fixed number of clips (the plan's default choice, repeated when the grid
+    is smaller; a video with no full clip gives one padded clip) sharing the first clip's crop and flip,
+    because fn.resize takes one ROI per sample.
+    """
 
     def __init__(self, config: ClipConfig, epoch: int):
         self.config = config
         self.epoch = epoch
         self.num_frames = config.clips_per_video * config.clip_len
+        self.padded = dataclasses.replace(config, short_videos="pad")
 
     def __call__(self, info, meta):
         key = key_from_source_info(bytes(np.asarray(info)).decode("utf-8", "replace"))
         try:
-            plan = plan_clips(self.config, json.loads(bytes(np.asarray(meta))), key, self.epoch)
+            meta = json.loads(bytes(np.asarray(meta)))
+            clips = default_clips(self.config, meta, key, self.epoch)
+            config = self.config if len(clips) else self.padded
+            if not len(clips):
+                clips = default_clips(config, meta, key, self.epoch)
+            plan = plan_clips(config, meta, key, self.epoch, np.resize(clips, self.config.clips_per_video))
         except Exception:  # reported by the loader (ok=0 drops the clip and counts the key)
-            return (np.zeros(self.num_frames, np.int32), np.zeros(2, np.float32), np.ones(2, np.float32), np.zeros(1, np.int32))
+            return (np.zeros(self.num_frames, np.int32), np.zeros(2, np.float32), np.ones(2, np.float32), np.zeros(1, np.int32),
+                    np.full(self.config.clips_per_video, -1, np.int32))
         y0, x0, h, w = (float(v) for v in plan.boxes[0])
         # A ROI whose start is past its end is mirrored by fn.resize: the horizontal flip costs nothing.
         xs, xe = (x0 + w, x0) if plan.flips[0] else (x0, x0 + w)
         return (plan.frames.ravel().astype(np.int32), np.array([y0, xs], np.float32), np.array([y0 + h, xe], np.float32),
-                np.ones(1, np.int32))
+                np.ones(1, np.int32), plan.clips.astype(np.int32))
 
 
 def _dali_dtype(dtype: torch.dtype):
@@ -150,7 +164,7 @@ class DALIBackend:
                 initial_fill=max(1, min(self.shuffle_buffer, rank_size)), seed=reader_seed,
                 stick_to_shard=True, pad_last_batch=False, name="reader")
             info = fn.get_property(video, key="source_info")
-            frames, roi_start, roi_end, ok = fn.python_function(info, meta, function=planner, num_outputs=4)
+            frames, roi_start, roi_end, ok, clip_ids = fn.python_function(info, meta, function=planner, num_outputs=5)
             # On the CPU, DALI 2.4 does not manage to seek inside in-memory streams (measured: the cost grows
             # with the start frame even with keyframes every 8 frames), so the index it would build first
             # is pure overhead there (~1.5x slower mid-video); NVDEC keeps the index for its seeks.
@@ -159,7 +173,7 @@ class DALIBackend:
             clips = fn.resize(clips, roi_start=roi_start, roi_end=roi_end, size=[out_h, out_w], antialias=True)
             clips = fn.crop_mirror_normalize(clips, dtype=_dali_dtype(self.dtype), mean=mean.tolist(), std=std.tolist(),
                                              output_layout=layout)
-            return clips, label, info, ok
+            return clips, label, info, ok, clip_ids
 
         pipe = pipeline()
         pipe.build()
@@ -198,7 +212,7 @@ class DALIBackend:
         try:
             while True:
                 try:
-                    clips, labels, infos, oks = pipe.run()
+                    clips, labels, infos, oks, clip_ids = pipe.run()
                 except RuntimeError as exc:
                     failed = self._failed_key(exc)
                     if failed is None or failed in self.blocked:
@@ -216,6 +230,7 @@ class DALIBackend:
                 keys = [key_from_source_info(bytes(np.asarray(infos[i])).decode("utf-8", "replace")) for i in range(len(infos))]
                 label = [int(bytes(np.asarray(labels[i])).decode().strip() or -1) for i in range(len(labels))]
                 ok = [bool(np.asarray(oks[i])[0]) for i in range(len(oks))]
+                grid_clips = [np.asarray(clip_ids[i]).tolist() for i in range(len(clip_ids))]
                 bv = video.shape[0]
                 if self.channels_last:  # (Bv, N*T, h, w, 3) -> (Bv*N, 3, T, h, w) view, channels-last-3d memory
                     video = video.view(bv * n, t, *video.shape[2:]).permute(0, 4, 1, 2, 3)
@@ -230,7 +245,8 @@ class DALIBackend:
                     video = video[keep]
                     keys = [k for k, g in zip(keys, ok) if g]
                     label = [lb for lb, g in zip(label, ok) if g]
+                    grid_clips = [c for c, g in zip(grid_clips, ok) if g]
                 yield {"video": video, "label": torch.tensor(label, dtype=torch.int64).repeat_interleave(n),
-                       "key": [k for k in keys for _ in range(n)]}
+                       "key": [k for k in keys for _ in range(n)], "clip": [c for row in grid_clips for c in row]}
         finally:
             pipe = None

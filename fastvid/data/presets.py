@@ -120,3 +120,25 @@ def clip_geometry(preset: Preset, height: int, width: int, train: bool, rng: np.
 def normalization(preset: Preset) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) on the 0..255 scale, float32 (3,)."""
     return np.asarray(preset.mean, np.float32) * 255.0, np.asarray(preset.std, np.float32) * 255.0
+
+
+def view_geometry(preset: Preset, height: int, width: int, num_views: int) -> list[ClipGeometry]:
+    """Evaluation crops: 1 = the centre crop; 3 = the start, centre and end of the resized frame's long
+    side (left/centre/right, or top/centre/bottom), centred on the short side (SlowFast's 3-crop test)."""
+    if num_views == 1:
+        return clip_geometry(preset, height, width, False)
+    if num_views != 3:
+        raise ValueError(f"spatial views must be 1 or 3, got {num_views}")
+    out = preset.crop_size
+    resize_hw = (_short_side_size(height, width, preset.resize_size) if isinstance(preset.resize_size, int)
+                 else preset.resize_size)
+    crop_hw = (min(out[0], resize_hw[0]), min(out[1], resize_hw[1]))
+    free_y, free_x = resize_hw[0] - crop_hw[0], resize_hw[1] - crop_hw[1]
+    views = []
+    for pos in (0.0, 0.5, 1.0):
+        if resize_hw[1] >= resize_hw[0]:  # landscape: move along x
+            cy, cx = int(round(free_y / 2.0)), int(round(free_x * pos))
+        else:
+            cy, cx = int(round(free_y * pos)), int(round(free_x / 2.0))
+        views.append(ClipGeometry(_resized_box(height, width, resize_hw, cy, cx, crop_hw), False, out))
+    return views

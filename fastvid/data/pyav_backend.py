@@ -17,6 +17,7 @@ import torch
 
 from fastvid.data.plan import ClipConfig, plan_clips
 from fastvid.data.presets import normalization
+from fastvid.data.views import cut_views
 
 log = logging.getLogger("fastvid.data")
 
@@ -119,7 +120,8 @@ def normalize_clips(clips: torch.Tensor, scale: torch.Tensor, shift: torch.Tenso
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Index i of the rank's epoch plan -> {"clips": (N, T, h, w, 3) uint8, "label", "key", "failed": [(key, error)]}.
+    """Index i of the rank's epoch plan (WorkItems) -> {"clips": (N, T, h, w, 3) uint8, "label", "key", "clip" (grid
+    clip of each row), "failed": [(key, error)]}.
 
     A sample that fails to decode is replaced by the next one of the plan (so the batch count stays
     the same on every rank) and reported in "failed".
@@ -128,7 +130,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def __init__(self, shard_set, config: ClipConfig, max_retries: int = 8):
         self.shard_set = shard_set
         self.config = config
-        self.plan: list[tuple[int, int]] = []
+        self.plan: list = []  # fastvid.data.contract.WorkItem
         self.epoch = 0
         self.max_retries = max_retries
         self._handles: dict[int, object] = {}
@@ -144,7 +146,7 @@ class ClipDataset(torch.utils.data.Dataset):
             self._handles[shard_index] = open(self.shard_set.shards[shard_index].tar, "rb")
         return self._handles[shard_index]
 
-    def load(self, shard_index: int, sample_index: int) -> dict:
+    def load(self, shard_index: int, sample_index: int, clips=None) -> dict:
         shard = self.shard_set.shards[shard_index]
         key = shard.keys[sample_index]
         comps = self.shard_set.read_components(shard_index, sample_index, exts=(self.shard_set.video_ext, "cls", "json"),
@@ -153,19 +155,36 @@ class ClipDataset(torch.utils.data.Dataset):
             raise ValueError(f"no {self.shard_set.video_ext} component")
         meta = json.loads(comps["json"]) if "json" in comps else {}
         label = int(comps["cls"].decode().strip()) if "cls" in comps else int(meta["label"])
-        plan = plan_clips(self.config, meta, key, self.epoch)
-        size, crop_at = scaled_crop(plan.boxes[0], plan.out_size, int(meta["height"]), int(meta["width"]))
-        decoded = decode_frames(comps[self.shard_set.video_ext], plan.frames.ravel(), size=size)
-        clips = [cut_clip(np.stack([decoded[int(i)] for i in idx]), crop_at, plan.out_size, bool(flip))
-                 for idx, flip in zip(plan.frames, plan.flips)]
-        return {"clips": torch.from_numpy(np.stack(clips)), "label": label, "key": key}
+        plan = plan_clips(self.config, meta, key, self.epoch, clips)
+        height, width = int(meta["height"]), int(meta["width"])
+        # Rows that scale the frame to the same size share one decode (every distinct frame decoded once:
+        # all views of an evaluation item, every training item of one clip).
+        cuts = [scaled_crop(box, plan.out_size, height, width) for box in plan.boxes]
+        if not self.config.train and len({size for size, _ in cuts}) == 1:
+            # Evaluation views (T clips x S crops): the distinct frames travel once; views are cut on the device.
+            wanted = sorted(set(plan.frames.ravel().tolist()))
+            decoded = decode_frames(comps[self.shard_set.video_ext], wanted, size=cuts[0][0])
+            position = {f: i for i, f in enumerate(wanted)}
+            return {"frames": torch.from_numpy(np.stack([decoded[f] for f in wanted])),
+                    "index": torch.tensor([[position[int(f)] for f in row] for row in plan.frames], dtype=torch.int64),
+                    "crops": torch.tensor([at for _, at in cuts], dtype=torch.int64),
+                    "flips": torch.from_numpy(plan.flips.copy()), "label": label, "key": key, "clip": plan.clips.tolist()}
+        out = [None] * len(cuts)
+        for size in dict.fromkeys(size for size, _ in cuts):
+            rows = [r for r, (s, _) in enumerate(cuts) if s == size]
+            decoded = decode_frames(comps[self.shard_set.video_ext], plan.frames[rows].ravel(), size=size)
+            for r in rows:
+                out[r] = cut_clip(np.stack([decoded[int(i)] for i in plan.frames[r]]), cuts[r][1], plan.out_size,
+                                  bool(plan.flips[r]))
+        return {"clips": torch.from_numpy(np.stack(out)), "label": label, "key": key, "clip": plan.clips.tolist()}
 
     def __getitem__(self, i):
         failed = []
         for attempt in range(self.max_retries + 1):
-            shard_index, sample_index = self.plan[(i + attempt) % len(self.plan)]
+            work = self.plan[(i + attempt) % len(self.plan)]
+            shard_index, sample_index = work.shard, work.sample
             try:
-                item = self.load(shard_index, sample_index)
+                item = self.load(shard_index, sample_index, work.clips)
                 item["failed"] = failed
                 return item
             except Exception as exc:  # a broken sample must not stop training: skip it, report the key
@@ -175,12 +194,20 @@ class ClipDataset(torch.utils.data.Dataset):
 
 
 def collate(items):
-    videos = torch.cat([it["clips"] for it in items])
-    n = [it["clips"].shape[0] for it in items]
+    if "frames" in items[0]:  # evaluation views: frames once per video, cut later on the device
+        offsets = np.cumsum([0] + [it["frames"].shape[0] for it in items[:-1]])
+        n = [it["index"].shape[0] for it in items]
+        views = {"frames": torch.cat([it["frames"] for it in items]),
+                 "index": torch.cat([it["index"] + int(o) for it, o in zip(items, offsets)]),
+                 "crops": torch.cat([it["crops"] for it in items]), "flips": torch.cat([it["flips"] for it in items])}
+    else:
+        views = {"clips": torch.cat([it["clips"] for it in items])}
+        n = [it["clips"].shape[0] for it in items]
     labels = torch.tensor([it["label"] for it in items], dtype=torch.int64).repeat_interleave(torch.tensor(n))
     keys = [it["key"] for it, k in zip(items, n) for _ in range(k)]
     failed = [f for it in items for f in it["failed"]]
-    return {"clips": videos, "label": labels, "key": keys, "failed": failed}
+    clip_ids = [c for it in items for c in it["clip"]]
+    return {**views, "label": labels, "key": keys, "clip": clip_ids, "failed": failed}
 
 
 def _worker_init(_):
@@ -199,6 +226,7 @@ class PyAVBackend:
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
         self.videos_per_batch = videos_per_batch
         self.num_workers = num_workers
+        self.out_size = config.preset.crop_size
 
     def epoch_chunks(self, plan, epoch: int):
         self.dataset.set_plan(plan, epoch)
@@ -211,5 +239,10 @@ class PyAVBackend:
             for key, error in chunk.pop("failed"):
                 log.warning("fastvid: sample %s failed to decode and was skipped: %s", key, error)
                 yield {"failed": (key, error)}
-            video = normalize_clips(chunk.pop("clips"), self.scale, self.shift, self.device, self.dtype, self.channels_last)
+            if "frames" in chunk:
+                frames = chunk.pop("frames").to(self.device, non_blocking=True)
+                clips = cut_views(frames, chunk.pop("index"), chunk.pop("crops"), self.out_size, chunk.pop("flips"))
+            else:
+                clips = chunk.pop("clips")
+            video = normalize_clips(clips, self.scale, self.shift, self.device, self.dtype, self.channels_last)
             yield {"video": video, **chunk}

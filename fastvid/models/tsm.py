@@ -75,6 +75,10 @@ class TSMResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        # PaddleVideo's TSM head: fc weights ~ normal(0, 0.001), zero bias (also what a new classifier gets
+        # when ImageNet weights are loaded with --weights).
+        nn.init.normal_(self.fc.weight, 0.0, 0.001)
+        nn.init.zeros_(self.fc.bias)
 
     def _make_layer(self, planes, blocks, stride=1):
         downsample = None

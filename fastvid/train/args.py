@@ -79,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--weights", metavar="FILE|NAME", help="weights to start from: a torchvision-format FILE (state_dict or {'model': ...}) or "
         "torchvision's name (R3D_18_Weights.KINETICS400_V1, MC3_18_..., R2Plus1D_18_..., S3D_Weights.KINETICS400_V1, "
         "Enum.DEFAULT or DEFAULT), read from torchvision's download cache $TORCH_HOME/hub/checkpoints")
-    add("--amp", action="store_true", help="mixed precision (bf16 by default, see --amp-dtype)")
+    add("--amp", action="store_true", help="mixed precision as torchvision: fp16 autocast with a GradScaler; --amp-dtype bf16 "
+        "uses bf16 autocast without a scaler (fp16 + GradScaler instead where the GPU lacks bf16)")
     add("--kinetics-version", choices=["400", "600"], help="Kinetics version: checked against the shard set's classes")
     add("--train-resize-size", nargs="+", type=int, help="train resize (h w); default: the preset's")
     add("--train-crop-size", nargs="+", type=int, help="train crop (h w); default: the preset's (112; 224 for --model s3d and tsm_resnet50)")
@@ -91,7 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--frame-stride", type=int, help="distance between a clip's frames, counted at --frame-rate (source frames: N x fps / frame-rate), or at the native rate when --frame-rate is none")
     add("--channels-last", action="store_true", help="channels_last_3d memory format for model and input")
     add("--compile", action="store_true", help="torch.compile the model")
-    add("--amp-dtype", type=str.lower, choices=["bf16", "fp16"], help="autocast dtype with --amp (fp16 adds a GradScaler)")
+    add("--amp-dtype", type=str.lower, choices=["bf16", "fp16"], help="autocast dtype with --amp: fp16 (with a GradScaler, torchvision's) or bf16")
     add("--grad-clip", type=float, metavar="NORM", help="clip the global gradient norm")
     add("--profile-steps", metavar="A-B", help="write a torch.profiler trace of global steps A..B to OUTPUT/profile/")
     add("--seed", type=int, help="random seed (model init and clip sampling)")
@@ -108,6 +109,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--wandb", action="store_true", help="also log to Weights & Biases (pip install 'fastvid[wandb]'; WANDB_MODE=offline needs no network)")
     add("--wandb-project", help="Weights & Biases project name")
     add("--no-progress", action="store_true", help="no progress bars: a log line every --print-freq steps (the default when stderr is not a terminal)")
+    add("--step-between-clips", type=int, metavar="N", help="frames (at --frame-rate) between the starts of a video's grid clips, torchvision's step_between_clips")
+    add("--short-videos", choices=["drop", "pad"], help="videos shorter than one clip: drop (torchvision) or pad with the last frame")
+    add("--clip-sampling", choices=["without_replacement", "with_replacement"],
+        help="training clips per video: drawn from the clip grid without replacement (torchvision's RandomClipSampler) or with")
+    add("--num-segments", type=int, metavar="N", help="TSN sampling (PaddleVideo TSM): one frame from each of N equal segments "
+        "(random offset in training, centre in evaluation); sets the clip length to N")
+    add("--eval-views", metavar="TxS", help="evaluation views per video: T uniform clips x S crops (1 centre; 3 along the long "
+        "side), decoded once per video; default: --clips-per-video x 1 (torchvision's)")
+    add("--save-every-steps", type=int, metavar="N", help="also checkpoint every N training steps; resumable on another number of ranks")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -41,6 +41,9 @@ class StepContext:
     profiler: object | None = None        # fastvid.train.trainer.StepProfiler
     stop_vote: object | None = None       # fastvid.train.preempt.StopVote, polled after every step
     global_step: int = 0
+    key_log: object | None = None          # Path: append "epoch key clip" per training clip (FASTVID_LOG_KEYS)
+    save_every_steps: int | None = None    # call save_checkpoint(steps done this call) every N steps
+    save_checkpoint: callable = None
 
 
 @dataclass
@@ -114,6 +117,13 @@ def train_one_epoch(model, loader, ctx: StepContext, *, epoch: int, num_steps: i
         if ctx.profiler is not None:
             ctx.profiler.after_step(ctx.global_step)
 
+        if ctx.key_log is not None:
+            with open(ctx.key_log, "a") as f:
+                f.writelines(f"{epoch} {k} {c}\n" for k, c in zip(batch["key"], batch.get("clip", [-1] * len(batch["key"]))))
+        if ctx.save_every_steps and ctx.save_checkpoint is not None and (step + 1) % ctx.save_every_steps == 0 \
+                and step + 1 < num_steps:
+            ctx.save_checkpoint(res.steps + 1)
+
         detached = loss.detach()
         loss_acc += detached
         bad |= ~torch.isfinite(detached)
@@ -160,7 +170,7 @@ def train_one_epoch(model, loader, ctx: StepContext, *, epoch: int, num_steps: i
 @torch.inference_mode()
 def evaluate(model, loader, *, device: torch.device, clips_per_video: int, autocast_dtype=None, channels_last=False,
              num_steps: int | None = None, progress=None) -> dict:
-    """Clip- and video-level accuracy; a video's score is the mean softmax of its clips.
+    """Clip- and video-level accuracy; a video's score is the mean softmax of its clips (all T x S views).
 
     Each rank keeps at most `clips_per_video` clips per key (the loader pads the last batches by
     wrapping around, which repeats clips); keys are merged across ranks keeping one entry per key, so
@@ -171,10 +181,13 @@ def evaluate(model, loader, *, device: torch.device, clips_per_video: int, autoc
     clip_top1 = clip_top5 = clips = 0
     loss_sum = 0.0
     steps = len(loader) if num_steps is None else min(num_steps, len(loader))
+    t0 = time.perf_counter()
+    decoded_clips = 0
     it = iter(loader)
     for _ in range(steps):
         batch = next(it)
         video, label = prepare_input(batch, device, channels_last)
+        decoded_clips += int(video.shape[0])
         with autocast(device, autocast_dtype):
             output = model(video)
         output = output.float()
@@ -198,9 +211,13 @@ def evaluate(model, loader, *, device: torch.device, clips_per_video: int, autoc
         if progress is not None:
             progress.update(1)
 
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - t0
     gathered = D.all_gather_objects(
         {"videos": {key: (e[0].numpy(), e[1], e[2]) for key, e in per_key.items()},
-         "clips": clips, "clip_top1": clip_top1, "clip_top5": clip_top5, "loss_sum": loss_sum}
+         "clips": clips, "clip_top1": clip_top1, "clip_top5": clip_top5, "loss_sum": loss_sum,
+         "views_per_s": decoded_clips / max(wall, 1e-9)}
     )
     videos: dict = {}
     for part in gathered:
@@ -221,4 +238,6 @@ def evaluate(model, loader, *, device: torch.device, clips_per_video: int, autoc
         "val_loss": sum(p["loss_sum"] for p in gathered) / n_clips if n_clips else None,
         "val_videos": n_videos,
         "val_clips": n_clips,
+        # views (clips x crops) through the model per second, summed over ranks: decode + cut + forward
+        "val_clips_per_s": round(sum(p["views_per_s"] for p in gathered), 2),
     }

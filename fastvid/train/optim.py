@@ -1,7 +1,10 @@
 """Optimizer and lr schedule as torchvision's video reference: SGD (fused where available), linear or
-constant warmup for `lr_warmup_epochs`, then MultiStepLR, stepped every iteration."""
+constant warmup for `lr_warmup_epochs`, then MultiStepLR, stepped every iteration; `fast_forward_schedule` puts a
+schedule at iteration N (a resume on another world size, where the steps per epoch changed)."""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -39,3 +42,20 @@ def build_lr_scheduler(optimizer, cfg, iters_per_epoch: int):
     else:
         raise ValueError(f"Invalid warmup lr method '{cfg.lr_warmup_method}'. Only linear and constant are supported.")
     return torch.optim.lr_scheduler.SequentialLR(optimizer, schedulers=[warmup, main], milestones=[warmup_iters])
+
+
+def fast_forward_schedule(cfg, optimizer, steps_per_epoch: int, steps: int) -> dict:
+    """Scheduler state and lrs after `steps` iterations of a fresh schedule (for a resume on another world size)."""
+    saved = [dict(g) for g in optimizer.param_groups]
+    for g in optimizer.param_groups:
+        g["lr"] = g.get("initial_lr", cfg.lr)
+        g.pop("initial_lr", None)
+    sched = build_lr_scheduler(optimizer, cfg, max(steps_per_epoch, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": intended here
+        for _ in range(steps):
+            sched.step()
+    out = {"scheduler": sched.state_dict(), "lrs": [g["lr"] for g in optimizer.param_groups]}
+    for g, old in zip(optimizer.param_groups, saved):
+        g["initial_lr"] = old.get("initial_lr", cfg.lr)
+    return out

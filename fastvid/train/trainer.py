@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from fastvid.config import TrainConfig, parse_step_range
+from fastvid.config import TrainConfig, eval_views, parse_step_range
 from fastvid.models.pretrained import resolve_weights
 from fastvid.train import distributed as D
 from fastvid.train import logs
 from fastvid.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from fastvid.train.engine import StepContext, evaluate, train_one_epoch
-from fastvid.train.optim import build_lr_scheduler, build_optimizer
+from fastvid.train.optim import build_lr_scheduler, build_optimizer, fast_forward_schedule
 from fastvid.train.preempt import PREEMPTED_EXIT_CODE, StopFlag, StopVote
 from fastvid.train.syncbn import convert_sync_batchnorm
 
@@ -82,12 +82,13 @@ def build_loader(cfg: TrainConfig, info: D.DistInfo, split_dir: str, train: bool
             f"{path} is not a shard set (no manifest.json); --data-path/--{'train' if train else 'val'}-dir must name "
             "a directory written by `fastvid shard videos`"
         )
+    temporal_views, spatial_views = eval_views(cfg)
     return VideoLoader(
         str(path),
         batch_size=cfg.batch_size,
-        clip_len=cfg.clip_len,
+        clip_len=cfg.num_segments or cfg.clip_len,
         frame_stride=cfg.frame_stride,
-        clips_per_video=cfg.clips_per_video,
+        clips_per_video=cfg.clips_per_video if train else temporal_views,
         train=train,
         preset=preset,
         crop_size=_size(cfg.train_crop_size if train else cfg.val_crop_size),
@@ -103,6 +104,11 @@ def build_loader(cfg: TrainConfig, info: D.DistInfo, split_dir: str, train: bool
         dtype=torch.float32,
         channels_last=cfg.channels_last,
         drop_last=train,
+        step_between_clips=cfg.step_between_clips,
+        short_videos=cfg.short_videos,
+        clip_sampling=cfg.clip_sampling,
+        sampler="segments" if cfg.num_segments else "clips",
+        spatial_views=1 if train else spatial_views,
     )
 
 
@@ -138,10 +144,18 @@ def _channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
-def _autocast_dtype(cfg: TrainConfig):
+def _autocast_dtype(cfg: TrainConfig, device: torch.device, info: D.DistInfo | None = None):
+    """--amp: fp16 autocast + GradScaler (torchvision's meaning); --amp-dtype bf16: bf16 without a scaler,
+    falling back to fp16 + GradScaler on a GPU without bf16."""
     if not cfg.amp:
         return None
-    return torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
+    if cfg.amp_dtype == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            if info is not None:
+                log(info, "note: this GPU has no bf16: --amp-dtype bf16 falls back to fp16 with a GradScaler")
+            return torch.float16
+        return torch.bfloat16
+    return torch.float16
 
 
 def _cpu_seconds() -> float:
@@ -153,6 +167,25 @@ def _peak_rss_bytes() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _train_state(cfg, info, model_without_ddp, optimizer, lr_scheduler, scaler, train_loader, epoch: int) -> dict:
+    return {
+        "model": model_without_ddp.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": lr_scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": epoch,
+        "args": cfg.to_dict(),
+        "world_size": info.world_size,
+        "loader": train_loader.state_dict() if hasattr(train_loader, "state_dict") else None,
+    }
+
+
+def _key_log_path(info: D.DistInfo) -> Path | None:
+    """FASTVID_LOG_KEYS=PATH: every rank appends "epoch key clip" per training clip to PATH.rank<r> (tests, audits)."""
+    base = os.environ.get("FASTVID_LOG_KEYS")
+    return Path(f"{base}.rank{info.rank}") if base else None
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
@@ -243,7 +276,7 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
         model = torch.compile(model)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    amp_dtype = _autocast_dtype(cfg)
+    amp_dtype = _autocast_dtype(cfg, info.device, info)
     scaler = torch.amp.GradScaler(info.device.type) if amp_dtype == torch.float16 else None
 
     steps_per_epoch = len(train_loader) if train_loader is not None else 0
@@ -264,18 +297,33 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
                              f"pass --model {saved_model} (or use --weights to start {cfg.model} from compatible weights)")
         model_without_ddp.load_state_dict(ckpt["model"])
         if not cfg.test_only:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
             start_epoch = ckpt["epoch"] + 1
             if ckpt.get("resume_epoch") == start_epoch:
                 resume_step = int(ckpt.get("resume_step", 0))
                 if ckpt.get("loader") is not None and hasattr(train_loader, "load_state_dict"):
                     train_loader.load_state_dict(ckpt["loader"])
+                    # The loader continues at the saved global clip position, whatever the world size now.
+                    resume_step = min(max(len(train_loader) - train_loader.remaining_batches, 0), steps_per_epoch)
+            elastic = (ckpt.get("world_size", info.world_size), ckpt.get("args", {}).get("batch_size", cfg.batch_size)) != \
+                (info.world_size, cfg.batch_size)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if elastic:
+                # Steps per epoch differ on another world size: rebuild the per-iteration schedule at the same
+                # point of training (epoch + fraction done) instead of loading an iteration count of the old run.
+                lrs = fast_forward_schedule(cfg, optimizer, steps_per_epoch, start_epoch * steps_per_epoch + resume_step)
+                lr_scheduler = build_lr_scheduler(optimizer, cfg, max(steps_per_epoch, 1))
+                lr_scheduler.load_state_dict(lrs["scheduler"])
+                for group, lr in zip(optimizer.param_groups, lrs["lrs"]):
+                    group["lr"] = lr
+            else:
+                lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
         log(info, f"resumed from {cfg.resume}: epoch {start_epoch}" + (f", step {resume_step}" if resume_step else ""))
 
-    eval_kwargs = dict(device=info.device, clips_per_video=cfg.clips_per_video, autocast_dtype=amp_dtype, channels_last=cfg.channels_last)
+    temporal_views, spatial_views = eval_views(cfg)
+    eval_kwargs = dict(device=info.device, clips_per_video=temporal_views * spatial_views, autocast_dtype=amp_dtype,
+                       channels_last=cfg.channels_last)
     if cfg.test_only:
         if info.device.type == "cuda":
             torch.backends.cudnn.benchmark = False
@@ -294,11 +342,12 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
         return 0
 
     log(info, f"optimizer: {opt_name}; {steps_per_epoch} steps/epoch x {cfg.batch_size} clips x {info.world_size} ranks; "
-        f"AMP {cfg.amp_dtype if amp_dtype else 'off'}; channels_last {cfg.channels_last}; compile {cfg.compile}")
+        f"AMP {({torch.float16: 'fp16 + GradScaler', torch.bfloat16: 'bf16'}[amp_dtype]) if amp_dtype else 'off'}; channels_last {cfg.channels_last}; compile {cfg.compile}")
     profiler = StepProfiler(cfg.profile_steps, out_dir, info.rank, info.device) if cfg.profile_steps else None
     ctx = StepContext(device=info.device, optimizer=optimizer, lr_scheduler=lr_scheduler, criterion=criterion,
                       autocast_dtype=amp_dtype, scaler=scaler, grad_clip=cfg.grad_clip, channels_last=cfg.channels_last,
-                      print_freq=cfg.print_freq, profiler=profiler, stop_vote=StopVote(stop))
+                      print_freq=cfg.print_freq, profiler=profiler, stop_vote=StopVote(stop),
+                      key_log=_key_log_path(info), save_every_steps=cfg.save_every_steps)
     sinks = logs.make_sinks(cfg, info.is_main, out_dir)
     if sinks.tb_dir is not None:
         log(info, f"TensorBoard: tensorboard --logdir {sinks.tb_dir}")
@@ -357,6 +406,14 @@ def _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_lo
             torch.cuda.reset_peak_memory_stats(info.device)
         sampler = ResourceSampler(interval=0.5, gpu_indices=[info.device.index] if info.device.type == "cuda" else None).start()
         cpu_t0, wall_t0 = _cpu_seconds(), time.perf_counter()
+        def save_mid_epoch(steps_done: int, epoch=epoch, start=resume_step):
+            # Every --save-every-steps: "epoch-1 done, continue `epoch` at the loader's global clip position".
+            if info.is_main:
+                state = _train_state(cfg, info, model_without_ddp, optimizer, lr_scheduler, scaler, train_loader, epoch - 1)
+                state.update(resume_epoch=epoch, resume_step=start + steps_done)
+                save_checkpoint(state, out_dir, epoch=None)
+
+        ctx.save_checkpoint = save_mid_epoch
         with logs.progress(steps_per_epoch, f"Epoch: [{epoch}]", bars=bars, initial=resume_step, print_freq=cfg.print_freq,
                            enabled=info.is_main, sinks=sinks, step_offset=epoch * steps_per_epoch,
                            device_stats=device_stats) as bar:
@@ -366,16 +423,7 @@ def _epochs(cfg, info, stop, ctx, model, model_without_ddp, train_loader, val_lo
             # Epoch shorter than the sampling interval: fall back to this process's CPU time and peak RSS.
             usage["cpu_percent"] = 100.0 * (_cpu_seconds() - cpu_t0) / max(time.perf_counter() - wall_t0, 1e-9)
             usage["rss_max_bytes"] = _peak_rss_bytes()
-        state = {
-            "model": model_without_ddp.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": epoch,
-            "args": cfg.to_dict(),
-            "world_size": info.world_size,
-            "loader": train_loader.state_dict() if hasattr(train_loader, "state_dict") else None,
-        }
+        state = _train_state(cfg, info, model_without_ddp, optimizer, lr_scheduler, scaler, train_loader, epoch)
         if res.preempted:
             # Mid-epoch: the checkpoint says "epoch-1 done, continue epoch at step N".
             state.update(epoch=epoch - 1, resume_epoch=epoch, resume_step=resume_step + res.steps)
