@@ -253,7 +253,6 @@ def test_video_level_eval_averages_clips_and_ignores_wrapped_repeats():
 
 
 def test_tsm_recipe_has_paddlevideos_documented_values():
-
     cfg = build_config(config_path="tsm_resnet50_k400")  # a shipped recipe, by name
     assert cfg.model == "tsm_resnet50" and cfg.num_segments == 8 and cfg.preset == "tsm"
     assert cfg.batch_size * 8 == 128 and cfg.lr == 0.02 and cfg.momentum == 0.9 and cfg.weight_decay == 1e-4
