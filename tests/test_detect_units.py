@@ -169,3 +169,15 @@ def test_config_yaml_and_flags(tmp_path):
     with pytest.raises(ValueError, match="bad.yaml.*unknown option"):
         config_from_args(build_parser(["train-events", "--config", str(tmp_path / "bad.yaml")]).parse_args(
             ["train-events", "--config", str(tmp_path / "bad.yaml")]))
+
+
+def test_shipped_detector_configs_parse():
+    from pathlib import Path
+
+    from fastvid.detect.config import build_detect_config
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("rnn_det*.yaml"))
+    assert configs
+    for path in configs:
+        cfg = build_detect_config({"config": str(path)})
+        assert cfg.tbptt_steps >= 1 and cfg.model in ("rnn_det_tiny", "rnn_det_small")

@@ -113,10 +113,10 @@ class RandomSequenceLoader:
     def _events(self, rec, t0: int, t1: int) -> dict:
         """Columns of the recording's events in [t0, t1), from the segments that overlap it."""
         parts = []
-        for ref in rec.segments:
+        seg_us = (rec.t_end - rec.t_begin) // len(rec.segments)  # segments tile the recording evenly
+        first, last = (t0 - rec.t_begin) // seg_us, (t1 - 1 - rec.t_begin) // seg_us
+        for ref in rec.segments[max(0, first):last + 1]:
             sample = self._reader.read(ref, True)
-            if sample["meta"]["t1"] <= t0 or sample["meta"]["t0"] >= t1:
-                continue
             ev = sample["events"]
             a, z = np.searchsorted(ev["t"], [t0, t1])
             parts.append((ev, a, z, sample["boxes"]))

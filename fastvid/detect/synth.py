@@ -33,14 +33,14 @@ def _object(rng, sensor_size):
     return {"cls": cls, "wh": np.array([w, h]), "pos": pos, "vel": speed * np.array([np.cos(angle), np.sin(angle)])}
 
 
-def simulate(duration_us: int, sensor_size=(64, 48), num_objects: int = 2, seed: int = 0, tick_us: int = 1000,
+def simulate(duration_us: int, sensor_size=(64, 48), num_objects: int = 2, seed: int = 0, tick_us: int = 2000,
              edge_rate: float = 0.6, noise_per_s: float = 2000.0, label_period_us: int = 50_000):
     """(events EVENT_DTYPE sorted by t, boxes TOOLBOX_BOX_DTYPE) of one recording."""
     rng = np.random.default_rng(seed)
     W, H = sensor_size
     objs = [_object(rng, sensor_size) for _ in range(num_objects)]
     chunks, boxes = [], []
-    label_times = set(range(label_period_us - 1000, duration_us, label_period_us))
+    label_times = set(range(label_period_us - tick_us, duration_us, label_period_us))  # just before each window end
     for t in range(0, duration_us, tick_us):
         for k, o in enumerate(objs):
             o["pos"] = o["pos"] + o["vel"] * tick_us * 1e-6

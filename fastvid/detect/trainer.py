@@ -162,7 +162,12 @@ def evaluate(model: nn.Module, loader, cfg: DetectConfig, info: D.DistInfo, eval
     labels = {k: np.concatenate(v) for k, v in merged_g.items()}
     res["detections"] = detections
     if info.is_main:
-        m = evaluate_detections(labels, detections, eval_cfg)
+        try:
+            m = evaluate_detections(labels, detections, eval_cfg)
+        except ValueError as exc:  # e.g. every val label filtered out: report, keep training
+            print(f"warning: validation not scored: {exc}", flush=True)
+            res.update(val_mAP=None, val_AP50=None, val_AP75=None)
+            return res
         res.update(val_mAP=m.mAP, val_AP50=m.AP50, val_AP75=m.AP75, val_labels=m.num_labels,
                    val_detections=m.num_detections)
     return res
