@@ -121,7 +121,7 @@ def evaluate(model: nn.Module, loader, cfg: DetectConfig, info: D.DistInfo, eval
     base = _base(loader)
     cells = strides = None
     t_start = time.perf_counter()
-    for step in _steps(loader):
+    for step in _keep_threads(_steps(loader)):
         x = step.x.to(info.device, non_blocking=True)
         if cells is None:
             cells, strides = model.grid(x.shape[-2], x.shape[-1], info.device)
@@ -173,9 +173,20 @@ def evaluate(model: nn.Module, loader, cfg: DetectConfig, info: D.DistInfo, eval
     return res
 
 
+def _keep_threads(steps):
+    """Re-apply this process's torch thread count after every loader step: the loader's Numba kernels
+    set the OpenMP thread count they share with torch (to all cores), which oversubscribes a busy
+    machine when torch was limited (OMP_NUM_THREADS / torch.set_num_threads)."""
+    threads = torch.get_num_threads()
+    for step in steps:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        yield step
+
+
 def _chunks(steps, size: int):
     chunk = []
-    for step in steps:
+    for step in _keep_threads(steps):
         chunk.append(step)
         if len(chunk) == size:
             yield chunk
