@@ -178,7 +178,7 @@ def test_shipped_detector_configs_parse():
 
     from fastvid.detect.config import build_detect_config
 
-    configs = sorted((Path(__file__).parents[1] / "configs").glob("rnn_det*.yaml"))
+    configs = sorted((Path(__file__).parents[1] / "configs" / "events").glob("rnn_det*.yaml"))
     assert configs
     for path in configs:
         cfg = build_detect_config({"config": str(path)})

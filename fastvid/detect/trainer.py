@@ -322,7 +322,9 @@ def _run(cfg: DetectConfig, info: D.DistInfo, stop: StopFlag) -> int:
 
     if cfg.test_only:
         res = evaluate(model, val_loader, cfg, info, eval_cfg, speed_only=cfg.speed_test)
-        res.pop("detections", None)
+        detections = res.pop("detections", None)
+        if info.is_main and detections is not None:
+            save_box_sets(out_dir / "val_detections.npz", detections)
         log(info, " * " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()))
         if info.is_main:
             from fastvid.shard.manifest import write_json_atomic
