@@ -55,9 +55,12 @@ def rows(out):
 @pytest.mark.slow
 def test_training_raises_map_far_above_untrained(det_root, tmp_path):
     untrained = tmp_path / "untrained"
-    r = run_cli("train-events", *args_for(det_root, untrained, "--test-only"))
+    # every candidate box kept (an untrained model scores ~1e-4): its best chance at some mAP
+    r = run_cli("train-events", *args_for(det_root, untrained, "--test-only", "--score-threshold", "0"))
     assert r.returncode == 0, r.stderr[-3000:]
-    base = json.loads((untrained / "eval.json").read_text())["val_mAP"]
+    base = json.loads((untrained / "eval.json").read_text())
+    assert base["val_detections"] > 1000
+    base = base["val_mAP"]
 
     out = tmp_path / "run"
     r = run_cli("train-events", *args_for(det_root, out, "--epochs", "6", "--eval-every", "3", "--lr-milestones", "5",
@@ -67,7 +70,7 @@ def test_training_raises_map_far_above_untrained(det_root, tmp_path):
     assert [g["epoch"] for g in got] == list(range(6))
     assert got[-1]["train_loss"] < 0.6 * got[0]["train_loss"]
     final = got[-1]["val_mAP"]
-    # measured on the 2-core EPYC: untrained ~1e-4, trained ~0.2-0.28 (AP50 ~0.5)
+    # measured on the 2-core EPYC (2026-11-30): untrained 0.0, trained 0.27 (AP50 0.54)
     assert final > max(0.1, 20 * base), (base, [g.get("val_mAP") for g in got])
     assert got[-1]["val_AP50"] > 0.3
     # the saved detections score the same through `fastvid eval-events` (labels from the shard set)
