@@ -91,7 +91,16 @@ def test_detach_truncates_gradients_between_chunks_only():
     assert torch.autograd.grad(out_c.sum(), x)[0][:2].abs().sum() > 0
 
 
-def test_loss_learns_a_fixed_scene_and_postprocess_finds_it():
+@pytest.fixture
+def one_thread():
+    # 200 tiny steps: thread hand-offs would cost more than the work on a shared 2-core machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_loss_learns_a_fixed_scene_and_postprocess_finds_it(one_thread):
     model = small_model(1, strong_memory=False).train()
     x = torch.zeros(2, 2, 24, 32)
     x[0, 0, 4:12, 6:20] = 3.0   # a wide blob
