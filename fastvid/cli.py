@@ -17,6 +17,8 @@ COMMANDS = {
     "manifest": ("fastvid.shard.merge", "merge the partial manifests of a multi-node shard job"),
     "inspect": ("fastvid.shard.inspect", "summarize (and --verify) a shard set"),
     "train": ("fastvid.train.cli", "train a video classifier (torchvision reference flags; torchrun ready)"),
+    "train-events": ("fastvid.detect.train_cli", "train a recurrent event-camera detector with TBPTT (torchrun ready)"),
+    "eval-events": ("fastvid.detect.eval_cli", "Prophesee COCO mAP of saved event-camera detections"),
     "bench": ("fastvid.benchmarks.cli", "measure loaders, kernels and training throughput"),
     "quickstart": ("fastvid.quickstart", "generate a small dataset, shard it, train and evaluate, end to end"),
     "profile": ("fastvid.profile", "sample GPU utilization/memory/clocks of a command (CSV + PNG)"),

@@ -89,9 +89,10 @@ FIELD_TYPES = typing.get_type_hints(TrainConfig)
 FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def _coerce(name: str, value, source: str):
-    """Check/convert `value` for field `name` (ints accepted for floats, sequences for lists)."""
-    hint = FIELD_TYPES[name]
+def _coerce(name: str, value, source: str, types: dict | None = None):
+    """Check/convert `value` for field `name` (ints accepted for floats, sequences for lists).
+    `types`: the field types of another config dataclass (default: TrainConfig's)."""
+    hint = (types or FIELD_TYPES)[name]
     if value is None:
         if type(None) in typing.get_args(hint):
             return None
@@ -142,8 +143,10 @@ def _type_name(t) -> str:
     return getattr(t, "__name__", str(t))
 
 
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML config into {field: value} with dashed keys normalized; clear errors on bad files."""
+def load_yaml(path: str | Path, types: dict | None = None) -> dict:
+    """Read a YAML config into {field: value} with dashed keys normalized; clear errors on bad files.
+    `types`: the field types of another config dataclass (default: TrainConfig's)."""
+    types = types or FIELD_TYPES
     import yaml
 
     from fastvid.configs import resolve
@@ -160,9 +163,9 @@ def load_yaml(path: str | Path) -> dict:
         name = str(key).replace("-", "_")
         if name == "wd":
             name = "weight_decay"
-        if name not in FIELD_TYPES:
+        if name not in types:
             raise ValueError(f"config file {path}: unknown option {key!r}")
-        out[name] = _coerce(name, value, f"config file {path}")
+        out[name] = _coerce(name, value, f"config file {path}", types)
     return out
 
 

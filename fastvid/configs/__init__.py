@@ -1,7 +1,8 @@
 """The training recipes shipped with fastvid (YAML files in this package), selectable by name.
 
-`fastvid train --config r2plus1d_18_k400` finds `r2plus1d_18_k400.yaml` here; a path to any YAML
-file works as well (a path that exists wins over a recipe of the same name).
+`fastvid train --config r2plus1d_18_k400` finds `r2plus1d_18_k400.yaml` here (`fastvid train-events
+--config events/rnn_det_gen1` finds `events/rnn_det_gen1.yaml`); a path to any YAML file works as
+well (a path that exists wins over a recipe of the same name).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ def resolve(config: str | Path) -> Path:
     if path.is_file():
         return path
     name = path.name[:-5] if path.name.endswith(".yaml") else path.name
-    if len(path.parts) == 1 or (len(path.parts) == 2 and path.parts[0] == "configs"):
-        shipped = importlib.resources.files(__name__).joinpath(name + ".yaml")
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    if len(parts) == 1 or (len(parts) == 2 and parts[0] == "events"):  # video recipes; events/<name>: detectors
+        shipped = importlib.resources.files(__name__).joinpath(*parts[:-1], name + ".yaml")
         if shipped.is_file():
             return Path(str(shipped))  # a real file: setuptools installs package data unzipped
     raise FileNotFoundError(f"config {str(config)!r} is neither a file nor a shipped recipe; recipes: {', '.join(recipe_names())}")
