@@ -203,13 +203,18 @@ def _run_numba(kernel, args, n_windows: int):
     """Run a window-parallel kernel with no more threads than windows: a single window then runs on the
     calling thread alone instead of waiting at a barrier for idle workers (which costs a lot on busy cores)."""
     import numba
+    import torch
 
-    before = numba.get_num_threads()
+    before, torch_threads = numba.get_num_threads(), torch.get_num_threads()
     numba.set_num_threads(max(1, min(before, n_windows)))
     try:
         kernel(*args)
     finally:
         numba.set_num_threads(before)
+        # Numba's OpenMP layer sets the calling thread's OpenMP thread count, which torch shares: without
+        # this, a caller's torch.set_num_threads / OMP_NUM_THREADS would silently become all cores.
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
 
 
 def _represent_cpu(events, offsets, rep, width, height, bins, tau_us, t0, t1):
