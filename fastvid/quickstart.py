@@ -109,7 +109,7 @@ def run(args) -> int:
     threads = torch.get_num_threads()
     if not on_gpu:
         # One core stays with the decoder threads. On a shared or busy machine this matters most: two
-        # OpenMP threads contending with other processes measured 5-7x slower per step than one thread.
+        # OpenMP threads contending with other processes measured 4-7x slower per step than one thread.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
     try:
         rc = main(train_argv)
