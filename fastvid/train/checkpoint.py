@@ -99,8 +99,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, trust: bool = False)
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(
-            f"--weights {path}: not a file. torchvision weight enum names (e.g. R2Plus1D_18_Weights.KINETICS400_V1) "
-            "need torchvision to download them; save `weights.get_state_dict()` to a file and pass its path"
+            f"--weights {path}: not a file (torchvision's weight names, e.g. R2Plus1D_18_Weights.KINETICS400_V1, "
+            "are resolved to files in $TORCH_HOME/hub/checkpoints by fastvid.models.pretrained before this)"
         )
     try:
         sd = safe_load(p, trust=trust, flag="--weights")
