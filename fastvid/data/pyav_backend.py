@@ -1,22 +1,28 @@
-"""PyAV fallback backend: shard bytes -> PyAV decode -> torch crop/resize/flip/normalize, in DataLoader workers.
+"""PyAV backend: shard bytes -> PyAV decode -> crop/resize/flip, in persistent DataLoader worker processes.
 
-Used when DALI is missing or cannot decode the codec on this device (DALI's CPU decoder handles
-VP8/VP9 only). It reads the same byte ranges as DALI's webdataset reader (through the .idx files),
-cuts clips with the same pure planner (fastvid.data.plan) and applies the same box/flip/resize/normalize,
-so a (seed, epoch, key) clip holds the same frames in both backends.
+The CPU decoder for every codec (DALI's CPU decoder handles VP8/VP9 only). It reads the samples'
+byte ranges through the .idx files, cuts clips with the same pure planner (fastvid.data.plan) as
+every other backend and applies the same box/flip/resize/normalize, so a (seed, epoch, key) clip
+holds the same frames in every backend.
+
+Scaling: one decode per worker process, workers default to all cores, and the workers are started
+once and kept across epochs (`persistent_workers`): each epoch only sends the new work list, so a
+small data set pays no respawn per epoch. Each worker keeps its tar files open.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
+import os
+import time
 
 import numpy as np
 import torch
 
-from fastvid.data.plan import ClipConfig, plan_clips
-from fastvid.data.presets import normalization
+from fastvid.data import pixels
+from fastvid.data.contract import Chunk, Failure, WorkItem, plan_work, read_sample
+from fastvid.data.plan import ClipConfig
 
 log = logging.getLogger("fastvid.data")
 
@@ -106,110 +112,132 @@ def cut_clip(frames: np.ndarray, crop_at, out_size, flip: bool) -> np.ndarray:
     return np.ascontiguousarray(clip[:, :, ::-1] if flip else clip)
 
 
-def normalize_clips(clips: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, device, dtype, channels_last: bool) -> torch.Tensor:
-    """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) normalized on `device` (uint8 travels, floats are made there).
-
-    `scale` = 1/std and `shift` = mean/std, (1, 3, 1, 1, 1) tensors already on `device` (made once, not per batch:
-    a per-batch blocking host->device copy would synchronize the stream every step)."""
-    clips = clips.to(device, non_blocking=True).permute(0, 4, 1, 2, 3)  # channels-last-3d view, no copy
-    video = clips.float().mul_(scale).sub_(shift)
-    if dtype != torch.float32:
-        video = video.to(dtype)
-    return video if channels_last else video.contiguous()
-
-
 class ClipDataset(torch.utils.data.Dataset):
-    """Index i of the rank's epoch plan -> {"clips": (N, T, h, w, 3) uint8, "label", "key", "failed": [(key, error)]}.
+    """A task (epoch, candidate work items) -> {"clips": (N, T, h, w, 3) uint8, "label", "key", "failed", ...}.
 
-    A sample that fails to decode is replaced by the next one of the plan (so the batch count stays
-    the same on every rank) and reported in "failed".
+    Tasks carry their work, not an index into a plan held by the dataset: persistent workers keep the
+    dataset object they were started with, so the epoch's plan travels with each task instead. A
+    sample that fails to decode is replaced by the next candidate (the following work items of the
+    plan) and reported in "failed".
     """
 
-    def __init__(self, shard_set, config: ClipConfig, max_retries: int = 8):
+    def __init__(self, shard_set, config: ClipConfig):
         self.shard_set = shard_set
         self.config = config
-        self.plan: list[tuple[int, int]] = []
-        self.epoch = 0
-        self.max_retries = max_retries
         self._handles: dict[int, object] = {}
-
-    def set_plan(self, plan, epoch: int):
-        self.plan, self.epoch = list(plan), int(epoch)
-
-    def __len__(self):
-        return len(self.plan)
 
     def _handle(self, shard_index):
         if shard_index not in self._handles:
             self._handles[shard_index] = open(self.shard_set.shards[shard_index].tar, "rb")
         return self._handles[shard_index]
 
-    def load(self, shard_index: int, sample_index: int) -> dict:
-        shard = self.shard_set.shards[shard_index]
-        key = shard.keys[sample_index]
-        comps = self.shard_set.read_components(shard_index, sample_index, exts=(self.shard_set.video_ext, "cls", "json"),
-                                               handle=self._handle(shard_index))
-        if self.shard_set.video_ext not in comps:
-            raise ValueError(f"no {self.shard_set.video_ext} component")
-        meta = json.loads(comps["json"]) if "json" in comps else {}
-        label = int(comps["cls"].decode().strip()) if "cls" in comps else int(meta["label"])
-        plan = plan_clips(self.config, meta, key, self.epoch)
-        size, crop_at = scaled_crop(plan.boxes[0], plan.out_size, int(meta["height"]), int(meta["width"]))
-        decoded = decode_frames(comps[self.shard_set.video_ext], plan.frames.ravel(), size=size)
-        clips = [cut_clip(np.stack([decoded[int(i)] for i in idx]), crop_at, plan.out_size, bool(flip))
-                 for idx, flip in zip(plan.frames, plan.flips)]
-        return {"clips": torch.from_numpy(np.stack(clips)), "label": label, "key": key}
+    def load(self, item: WorkItem, epoch: int) -> dict:
+        t0 = time.perf_counter()
+        key, data, label, meta = read_sample(self.shard_set, item, handle=self._handle(item.shard))
+        plan = plan_work(self.config, meta, key, epoch, item)
+        t1 = time.perf_counter()
+        if pixels.shared_geometry(plan):
+            # One box for all clips: scale in the decoder's RGB conversion, then cut (the cheap path).
+            size, crop_at = scaled_crop(plan.boxes[0], plan.out_size, int(meta["height"]), int(meta["width"]))
+            decoded = decode_frames(data, plan.frames.ravel(), size=size)
+            t2 = time.perf_counter()
+            clips = [cut_clip(np.stack([decoded[int(i)] for i in idx]), crop_at, plan.out_size, bool(flip))
+                     for idx, flip in zip(plan.frames, plan.flips)]
+            clips = torch.from_numpy(np.stack(clips))
+        else:  # per-clip boxes: decode each distinct frame once at full size, crop each clip from it
+            unique, positions = pixels.distinct_frames(plan.frames)
+            decoded = decode_frames(data, unique)
+            t2 = time.perf_counter()
+            frames = torch.from_numpy(np.stack([decoded[int(i)] for i in unique]))
+            clips = pixels.clips_from_frames(frames, positions, plan.boxes, plan.flips, plan.out_size)
+        t3 = time.perf_counter()
+        return {"clips": clips, "label": label, "key": key, "stage_s": {"read": t1 - t0, "decode": t2 - t1, "pixels": t3 - t2}}
 
-    def __getitem__(self, i):
+    def __getitem__(self, task):
+        epoch, candidates = task
         failed = []
-        for attempt in range(self.max_retries + 1):
-            shard_index, sample_index = self.plan[(i + attempt) % len(self.plan)]
+        for item in candidates:
             try:
-                item = self.load(shard_index, sample_index)
-                item["failed"] = failed
-                return item
+                out = self.load(item, epoch)
+                out["failed"] = failed
+                return out
             except Exception as exc:  # a broken sample must not stop training: skip it, report the key
-                key = self.shard_set.shards[shard_index].keys[sample_index]
+                key = self.shard_set.shards[item.shard].keys[item.sample]
                 failed.append((key, f"{type(exc).__name__}: {exc}"))
-        raise RuntimeError(f"{self.max_retries + 1} consecutive samples failed to decode, last: {failed[-1]}")
+        return {"clips": None, "label": -1, "key": None, "failed": failed, "stage_s": {}}
 
 
 def collate(items):
-    videos = torch.cat([it["clips"] for it in items])
-    n = [it["clips"].shape[0] for it in items]
-    labels = torch.tensor([it["label"] for it in items], dtype=torch.int64).repeat_interleave(torch.tensor(n))
-    keys = [it["key"] for it, k in zip(items, n) for _ in range(k)]
-    failed = [f for it in items for f in it["failed"]]
-    return {"clips": videos, "label": labels, "key": keys, "failed": failed}
+    good = [it for it in items if it["clips"] is not None]
+    stage_s: dict[str, float] = {}
+    for it in items:
+        for k, v in it["stage_s"].items():
+            stage_s[k] = stage_s.get(k, 0.0) + v
+    n = [it["clips"].shape[0] for it in good]
+    return {"clips": torch.cat([it["clips"] for it in good]) if good else None,
+            "label": torch.tensor([it["label"] for it in good], dtype=torch.int64).repeat_interleave(torch.tensor(n, dtype=torch.int64)),
+            "key": [it["key"] for it, k in zip(good, n) for _ in range(k)],
+            "failed": [f for it in items for f in it["failed"]], "stage_s": stage_s, "pid": os.getpid()}
 
 
 def _worker_init(_):
-    torch.set_num_threads(1)  # one decode per worker: oversubscribing 2 cores only adds contention
+    torch.set_num_threads(1)  # one decode per worker: oversubscribing cores only adds contention
+
+
+class _EpochTasks:
+    """The DataLoader's batch sampler: yields the current epoch's tasks; replaced per epoch, workers stay."""
+
+    def __init__(self):
+        self.batches: list[list] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
 
 
 class PyAVBackend:
-    """Iterates the rank's epoch plan in chunks of `videos_per_batch` videos (each giving N clips)."""
+    """Decodes the epoch's work list in chunks of `videos_per_chunk` videos (each giving its clips)."""
 
-    def __init__(self, shard_set, config: ClipConfig, *, videos_per_batch: int, num_workers: int, device="cpu",
-                 dtype=torch.float32, channels_last: bool = False):
+    def __init__(self, shard_set, config: ClipConfig, *, videos_per_chunk: int, num_workers: int, device="cpu",
+                 dtype=torch.float32, channels_last: bool = False, prefetch: int = 4, max_retries: int = 8):
         self.dataset = ClipDataset(shard_set, config)
-        mean, std = normalization(config.preset)
-        self.scale = torch.from_numpy(1.0 / std).view(1, 3, 1, 1, 1).to(device)
-        self.shift = torch.from_numpy(mean / std).view(1, 3, 1, 1, 1).to(device)
+        self.scale, self.shift = pixels.normalization_tensors(config.preset, device)
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
-        self.videos_per_batch = videos_per_batch
+        self.videos_per_chunk = videos_per_chunk
         self.num_workers = num_workers
+        self.prefetch = prefetch
+        self.max_retries = max_retries
+        self._tasks = _EpochTasks()
+        self._loader = None
 
-    def epoch_chunks(self, plan, epoch: int):
-        self.dataset.set_plan(plan, epoch)
-        batches = [list(range(i, min(i + self.videos_per_batch, len(plan)))) for i in range(0, len(plan), self.videos_per_batch)]
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=collate,
-            worker_init_fn=_worker_init if self.num_workers else None, persistent_workers=False,
-            prefetch_factor=4 if self.num_workers else None, pin_memory=str(self.device).startswith("cuda"))
-        for chunk in loader:
-            for key, error in chunk.pop("failed"):
+    def _dataloader(self):
+        if self._loader is None:
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=self._tasks, num_workers=self.num_workers, collate_fn=collate,
+                worker_init_fn=_worker_init if self.num_workers else None, persistent_workers=self.num_workers > 0,
+                prefetch_factor=self.prefetch if self.num_workers else None, pin_memory=str(self.device).startswith("cuda"))
+        return self._loader
+
+    def epoch_chunks(self, epoch: int, work: list[WorkItem]):
+        n = len(work)
+        # Each task lists its item and the next ones of the plan as replacements for a failing sample.
+        tasks = [(int(epoch), tuple(work[(i + r) % n] for r in range(min(self.max_retries + 1, n)))) for i in range(n)]
+        self._tasks.batches = [tasks[i:i + self.videos_per_chunk] for i in range(0, n, self.videos_per_chunk)]
+        for out in self._dataloader():
+            for key, error in out["failed"]:
                 log.warning("fastvid: sample %s failed to decode and was skipped: %s", key, error)
-                yield {"failed": (key, error)}
-            video = normalize_clips(chunk.pop("clips"), self.scale, self.shift, self.device, self.dtype, self.channels_last)
-            yield {"video": video, **chunk}
+                yield Failure(key, error)
+            if out["clips"] is None:
+                continue
+            video = pixels.normalize_clips(out["clips"], self.scale, self.shift, self.device, self.dtype, self.channels_last)
+            yield Chunk(video, out["label"], out["key"], stage_s=out["stage_s"], worker_pid=out["pid"])
+
+    def close(self):
+        """Stops the worker processes now (they otherwise live as long as the loader)."""
+        if self._loader is not None:
+            it = getattr(self._loader, "_iterator", None)
+            if it is not None and hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+            self._loader = None
