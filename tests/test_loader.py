@@ -380,7 +380,7 @@ def test_dali_plain_cuda_means_the_current_device(data, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
     config = ClipConfig(clip_len=CLIP_LEN, frame_stride=STRIDE, clips_per_video=1, train=True, preset=get_preset("video_resnet"))
-    kw = dict(videos_per_batch=2, rank=0, world_size=1, num_threads=1, dtype=torch.float32, channels_last=False)
+    kw = dict(videos_per_chunk=2, num_threads=1, dtype=torch.float32, channels_last=False)
     shard_set = open_shard_set(data.h264)
     assert DALIBackend(shard_set, config, device="cuda", **kw).device_id == 3
     assert DALIBackend(shard_set, config, device="cuda:1", **kw).device_id == 1

@@ -143,7 +143,7 @@ class DALIBackend:
     """Decodes the epoch's work list with one long-lived DALI pipeline (see the module docstring)."""
 
     def __init__(self, shard_set: ShardSet, config: ClipConfig, *, videos_per_chunk: int, device: str, num_threads: int,
-                 dtype: torch.dtype, channels_last: bool, prefetch: int = 2, **_):
+                 dtype: torch.dtype, channels_last: bool, prefetch: int = 2):
         _gpu.require_dali()
         self.shard_set = shard_set
         self.config = config
