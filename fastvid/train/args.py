@@ -74,7 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--val-resize-size", nargs="+", type=int, help="eval resize (h w); default: the preset's")
     add("--val-crop-size", nargs="+", type=int, help="eval crop (h w); default: the preset's")
     # fastvid additions
-    add("--backend", choices=["auto", "dali", "pyav"], help="loader backend")
+    from fastvid.data.backends import REGISTRY
+
+    add("--backend", choices=["auto", *REGISTRY], help="loader backend (auto: the fastest that can decode the shards here)")
     add("--preset", choices=["video_resnet", "s3d", "tsm"], help="augmentation preset; default follows the model")
     add("--frame-stride", type=int, help="distance between a clip's frames, counted at --frame-rate (source frames: N x fps / frame-rate), or at the native rate when --frame-rate is none")
     add("--channels-last", action="store_true", help="channels_last_3d memory format for model and input")
