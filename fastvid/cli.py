@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": ("fastvid.benchmarks.cli", "measure loaders, kernels and training throughput"),
     "quickstart": ("fastvid.quickstart", "generate a small dataset, shard it, train and evaluate, end to end"),
     "profile": ("fastvid.profile", "sample GPU utilization/memory/clocks of a command (CSV + PNG)"),
+    "doctor": ("fastvid.doctor", "time each loader stage and the model step on a shard set; name the bottleneck and its knob"),
 }
 
 
