@@ -59,32 +59,47 @@ def make_dataset(work_dir, *, num_videos=60, num_frames=250, height=240, width=3
     `short_side` re-encodes the shards at that short side (`fastvid shard --short-side`), the usual
     practice when a recipe trains at low resolution anyway (video_resnet resizes to 128x171).
     """
-    import numpy as np
-
     from fastvid import cli
-    from fastvid.synth import MOTION_CLASSES, motion_clip, write_video
+    from fastvid.synth import MOTION_CLASSES
 
     work_dir = Path(work_dir)
     src = work_dir / f"videos_{num_videos}x{num_frames}_{width}x{height}"
     out = work_dir / f"shards_{codec}_{num_videos}x{num_frames}_{width}x{height}" if short_side is None else \
         work_dir / f"shards_{codec}_{num_videos}x{num_frames}_{width}x{height}_ss{short_side}"
     if not (src / ".complete").exists():
-        rng = np.random.default_rng(0)
+        import concurrent.futures
+
+        from fastvid.data.backends import cpu_count
+
         classes = list(MOTION_CLASSES)
-        for i in range(num_videos):
-            name = classes[i % len(classes)]
-            path = src / name / f"{name}_{i:04d}.mp4"
-            if not path.exists():
-                tmp = path.with_name("tmp_" + path.name)
-                write_video(tmp, motion_clip(name, num_frames, height, width, rng), fps=fps, codec="h264", gop=gop)
-                tmp.replace(path)
+        jobs = [(src / classes[i % len(classes)] / f"{classes[i % len(classes)]}_{i:04d}.mp4", classes[i % len(classes)], i)
+                for i in range(num_videos)]
+        jobs = [j for j in jobs if not j[0].exists()]
+        # One process per core: generating (and encoding) a 480-video default set is minutes on one core.
+        with concurrent.futures.ProcessPoolExecutor(max(1, min(cpu_count(), len(jobs) or 1))) as pool:
+            for f in [pool.submit(_make_video, path, name, i, num_frames, height, width, fps, gop) for path, name, i in jobs]:
+                f.result()
         (src / ".complete").write_text("ok\n")
     if not (out / "manifest.json").exists():
+        from fastvid.data.backends import cpu_count
+
         resize = ["--short-side", str(short_side)] if short_side else []
-        code = cli.main(["shard", "videos", str(src), str(out), "--codec", codec, "--max-samples", "32", "--workers", "2", *resize])
+        code = cli.main(["shard", "videos", str(src), str(out), "--codec", codec, "--max-samples", "32",
+                         "--workers", str(cpu_count()), *resize])
         if code:
             raise RuntimeError(f"sharding {src} into {out} failed")
     return src, out
+
+
+def _make_video(path: Path, name: str, index: int, num_frames: int, height: int, width: int, fps: int, gop: int) -> None:
+    """One generated source video (seeded by its index, so a set is the same however it is split over processes)."""
+    import numpy as np
+
+    from fastvid.synth import motion_clip, write_video
+
+    tmp = path.with_name("tmp_" + path.name)
+    write_video(tmp, motion_clip(name, num_frames, height, width, np.random.default_rng(index)), fps=fps, codec="h264", gop=gop)
+    tmp.replace(path)
 
 
 class _CpuClock:
