@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from fastvid import _gpu
 
 # Preference of backend="auto", by measurement: on CPU, DALI's decoder beats PyAV on VP9 shards at the
 # recipe's short side (README, Benchmarks) and PyAV decodes every codec. GPU ordering unmeasured: no GPU

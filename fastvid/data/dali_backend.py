@@ -119,10 +119,8 @@ class _Feeder:
                     log.warning("fastvid: sample %s could not be read or planned and was skipped: %s", key, exc)
                     failures.append(Failure(key, f"{type(exc).__name__}: {exc}"))
                     continue
-                from fastvid.data.pyav_backend import scaled_crop
-
                 unique, positions = pixels.distinct_frames(plan.frames)
-                scaled, crop_at = scaled_crop(plan.boxes[0], plan.out_size, height, width)
+                scaled, crop_at = pixels.scaled_crop(plan.boxes[0], plan.out_size, height, width)
                 out[0].append(np.frombuffer(data, np.uint8))
                 out[1].append(unique.astype(np.int32))
                 out[2].append(positions.ravel().astype(np.int32))
@@ -270,6 +268,13 @@ class DALIBackend:
         finally:
             if not finished and self._pipe is not None:
                 self._drain(self._pipe)
+
+    def close(self):
+        """Releases the pipeline and the open tar files now."""
+        self._pipe = None
+        for f in self._handles.values():
+            f.close()
+        self._handles.clear()
 
     def _recover(self, exc: Exception):
         """A batch failed to decode: rebuild, then re-run that batch one sample at a time to find the bad ones."""

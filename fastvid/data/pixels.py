@@ -25,6 +25,20 @@ def shared_geometry(plan) -> bool:
     return bool((boxes == boxes[:1]).all() and (flips == flips[:1]).all())
 
 
+def scaled_crop(box, out_size, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Box (y0, x0, h, w) -> resize the whole frame to (H', W'), then crop out_size at (y, x): same pixels, cheaper.
+
+    For the torchvision presets this is literally their transform (resize to 128x171, crop 112); for
+    other boxes the crop lands within a pixel of the box.
+    """
+    y0, x0, h, w = (int(v) for v in box)
+    oh, ow = int(out_size[0]), int(out_size[1])
+    sh, sw = max(oh, int(round(height * oh / h))), max(ow, int(round(width * ow / w)))
+    y = min(int(round(y0 * oh / h)), sh - oh)
+    x = min(int(round(x0 * ow / w)), sw - ow)
+    return (sh, sw), (y, x)
+
+
 def clips_from_frames(frames: torch.Tensor, positions: np.ndarray, boxes, flips, out_size) -> torch.Tensor:
     """(F, H, W, 3) uint8 frames -> (N, T, out_h, out_w, 3) uint8 clips.
 

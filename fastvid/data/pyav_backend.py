@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fastvid.data import pixels
+from fastvid.data.pixels import scaled_crop  # noqa: F401 (re-exported: the PyAV path's geometry)
 from fastvid.data.contract import Chunk, Failure, WorkItem, plan_work, read_sample
 from fastvid.data.plan import ClipConfig
 
@@ -89,20 +90,6 @@ def decode_frames(data: bytes, indices, size: tuple[int, int] | None = None) -> 
         for i in missing:
             out[i] = last
     return out
-
-
-def scaled_crop(box, out_size, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Box (y0, x0, h, w) -> resize the whole frame to (H', W'), then crop out_size at (y, x): same pixels, cheaper.
-
-    For the torchvision presets this is literally their transform (resize to 128x171, crop 112); for
-    other boxes the crop lands within a pixel of the box.
-    """
-    y0, x0, h, w = (int(v) for v in box)
-    oh, ow = int(out_size[0]), int(out_size[1])
-    sh, sw = max(oh, int(round(height * oh / h))), max(ow, int(round(width * ow / w)))
-    y = min(int(round(y0 * oh / h)), sh - oh)
-    x = min(int(round(x0 * ow / w)), sw - ow)
-    return (sh, sw), (y, x)
 
 
 def cut_clip(frames: np.ndarray, crop_at, out_size, flip: bool) -> np.ndarray:
