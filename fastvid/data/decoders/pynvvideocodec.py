@@ -32,7 +32,10 @@ def make_decoder(device):
     def open_source(data: bytes):
         decoder = state["decoder"]
         if decoder is None:
+            # On the calling thread's current stream (the backend runs each thread on a stream of its own), so
+            # the frames and the torch work that crops them are ordered without a device-wide sync.
             state["decoder"] = nvc.SimpleDecoder(data, gpu_id=gpu_id, use_device_memory=True,
+                                                 cuda_stream=torch.cuda.current_stream().cuda_stream,
                                                  output_color_type=nvc.OutputColorType.RGB)
             return
         try:
