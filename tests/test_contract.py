@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastvid.data import backends
-from fastvid.data.contract import Chunk, Failure, LastBatch, RebatchStats, rebatch
+from fastvid.data.contract import Chunk, Failure, LastBatch, RebatchStats, WorkItem, rebatch, resume_work
 
 
 def chunk(start: int, n: int) -> Chunk:
@@ -27,10 +27,18 @@ def test_chunks_are_cut_into_exact_batches_in_order():
     assert all(torch.equal(b.video[:, 0, 0, 0, 0], b.label.float()) for b in batches)
 
 
-def test_skip_cuts_but_does_not_yield_the_first_batches():
-    stream = [chunk(0, 5), chunk(5, 5)]
-    assert ids(rebatch(stream, batch_size=3, num_batches=3, skip=2)) == [[6, 7, 8]]
-    assert ids(rebatch([chunk(0, 5)], batch_size=3, num_batches=1, skip=1)) == []
+def test_resume_skips_consumed_work_items_and_drops_their_used_clips():
+    work = [WorkItem(0, i) for i in range(5)] + [WorkItem(1, 0, clips=(0, 2, 4))]
+    # 2 clips per item: 2 batches of 3 = 6 clips = items 0..2
+    assert resume_work(work, 2, 3, 2) == (work[3:], 0)
+    # 1 batch of 3: items 0 (2 clips) and 1 clip of item 1
+    assert resume_work(work, 1, 3, 2) == (work[1:], 1)
+    # an item with its own clip list counts its clips
+    assert resume_work(work, 11, 1, 2) == (work[5:], 1)
+    assert resume_work(work, 9, 3, 2) == ([], 0)
+    # the rebatcher drops the used clips of the first item, then cuts as usual
+    stream = [chunk(2, 2), chunk(4, 2), chunk(6, 2)]
+    assert ids(rebatch(stream, batch_size=2, num_batches=2, drop_clips=1)) == [[3, 4], [5, 6]]
 
 
 def test_failures_are_counted_and_the_epoch_is_completed_by_repeating_clips():

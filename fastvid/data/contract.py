@@ -3,8 +3,9 @@
 A backend gets the rank's ordered work list for an epoch (`WorkItem`s: which sample, which clips of it)
 and yields, in that order, `Chunk` (decoded, normalized clips of one or more work items) or `Failure`
 (a sample that could not be read, named by key) from `epoch_chunks(epoch, work)`. Everything a training
-loop relies on beyond that — exact batch sizes, the same batch count on every rank, skipping batches
-already consumed before a resume, failure accounting — is `rebatch`, so no backend re-implements it.
+loop relies on beyond that — exact batch sizes, the same batch count on every rank, failure
+accounting — is `rebatch`, and resuming mid-epoch is `resume_work` (the consumed work items are not
+decoded again), so no backend re-implements either.
 
 End-of-epoch rule (`LastBatch`, named as DALI's LastBatchPolicy): `DROP` cuts the epoch to the full
 batches of the shortest rank (training), `WRAP` pads to the longest rank by wrapping around the rank's
@@ -97,21 +98,34 @@ def _cut(pending: list[Chunk], size: int) -> tuple[Batch, list[Chunk]]:
     return batch, rest
 
 
-def rebatch(chunks: Iterable[Chunk | Failure], *, batch_size: int, num_batches: int, skip: int = 0,
+def resume_work(work: list[WorkItem], skip_batches: int, batch_size: int, clips_per_item: int) -> tuple[list[WorkItem], int]:
+    """What is left of an epoch's work list after `skip_batches` batches were consumed (resume).
+
+    Returns (the remaining work items, how many clips of the first of them were already used); the
+    consumed items are never decoded again. This is the one place where resuming skips work."""
+    used = skip_batches * batch_size
+    for i, item in enumerate(work):
+        n = len(item.clips) if item.clips is not None else clips_per_item
+        if used < n:
+            return work[i:], used
+        used -= n
+    return [], 0
+
+
+def rebatch(chunks: Iterable[Chunk | Failure], *, batch_size: int, num_batches: int, drop_clips: int = 0,
             stats: RebatchStats | None = None, max_failures_in_a_row: int | None = None,
             where: str = "the shard set") -> Iterator[Batch]:
-    """Exactly `num_batches` batches of `batch_size` clips from a backend's chunk stream, minus the first `skip`.
+    """Exactly `num_batches` batches of `batch_size` clips from a backend's chunk stream.
 
     - Clips keep their order; a chunk may be split over two batches.
-    - `skip`: batches already consumed (resume); they are cut (so the stream stays aligned) but not yielded.
-      This is the one place where resuming skips work.
+    - `drop_clips`: clips at the start of the stream that a resumed run already used (see resume_work).
     - A `Failure` is counted in `stats`; more than `max_failures_in_a_row` in a row (sources that never
       run out, such as a reader that wraps) is an error instead of an endless loop.
     - If the stream ends early (samples failed), the epoch is completed by repeating clips already cut
       this epoch, so every rank still yields `num_batches` batches; an epoch with no clip at all is an error.
     """
-    if batch_size < 1 or num_batches < 0 or skip < 0:
-        raise ValueError(f"batch_size must be >= 1 and num_batches, skip >= 0 (got {batch_size}, {num_batches}, {skip})")
+    if batch_size < 1 or num_batches < 0 or drop_clips < 0:
+        raise ValueError(f"batch_size must be >= 1 and num_batches, drop_clips >= 0 (got {batch_size}, {num_batches}, {drop_clips})")
     stats = stats if stats is not None else RebatchStats()
     pending: list[Chunk] = []
     pending_clips = 0
@@ -138,6 +152,12 @@ def rebatch(chunks: Iterable[Chunk | Failure], *, batch_size: int, num_batches: 
         if len(item) == 0:
             continue
         failed_in_a_row = 0
+        if drop_clips:
+            if len(item) <= drop_clips:
+                drop_clips -= len(item)
+                continue
+            item = Chunk(item.video[drop_clips:], item.label[drop_clips:], list(item.keys[drop_clips:]))
+            drop_clips = 0
         pending.append(item)
         pending_clips += len(item)
         while pending_clips >= batch_size and produced < num_batches:
@@ -146,8 +166,6 @@ def rebatch(chunks: Iterable[Chunk | Failure], *, batch_size: int, num_batches: 
             if first is None:
                 first = batch
             produced += 1
-            if produced <= skip:
-                continue
             stats.batches += 1
             stats.clips += len(batch.keys)
             yield batch

@@ -28,7 +28,7 @@ import torch
 
 from fastvid import _gpu
 from fastvid.data import backends, sampling
-from fastvid.data.contract import LastBatch, RebatchStats, WorkItem, rebatch
+from fastvid.data.contract import LastBatch, RebatchStats, WorkItem, rebatch, resume_work
 from fastvid.data.plan import ClipConfig
 from fastvid.data.presets import get_preset
 from fastvid.data.shards import open_shard_set, sample_metadata
@@ -153,14 +153,15 @@ class VideoLoader:
     def __iter__(self):
         skip, self._skip_batches = self._skip_batches, 0
         self._batches_done = skip
-        chunks = self._impl.epoch_chunks(self.epoch, self.epoch_work())
+        work, drop = resume_work(self.epoch_work(), skip, self.batch_size, self.config.clips_per_video)
+        chunks = self._impl.epoch_chunks(self.epoch, work)
         stats = RebatchStats()
         where = str(self.shard_set.shards[0].tar.parent)
         produced = skip
         synced = [0, 0, 0]
         try:
-            for batch in rebatch(self._observe(chunks), batch_size=self.batch_size, num_batches=self._num_batches, skip=skip,
-                                 stats=stats, max_failures_in_a_row=self.shard_set.num_samples, where=where):
+            for batch in rebatch(self._observe(chunks), batch_size=self.batch_size, num_batches=self._num_batches - skip,
+                                 drop_clips=drop, stats=stats, max_failures_in_a_row=self.shard_set.num_samples, where=where):
                 produced += 1
                 self._batches_done = produced
                 self._sync_stats(stats, synced)
