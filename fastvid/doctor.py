@@ -35,7 +35,9 @@ def add_arguments(p):
     p.add_argument("--shards", required=True, help="shard set directory")
     p.add_argument("--model", default="r3d_18", help="model name (fastvid.models)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--backend", default="auto", help="loader backend to diagnose (default: what auto picks)")
+    from fastvid.data.backends import REGISTRY
+
+    p.add_argument("--backend", default="auto", choices=["auto", *REGISTRY], help="loader backend to diagnose (default: what auto picks)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--clip-len", type=int, default=16)
     p.add_argument("--frame-stride", type=int, default=2)
