@@ -406,9 +406,15 @@ def test_pyav_workers_persist_across_epochs(data):
         collect(ld, epoch=0)
         first = set(ld.stats["worker_pids"])
         ld.stats["worker_pids"].clear()
-        collect(ld, epoch=1)
+        e1 = collect(ld, epoch=1)
         assert len(first) == 2 and set(ld.stats["worker_pids"]) == first
         assert os.getpid() not in first
+        # an epoch abandoned half-way (work still queued in the workers) does not leak into the next one
+        it = iter(ld)
+        next(it)
+        it.close()
+        assert [b["key"] for b in collect(ld, epoch=1)] == [b["key"] for b in e1]
+        assert set(ld.stats["worker_pids"]) == first
     finally:
         ld.close()
 
