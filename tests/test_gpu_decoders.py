@@ -54,5 +54,5 @@ def test_auto_on_a_gpu_takes_a_cpu_decoder_for_videos_below_nvdec_size(tmp_path)
     assert batch["video"].device.type == "cuda" and batch["video"].shape[0] == 2
     big = VideoLoader(make_shards(tmp_path / "big", height=128, width=160).h264, backend="auto", device="cuda",
                       batch_size=2, clip_len=CLIP_LEN, frame_stride=STRIDE)
-    assert big.backend == next(n for n in backends.AUTO_ORDER if backends.REGISTRY[n].can_decode("h264", "cuda", 160, 128))
+    assert big.backend == next(n for n in backends.AUTO_ORDER["cuda"] if backends.REGISTRY[n].can_decode("h264", "cuda", 160, 128))
     assert torch.isfinite(next(iter(big))["video"]).all()

@@ -2,7 +2,7 @@
 
 Every backend follows fastvid.data.contract (`epoch_chunks(epoch, work)` yields Chunk | Failure), so
 the VideoLoader, `fastvid bench loader` and `fastvid doctor` treat them alike. `backend="auto"` takes
-the first backend of `AUTO_ORDER` that can decode the shard set on the device; videos below NVDEC's
+the first backend of `AUTO_ORDER[device]` that can decode the shard set on the device; videos below NVDEC's
 128x128 minimum therefore fall back to a CPU decoder instead of failing on the GPU.
 """
 
@@ -15,11 +15,16 @@ from dataclasses import dataclass
 import torch
 
 
-# Preference of backend="auto", by measurement: on CPU, DALI's decoder beats PyAV on VP9 shards at the
-# recipe's short side (README, Benchmarks) and PyAV decodes every codec. GPU ordering unmeasured: no GPU
-# has run `fastvid bench loader` with the NVDEC candidates yet, so the current default (DALI, then the
-# CPU decoder) is kept ahead of them; reorder once `bench/gpu_check.sh` has measured them.
-AUTO_ORDER = ("dali", "pynvvideocodec", "spdl", "torchcodec", "pyav")
+# Preference of backend="auto", per device, by measurement.
+# CPU: `fastvid bench loader` on the default set (480 VP9 videos at short side 128, 2 cores, 2026-11-30):
+# PyAV workers 64 clips/s, DALI fed the work list 11 clips/s, so PyAV comes first; DALI's CPU decoder
+# reads only VP8/VP9 anyway. GPU ordering unmeasured: no GPU has run the comparison with the NVDEC
+# candidates yet, so the current default (DALI, then a CPU decoder) is kept, the candidates between them;
+# reorder once `bench/gpu_check.sh` has measured them.
+AUTO_ORDER = {
+    "cpu": ("pyav", "dali"),
+    "cuda": ("dali", "pynvvideocodec", "spdl", "torchcodec", "pyav"),
+}
 
 
 @dataclass(frozen=True)
@@ -54,13 +59,13 @@ def cpu_count() -> int:
 
 
 def choose_backend(backend: str, device: str, codec: str | None, width: int | None = None, height: int | None = None) -> str:
-    """'auto' -> the first backend of AUTO_ORDER that can decode (codec, width x height) on device ('cpu'|'cuda')."""
+    """'auto' -> the first backend of AUTO_ORDER[device] that can decode (codec, width x height) on device ('cpu'|'cuda')."""
     names = ("auto", *REGISTRY)
     if backend not in names:
         raise ValueError(f"unknown backend {backend!r}; choose one of {names}")
     if backend != "auto":
         return backend
-    for name in AUTO_ORDER:
+    for name in AUTO_ORDER["cpu" if device == "cpu" else "cuda"]:
         if name in REGISTRY and REGISTRY[name].can_decode(codec, device, width, height):
             return name
     return "pyav"

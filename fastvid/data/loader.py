@@ -8,7 +8,7 @@
             ...
 
 Backends (fastvid.data.backends): "dali", "pyav", "pyav-threads" and the NVDEC candidates
-"pynvvideocodec", "torchcodec", "spdl"; "auto" = the first of backends.AUTO_ORDER that can decode
+"pynvvideocodec", "torchcodec", "spdl"; "auto" = the first of backends.AUTO_ORDER[device] that can decode
 the shards' codec and frame size on this device (so videos below NVDEC's 128x128 go to a CPU decoder).
 Every backend executes the same plan: the rank's work list for the epoch (fastvid.data.sampling)
 and each item's ClipPlan (fastvid.data.plan), so all of them cut the same clips.
