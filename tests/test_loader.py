@@ -532,6 +532,34 @@ def test_every_cpu_backend_executes_the_same_plan(data):
             assert (b["video"] - r["video"]).abs().mean().item() < 0.05, name
 
 
+def test_per_clip_boxes_switch_dali_to_its_per_clip_graph(data, monkeypatch):
+    """Plans whose clips have their own boxes and flips (multi-view crops) run on every backend; DALI
+    starts on its one-ROI-per-video graph and moves to the per-frame-warp graph at the first such plan."""
+    import numpy as np
+
+    from fastvid.data import contract, dali_backend, pyav_backend
+    from fastvid.data.plan import ClipPlan
+
+    def per_clip(config, meta, key, epoch, item):
+        plan = contract.plan_work(config, meta, key, epoch, item)
+        boxes = plan.boxes.copy()
+        boxes[1::2, 2:] = boxes[1::2, 2:] * 3 // 4  # every other clip: a smaller box, mirrored
+        flips = np.arange(len(boxes)) % 2 == 1
+        return ClipPlan(plan.frames, boxes, flips, plan.out_size, plan.clips)
+
+    for module in (dali_backend, pyav_backend):
+        monkeypatch.setattr(module, "plan_work", per_clip)
+    kw = dict(train=False, clips_per_video=2, batch_size=4, drop_last=False)
+    dali, pyav = loader(data.vp9, "dali", **kw), loader(data.vp9, "pyav", **kw)
+    got, want = collect(dali), collect(pyav)
+    assert dali._impl.per_clip and dali._impl.builds == 2
+    assert [b["key"] for b in got] == [b["key"] for b in want]
+    for g, w in zip(got, want):
+        assert clip_frames(g["video"]) == clip_frames(w["video"])
+        assert (g["video"] - w["video"]).abs().mean().item() < 0.05
+    assert [b["key"] for b in collect(dali, 1)] == [b["key"] for b in got] and dali._impl.builds == 2
+
+
 @pytest.mark.parametrize("backend", ["dali", "pyav-threads"])
 def test_eval_views_through_other_backends_match_pyav(data, backend):
     """--eval-views 2x3 through DALI's external source or the threaded decoders: PyAV's keys, grid clips and frames."""

@@ -17,7 +17,7 @@ import torch
 
 # Preference of backend="auto", per device, by measurement.
 # CPU: `fastvid bench loader` on the default set (480 VP9 videos at short side 128, 2 cores, 2026-11-30):
-# PyAV workers 64 clips/s, DALI fed the work list 11 clips/s, so PyAV comes first; DALI's CPU decoder
+# PyAV workers 78 clips/s, DALI fed the work list 31 clips/s, so PyAV comes first; DALI's CPU decoder
 # reads only VP8/VP9 anyway. GPU ordering unmeasured: no GPU has run the comparison with the NVDEC
 # candidates yet, so the current default (DALI, then a CPU decoder) is kept, the candidates between them;
 # reorder once `bench/gpu_check.sh` has measured them.

@@ -19,6 +19,12 @@ def distinct_frames(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unique.astype(np.int64), inverse.reshape(np.shape(frames)).astype(np.int64)
 
 
+def shared_geometry(plan) -> bool:
+    """True when every clip of the plan has the same box and flip (one resize serves all of them)."""
+    boxes, flips = np.asarray(plan.boxes), np.asarray(plan.flips)
+    return bool((boxes == boxes[:1]).all() and (flips == flips[:1]).all())
+
+
 def scaled_crop(box, out_size, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """Box (y0, x0, h, w) -> resize the whole frame to (H', W'), then crop out_size at (y, x): same pixels, cheaper.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sys
 import time
 
 import numpy as np
@@ -222,10 +223,14 @@ class PyAVBackend:
 
     def _dataloader(self):
         if self._loader is None:
+            # Forking a process in which DALI pipelines (which now live as long as their loader) run threads can
+            # deadlock the child on a lock held at fork time: start workers from a fork server then.
+            context = "forkserver" if self.num_workers and "nvidia.dali" in sys.modules else None
             self._loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=self._tasks, num_workers=self.num_workers, collate_fn=collate,
                 worker_init_fn=_worker_init if self.num_workers else None, persistent_workers=self.num_workers > 0,
-                prefetch_factor=self.prefetch if self.num_workers else None, pin_memory=str(self.device).startswith("cuda"))
+                prefetch_factor=self.prefetch if self.num_workers else None, pin_memory=str(self.device).startswith("cuda"),
+                multiprocessing_context=context)
         return self._loader
 
     def epoch_chunks(self, epoch: int, work: list[WorkItem]):
