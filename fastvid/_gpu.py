@@ -14,6 +14,9 @@ _HINTS = {
     "cupy": "pip install 'fastvid[gpu]'  (CuPy for CUDA 13: cupy-cuda13x)",
     "nvidia.dali": "pip install nvidia-dali-cuda130",
     "pynvml": "pip install nvidia-ml-py",
+    "PyNvVideoCodec": "pip install 'fastvid[gpu-decoders]'  (pynvvideocodec; needs an NVIDIA driver)",
+    "torchcodec.decoders": "pip install 'fastvid[gpu-decoders]'  (torchcodec matching your torch; needs FFmpeg 4-8 libraries)",
+    "spdl.io": "pip install 'fastvid[gpu-decoders]'  (spdl-io; needs FFmpeg libraries)",
 }
 
 

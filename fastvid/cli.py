@@ -23,6 +23,7 @@ COMMANDS = {
     "quickstart": ("fastvid.quickstart", "generate a small dataset, shard it, train and evaluate, end to end"),
     "profile": ("fastvid.profile", "sample GPU utilization/memory/clocks of a command (CSV + PNG)"),
     "env": ("fastvid.envreport", "which loader backends and GPU libraries are usable here, and how to add the missing ones"),
+    "doctor": ("fastvid.doctor", "time each loader stage and the model step on a shard set; name the bottleneck and its knob"),
 }
 
 

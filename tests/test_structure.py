@@ -53,7 +53,7 @@ def test_shared_names_are_defined_once():
                 counts.update(t.id for t in node.targets if isinstance(t, ast.Name))
             elif isinstance(node, ast.FunctionDef):
                 counts[node.name] += 1
-    for name in ("IMAGENET_MEAN", "IMAGENET_STD", "KINETICS_MEAN", "IMAGE_EXTENSIONS", "SIZE_UNITS", "parse_size",
+    for name in ("IMAGENET_MEAN", "IMAGENET_STD", "KINETICS_MEAN", "IMAGE_SUFFIXES", "SIZE_UNITS", "parse_size",
                  "_worker_init", "size_pair", "exact_rate"):
         assert counts[name] == 1, name
     assert counts["_pair"] == 0 and counts["as_frame_rate"] == 0

@@ -1,12 +1,19 @@
-"""`fastvid bench loader`: clips/s, data-wait, CPU% and GPU utilization of the loaders vs a torchvision-style baseline.
+"""`fastvid bench loader`: every loader backend side by side, in steady state, vs a torchvision-style baseline.
 
-    fastvid bench loader --shards shards/train --backends dali,pyav,baseline --device cpu --json loader.json
+    fastvid bench loader --shards shards/train --device cuda --json loader.json       # every available backend
+    fastvid bench loader --backends dali,pyav,baseline --device cpu
 
-Every backend reads the same videos in the same run: "dali" and "pyav" from the shard set, "baseline"
-(fastvid.data.baseline: PyAV random access into the original files, torch transforms, DataLoader) from
-the files named by the samples' json "source" (or found under --videos). Without --shards, a
-Kinetics-like set is generated in --work-dir (320x240 H.264 clips of 10 s at 25 fps, sharded to VP9
-for the CPU or H.264 for the GPU). Ratios are clips/s over the baseline's clips/s in the same run.
+Every backend reads the same videos in the same run: the registered backends (fastvid.data.backends)
+that can decode the shard set on the device, from the shards; "dali-video" (DALI's own
+`fn.readers.video` on the original files, the "DALI alone" peer) and "baseline" (fastvid.data.baseline:
+PyAV random access into the original files, torch transforms, DataLoader) from the files named by the
+samples' json "source" (or found under --videos). Without --shards, a Kinetics-like set is generated
+in --work-dir (320x240 H.264 clips of 10 s at 25 fps, sharded to VP9 for the CPU or H.264 for the GPU),
+large enough for one epoch of >= 30 batches, so a measurement is not dominated by epoch starts.
+Loaders are built once per backend and kept across epochs and repeats (persistent workers and
+pipelines), as in training. Reported per backend: clips/s, data wait, CPU cores used (psutil),
+GPU and NVDEC utilization (pynvml, on GPU), and per-stage seconds per clip where the backend
+reports them. Ratios are clips/s over the baseline's clips/s in the same run.
 """
 
 from __future__ import annotations
@@ -18,13 +25,15 @@ from pathlib import Path
 from fastvid import _gpu
 from fastvid.benchmarks.common import device_info, write_json
 
-DEFAULTS = dict(batch_size=16, clip_len=16, frame_stride=2, preset="video_resnet", batches=20, warmup=2)
+DEFAULTS = dict(batch_size=16, clip_len=16, frame_stride=2, preset="video_resnet", batches=30, warmup=3, num_videos=480)
+PEERS = ("dali-video", "baseline")  # not fastvid backends: measured alongside them
 
 
 def add_arguments(p):
     p.add_argument("--shards", default=None, help="shard set directory (default: generate one in --work-dir)")
     p.add_argument("--videos", default=None, help="where the original videos are, for the baseline (default: json 'source')")
-    p.add_argument("--backends", default="dali,pyav,baseline", help="comma-separated: dali, pyav, baseline")
+    p.add_argument("--backends", default="all", help="comma-separated backends (fastvid.data.backends) and peers "
+                   "(dali-video, baseline); 'all' = every backend that can decode the shards here, plus the peers")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--clip-len", type=int, default=DEFAULTS["clip_len"])
@@ -36,7 +45,8 @@ def add_arguments(p):
     p.add_argument("--repeats", type=int, default=1, help="measure every backend this many times, interleaved; report medians")
     p.add_argument("--step-ms", type=float, default=0.0, help="simulated training step per batch, to measure data-wait")
     p.add_argument("--work-dir", default="bench_work/loader", help="where the generated videos and shards are kept")
-    p.add_argument("--num-videos", type=int, default=60, help="videos to generate without --shards")
+    p.add_argument("--num-videos", type=int, default=DEFAULTS["num_videos"],
+                   help="videos to generate without --shards (default: 30 batches of the default batch size)")
     p.add_argument("--shard-short-side", type=int, default=None,
                    help="without --shards: shard the generated videos at this short side (e.g. 128 for video_resnet)")
     p.add_argument("--json", default=None, help="result JSON path ('-' prints it)")
@@ -49,32 +59,47 @@ def make_dataset(work_dir, *, num_videos=60, num_frames=250, height=240, width=3
     `short_side` re-encodes the shards at that short side (`fastvid shard --short-side`), the usual
     practice when a recipe trains at low resolution anyway (video_resnet resizes to 128x171).
     """
-    import numpy as np
-
     from fastvid import cli
-    from fastvid.synth import MOTION_CLASSES, motion_clip, write_video
+    from fastvid.synth import MOTION_CLASSES
 
     work_dir = Path(work_dir)
     src = work_dir / f"videos_{num_videos}x{num_frames}_{width}x{height}"
     out = work_dir / f"shards_{codec}_{num_videos}x{num_frames}_{width}x{height}" if short_side is None else \
         work_dir / f"shards_{codec}_{num_videos}x{num_frames}_{width}x{height}_ss{short_side}"
     if not (src / ".complete").exists():
-        rng = np.random.default_rng(0)
+        import concurrent.futures
+
+        from fastvid.data.backends import cpu_count
+
         classes = list(MOTION_CLASSES)
-        for i in range(num_videos):
-            name = classes[i % len(classes)]
-            path = src / name / f"{name}_{i:04d}.mp4"
-            if not path.exists():
-                tmp = path.with_name("tmp_" + path.name)
-                write_video(tmp, motion_clip(name, num_frames, height, width, rng), fps=fps, codec="h264", gop=gop)
-                tmp.replace(path)
+        jobs = [(src / classes[i % len(classes)] / f"{classes[i % len(classes)]}_{i:04d}.mp4", classes[i % len(classes)], i)
+                for i in range(num_videos)]
+        jobs = [j for j in jobs if not j[0].exists()]
+        # One process per core: generating (and encoding) a 480-video default set is minutes on one core.
+        with concurrent.futures.ProcessPoolExecutor(max(1, min(cpu_count(), len(jobs) or 1))) as pool:
+            for f in [pool.submit(_make_video, path, name, i, num_frames, height, width, fps, gop) for path, name, i in jobs]:
+                f.result()
         (src / ".complete").write_text("ok\n")
     if not (out / "manifest.json").exists():
+        from fastvid.data.backends import cpu_count
+
         resize = ["--short-side", str(short_side)] if short_side else []
-        code = cli.main(["shard", "videos", str(src), str(out), "--codec", codec, "--max-samples", "32", "--workers", "2", *resize])
+        code = cli.main(["shard", "videos", str(src), str(out), "--codec", codec, "--max-samples", "32",
+                         "--workers", str(cpu_count()), *resize])
         if code:
             raise RuntimeError(f"sharding {src} into {out} failed")
     return src, out
+
+
+def _make_video(path: Path, name: str, index: int, num_frames: int, height: int, width: int, fps: int, gop: int) -> None:
+    """One generated source video (seeded by its index, so a set is the same however it is split over processes)."""
+    import numpy as np
+
+    from fastvid.synth import motion_clip, write_video
+
+    tmp = path.with_name("tmp_" + path.name)
+    write_video(tmp, motion_clip(name, num_frames, height, width, np.random.default_rng(index)), fps=fps, codec="h264", gop=gop)
+    tmp.replace(path)
 
 
 class _CpuClock:
@@ -124,7 +149,61 @@ def describe_shards(shards) -> dict:
             "height": meta.get("height"), "fps": meta.get("fps"), "num_frames_first": meta.get("num_frames")}
 
 
-def _measure(batches_iter, *, batches: int, warmup: int, step_s: float, clips_of, sync=None) -> dict:
+class _DecoderUtil:
+    """Mean NVDEC utilization (%) over a window, sampled from NVML on a thread; None without a GPU."""
+
+    def __init__(self, device: str, interval: float = 0.2):
+        import threading
+
+        self.interval = interval
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = None
+        self._handle = None
+        if not str(device).startswith("cuda"):
+            return
+        try:
+            import pynvml
+            import torch
+
+            from fastvid.metrics import _nvml_handle_for_cuda_index
+
+            pynvml.nvmlInit()
+            index = torch.device(device).index
+            self._nvml = pynvml
+            self._handle = _nvml_handle_for_cuda_index(pynvml, torch.cuda.current_device() if index is None else index,
+                                                       pynvml.nvmlDeviceGetCount())
+        except Exception:  # no NVML: the column stays empty
+            self._handle = None
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            try:
+                self.samples.append(int(self._nvml.nvmlDeviceGetDecoderUtilization(self._handle)[0]))
+            except Exception:
+                return
+
+    def __enter__(self):
+        import threading
+
+        if self._handle is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        return False
+
+    @property
+    def mean(self) -> float | None:
+        return round(sum(self.samples) / len(self.samples), 1) if self.samples else None
+
+
+def _measure(batches_iter, *, batches: int, warmup: int, step_s: float, clips_of, sync=None, stages=None, device="cpu") -> dict:
+    """Time `batches` batches after `warmup`; `stages()` returns the backend's cumulative stage seconds (or None)."""
     from fastvid.metrics import ResourceSampler
 
     it = iter(batches_iter)
@@ -133,8 +212,9 @@ def _measure(batches_iter, *, batches: int, warmup: int, step_s: float, clips_of
         next(it)
     first_s = time.perf_counter() - t_first
     waits, clips = [], 0
+    stage0 = dict(stages() or {}) if stages else {}
     clock = _CpuClock().start()
-    with ResourceSampler(interval=0.2) as sampler:
+    with ResourceSampler(interval=0.2) as sampler, _DecoderUtil(device) as nvdec:
         t0 = time.perf_counter()
         for _ in range(batches):
             tw = time.perf_counter()
@@ -150,11 +230,16 @@ def _measure(batches_iter, *, batches: int, warmup: int, step_s: float, clips_of
         elapsed = time.perf_counter() - t0
         cpu_seconds = clock.stop()
     res = sampler.summary()
+    stage1 = dict(stages() or {}) if stages else {}
+    # Stage seconds are summed over workers/threads: per clip they say where the work goes, not wall time.
+    per_clip = {k: round(1000 * (v - stage0.get(k, 0.0)) / max(clips, 1), 3) for k, v in stage1.items()}
     return {"clips": clips, "batches": len(waits), "seconds": round(elapsed, 3), "clips_per_s": round(clips / elapsed, 2),
             "data_wait_ms_mean": round(1000 * sum(waits) / max(len(waits), 1), 2),
             "data_wait_fraction": round(sum(waits) / elapsed, 3), "warmup_s": round(first_s, 2),
-            "cpu_percent": round(100 * cpu_seconds / elapsed, 1), "cpu_percent_sampler": res["cpu_percent"],
-            "cpu_seconds_per_clip": round(cpu_seconds / max(clips, 1), 4), "gpu_util_mean": res["gpu_util_mean"], "rss_max_mb": round((res["rss_max_bytes"] or 0) / 2**20)}
+            "cpu_percent": round(100 * cpu_seconds / elapsed, 1), "cpu_cores_used": round(cpu_seconds / elapsed, 2),
+            "cpu_percent_sampler": res["cpu_percent"], "cpu_seconds_per_clip": round(cpu_seconds / max(clips, 1), 4),
+            "stage_ms_per_clip": per_clip or None, "gpu_util_mean": res["gpu_util_mean"], "nvdec_util_mean": nvdec.mean,
+            "rss_max_mb": round((res["rss_max_bytes"] or 0) / 2**20)}
 
 
 def _endless(make_iter, first_epoch: int = 0):
@@ -169,28 +254,86 @@ def _endless(make_iter, first_epoch: int = 0):
                 yield batch
         finally:
             close = getattr(inner, "close", None)
-            if close:  # stops DALI pipelines and DataLoader workers now, not at garbage collection
+            if close:  # ends the epoch now (DataLoader iterators, DALI epochs), not at garbage collection
                 close()
         if not yielded:
             return
         epoch += 1
 
 
-def run_benchmark(shards=None, *, videos=None, backends=("dali", "pyav", "baseline"), device="auto", work_dir="bench_work/loader",
+def dali_video_peer(files: list[tuple[str, int]], *, batch_size: int, clip_len: int, frame_stride: int, preset: str,
+                    device: str, num_threads: int):
+    """DALI's own `fn.readers.video` on the original files (resize, crop, normalize on the device): the
+    "DALI alone" peer. Returns make_iter(epoch) -> batches of (video, label); GPU reader on CUDA,
+    `fn.experimental.readers.video` on the CPU."""
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+    from fastvid.data.presets import get_preset, normalization
+
+    p = get_preset(preset)
+    mean, std = normalization(p)
+    cuda = str(device).startswith("cuda")
+    import torch
+
+    device_id = (torch.device(device).index or 0) if cuda else None
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=0, prefetch_queue_depth=2)
+    def pipeline():
+        kw = dict(filenames=[f for f, _ in files], labels=[lb for _, lb in files], sequence_length=clip_len,
+                  stride=frame_stride, random_shuffle=True, initial_fill=min(256, len(files)), name="reader")
+        if cuda:
+            video, label = fn.readers.video(device="gpu", file_list_include_preceding_frame=False, **kw)
+        else:
+            video, label = fn.experimental.readers.video(device="cpu", **kw)
+        video = fn.resize(video, size=list(p.resize_size), antialias=True)
+        video = fn.crop_mirror_normalize(video, crop=list(p.crop_size), mean=mean.tolist(), std=std.tolist(),
+                                         dtype=types.FLOAT, output_layout="CFHW")
+        return video, label
+
+    pipe = pipeline()
+    pipe.build()
+    iterator = DALIGenericIterator([pipe], ["video", "label"], reader_name="reader", auto_reset=True)
+
+    def make_iter(epoch):
+        for out in iterator:
+            yield out[0]["video"], out[0]["label"]
+
+    return make_iter
+
+
+def available_backends(shard_set, device: str) -> list[str]:
+    """Registered backends that can decode this shard set on `device`, in the registry's order."""
+    from fastvid.data import backends
+    from fastvid.data.shards import sample_metadata
+
+    meta = sample_metadata(shard_set, 0, 0, first_nonempty=True)
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    names = []
+    for name, spec in backends.REGISTRY.items():
+        try:
+            if spec.can_decode(shard_set.codec, kind, meta.get("width"), meta.get("height")):
+                names.append(name)
+        except Exception:
+            pass
+    return names
+
+
+def run_benchmark(shards=None, *, videos=None, backends=("all",), device="auto", work_dir="bench_work/loader",
                   quick=False, batch_size=DEFAULTS["batch_size"], clip_len=DEFAULTS["clip_len"], frame_stride=DEFAULTS["frame_stride"],
                   preset=DEFAULTS["preset"], batches=DEFAULTS["batches"], warmup=DEFAULTS["warmup"], workers=None, step_ms=0.0,
-                  num_videos=60, shard_short_side=None, repeats=1) -> dict:
+                  num_videos=DEFAULTS["num_videos"], shard_short_side=None, repeats=1) -> dict:
     """Measure each backend on the same videos; returns the result dict (also used by `fastvid bench all`)."""
-    import os
-
     import torch
 
     from fastvid.data import VideoLoader
+    from fastvid.data import backends as registry
     from fastvid.data.baseline import baseline_loader, videos_from_shards
+    from fastvid.data.shards import open_shard_set
 
     device = _gpu.resolve_device(device)
     cuda = device.startswith("cuda")
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or registry.cpu_count()
     if quick:
         batches, warmup, num_videos, batch_size = min(batches, 4), 1, min(num_videos, 24), min(batch_size, 8)
     generated = None
@@ -201,15 +344,22 @@ def run_benchmark(shards=None, *, videos=None, backends=("dali", "pyav", "baseli
         generated = {"videos": str(src), "num_videos": num_videos, "frames": 64 if quick else 250, "size": "320x240",
                      "source_codec": "h264 (gop 50)", "shard_codec": "h264" if cuda else "vp9",
                      "shard_short_side": shard_short_side}
+    wanted = list(backends)
+    if "all" in wanted:
+        wanted = [b for b in wanted if b != "all"]
+        wanted += [b for b in available_backends(open_shard_set(shards), device) if b not in wanted]
+        # DALI's CPU video reader cannot decode the H.264 source files: its peer runs on the GPU only.
+        wanted += [b for b in PEERS if b not in wanted and (b != "dali-video" or (cuda and _gpu.dali_available()))]
     sync = torch.cuda.synchronize if cuda else None
     result = {"device_info": device_info(), "device": device, "shards": str(shards), "shard_set": describe_shards(shards),
               "generated": generated,
               "config": {"batch_size": batch_size, "clip_len": clip_len, "frame_stride": frame_stride, "preset": preset,
                          "batches": batches, "warmup": warmup, "workers": workers, "step_ms": step_ms,
-                         "repeats": repeats},
+                         "repeats": repeats, "backends": wanted},
               "backends": {}}
     streams = {}
-    for backend in backends:
+    loaders = []
+    for backend in wanted:
         try:
             if backend == "baseline":
                 vids = videos_from_shards(shards, videos)
@@ -220,34 +370,48 @@ def run_benchmark(shards=None, *, videos=None, backends=("dali", "pyav", "baseli
                     for video, label in loader:
                         yield video.to(device, non_blocking=True), label
 
-                streams[backend] = (make_iter, lambda b: b[0].shape[0])
+                streams[backend] = (make_iter, lambda b: b[0].shape[0], None)
+            elif backend == "dali-video":
+                make_iter = dali_video_peer(videos_from_shards(shards, videos), batch_size=batch_size, clip_len=clip_len,
+                                            frame_stride=frame_stride, preset=preset, device=device, num_threads=workers)
+                streams[backend] = (make_iter, lambda b: b[0].shape[0], None)
             else:
                 loader = VideoLoader(shards, batch_size=batch_size, clip_len=clip_len, frame_stride=frame_stride,
                                      preset=preset, backend=backend, device=device, num_threads=workers, num_workers=workers)
+                loaders.append(loader)
+                if len(loader) < 30 and not quick:
+                    print(f"bench loader: note: one epoch is {len(loader)} batches (< 30); epoch starts weigh in",
+                          file=sys.stderr, flush=True)
 
                 def make_iter(epoch, loader=loader):
                     loader.set_epoch(epoch)
                     return iter(loader)
 
-                streams[backend] = (make_iter, lambda b: b["video"].shape[0])
-        except Exception as exc:  # e.g. DALI missing: the other backends still report
+                streams[backend] = (make_iter, lambda b: b["video"].shape[0], lambda loader=loader: loader.stats["stage_s"])
+        except Exception as exc:  # e.g. a package missing: the other backends still report
             result["backends"][backend] = {"error": f"{type(exc).__name__}: {exc}"}
     # Repeats interleave the backends, so a load change on a shared machine hits all of them; only one
-    # backend runs at a time (its stream is closed, workers included, before the next one starts).
+    # backend runs at a time (its epoch is closed before the next backend starts; persistent workers idle).
     runs: dict[str, list[dict]] = {b: [] for b in streams}
-    for repeat in range(repeats):
-        for backend, (make_iter, clips_of) in streams.items():
-            print(f"bench loader: {backend} on {device} (run {repeat + 1}/{repeats}) ...", file=sys.stderr, flush=True)
-            stream = _endless(make_iter, first_epoch=repeat)
-            try:
-                runs[backend].append(_measure(stream, batches=batches, warmup=warmup, step_s=step_ms / 1000,
-                                              clips_of=clips_of, sync=sync))
-            except Exception as exc:
-                result["backends"][backend] = {"error": f"{type(exc).__name__}: {exc}"}
-                break
-            finally:
-                stream.close()
-            print(f"bench loader: {backend}: {runs[backend][-1]}", file=sys.stderr, flush=True)
+    try:
+        for repeat in range(repeats):
+            for backend, (make_iter, clips_of, stages) in streams.items():
+                if backend in result["backends"]:
+                    continue
+                print(f"bench loader: {backend} on {device} (run {repeat + 1}/{repeats}) ...", file=sys.stderr, flush=True)
+                stream = _endless(make_iter, first_epoch=repeat)
+                try:
+                    runs[backend].append(_measure(stream, batches=batches, warmup=warmup, step_s=step_ms / 1000,
+                                                  clips_of=clips_of, sync=sync, stages=stages, device=device))
+                except Exception as exc:
+                    result["backends"][backend] = {"error": f"{type(exc).__name__}: {exc}"}
+                    continue
+                finally:
+                    stream.close()
+                print(f"bench loader: {backend}: {runs[backend][-1]}", file=sys.stderr, flush=True)
+    finally:
+        for loader in loaders:
+            loader.close()
     for backend, rs in runs.items():
         if rs and backend not in result["backends"]:
             median = sorted(rs, key=lambda r: r["clips_per_s"])[len(rs) // 2]
@@ -260,10 +424,13 @@ def run_benchmark(shards=None, *, videos=None, backends=("dali", "pyav", "baseli
 
 
 def run(args) -> int:
+    from fastvid.data.backends import REGISTRY
+
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = set(backends) - {"dali", "pyav", "baseline"}
+    known = {"all", *REGISTRY, *PEERS}
+    unknown = set(backends) - known
     if unknown:
-        raise ValueError(f"--backends: unknown {sorted(unknown)}; choose from dali, pyav, baseline")
+        raise ValueError(f"--backends: unknown {sorted(unknown)}; choose from {', '.join(sorted(known))}")
     if args.shards is not None and not Path(args.shards).is_dir():
         raise FileNotFoundError(f"{args.shards}: shard set directory does not exist")
     result = run_benchmark(args.shards, videos=args.videos, backends=backends, device=args.device, work_dir=args.work_dir,
@@ -272,8 +439,9 @@ def run(args) -> int:
                            step_ms=args.step_ms, num_videos=args.num_videos, shard_short_side=args.shard_short_side,
                            repeats=args.repeats)
     write_json(result, args.json)
-    rows = [f"{b}: {r['clips_per_s']} clips/s, data-wait {r['data_wait_ms_mean']} ms/batch, CPU {r['cpu_percent']}%"
+    rows = [f"{b}: {r['clips_per_s']} clips/s, data-wait {r['data_wait_ms_mean']} ms/batch, {r['cpu_cores_used']} cores"
             + (f", GPU {r['gpu_util_mean']}%" if r.get("gpu_util_mean") is not None else "")
+            + (f", NVDEC {r['nvdec_util_mean']}%" if r.get("nvdec_util_mean") is not None else "")
             if "clips_per_s" in r else f"{b}: {r['error']}" for b, r in result["backends"].items()]
     print("\n".join(rows))
     if "speedup_vs_baseline" in result:

@@ -1,6 +1,6 @@
-"""Video loaders over fastvid shards: DALI (GPU NVDEC or CPU) and a PyAV fallback."""
+"""Video loaders over fastvid shards: one VideoLoader, backends from a registry (fastvid.data.backends)."""
 
-_EXPORTS = {"VideoLoader": "fastvid.data.loader"}
+_EXPORTS = {"VideoLoader": "fastvid.data.loader", "LastBatch": "fastvid.data.contract", "WorkItem": "fastvid.data.contract"}
 __all__ = list(_EXPORTS)
 
 

@@ -1,4 +1,4 @@
-"""`VideoLoader`: batches of normalized clips from a fastvid shard set, via DALI or PyAV.
+"""`VideoLoader`: batches of normalized clips from a fastvid shard set, through any registered backend.
 
     loader = VideoLoader("shards/train", batch_size=32, clip_len=16, frame_stride=2, device="cuda",
                          rank=rank, world_size=world_size, seed=0)
@@ -7,9 +7,11 @@
         for batch in loader:            # {"video": (B, 3, T, H, W), "label": (B,), "key": [B keys]}
             ...
 
-Backends: "dali" (fn.readers.webdataset + DALI video decoder, NVDEC with device="cuda"), "pyav"
-(PyAV in DataLoader workers), "auto" = DALI when it is installed and can decode the shards' codec on
-this device, else PyAV. Both cut the same clips for a given (seed, epoch, key) (fastvid.data.plan).
+Backends (fastvid.data.backends): "dali", "pyav", "pyav-threads" and the NVDEC candidates
+"pynvvideocodec", "torchcodec", "spdl"; "auto" = the first of backends.AUTO_ORDER[device] that can decode
+the shards' codec and frame size on this device (so videos below NVDEC's 128x128 go to a CPU decoder).
+Every backend executes the same plan: the rank's work list for the epoch (below) and each item's
+ClipPlan (fastvid.data.plan), so all of them cut the same clips.
 
 Epoch plan (fastvid.data.sampling, identical on every rank so DDP never hangs): in training every
 clip of the epoch is its own WorkItem in one list shuffled across the data set, and each step takes
@@ -17,40 +19,35 @@ world_size x batch_size consecutive clips of it, so every rank yields the same n
 `state_dict()` only needs the global position (a resume may use another world size); evaluation
 gives each rank a contiguous range of videos (all T x S views of a video in one item), the short
 ranks wrapping around to the largest. The shard jsons are read once at open for every video's clip
-grid. A sample that fails is skipped, counted in `stats["decode_failures"]` and its key logged; its
-place is filled by the next sample.
+grid.
+
+The loader keeps one backend for its lifetime (DALI pipeline, worker processes, decoder threads
+persist across epochs) and turns its Chunk | Failure stream into batches with
+fastvid.data.contract.rebatch (`LastBatch.DROP` for training, `LastBatch.WRAP` for evaluation); a
+sample that fails is skipped, counted in `stats["decode_failures"]` and its key logged; its place is
+filled by the next sample.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
 from fastvid import _gpu
+from fastvid.data import backends, sampling
 from fastvid.data import plan as epoch_plan
-from fastvid.data import sampling
+from fastvid.data.contract import LastBatch, RebatchStats, WorkItem, rebatch
 from fastvid.data.plan import ClipConfig
 from fastvid.data.presets import get_preset
-from fastvid.data.shards import DALI_CPU_CODECS, open_shard_set
+from fastvid.data.shards import open_shard_set, sample_metadata
 
 log = logging.getLogger("fastvid.data")
 
-BACKENDS = ("auto", "dali", "pyav")
 
-
-def choose_backend(backend: str, device: str, codec: str | None) -> str:
-    """'auto' -> 'dali' when DALI imports and can decode `codec` on `device`, else 'pyav'."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    if backend != "auto":
-        return backend
-    if not _gpu.dali_available():
-        return "pyav"
-    if device == "cpu" and codec not in DALI_CPU_CODECS:
-        return "pyav"
-    return "dali"
+def choose_backend(backend: str, device: str, codec: str | None, width: int | None = None, height: int | None = None) -> str:
+    """See fastvid.data.backends.choose_backend."""
+    return backends.choose_backend(backend, device, codec, width, height)
 
 
 class VideoLoader:
@@ -59,7 +56,9 @@ class VideoLoader:
                  frame_rate: float | None = None, backend: str = "auto", device: str = "cuda", rank: int = 0,
                  world_size: int = 1, seed: int = 0, num_threads: int | None = None, num_workers: int | None = None,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False, drop_last: bool | None = None,
-                 shuffle_buffer: int = 256, step_between_clips: int = 1, short_videos: str = "drop",
+                 last_batch: LastBatch | None = None, prefetch: int = 2,
+                 shuffle_buffer: int | None = None,  # accepted, unused (the plan shuffles)
+                 step_between_clips: int = 1, short_videos: str = "drop",
                  clip_sampling: str = "without_replacement", sampler: str = "clips", spatial_views: int = 1):
         if batch_size < 1 or clip_len < 1 or clips_per_video < 1:
             raise ValueError(f"batch_size, clip_len and clips_per_video must be >= 1 (got {batch_size}, {clip_len}, {clips_per_video})")
@@ -77,15 +76,20 @@ class VideoLoader:
         self.rank, self.world_size = rank, world_size
         self.seed = seed
         self.train = train
-        self.drop_last = train if drop_last is None else bool(drop_last)
+        if last_batch is None:
+            last_batch = LastBatch.from_drop_last(train if drop_last is None else bool(drop_last))
+        self.last_batch = LastBatch(last_batch)
+        self.drop_last = self.last_batch is LastBatch.DROP
         self.dtype = dtype
         self.channels_last = channels_last
-        self.backend = choose_backend(backend, "cuda" if self.device.startswith("cuda") else "cpu", self.shard_set.codec)
+        first = sample_metadata(self.shard_set, 0, 0, first_nonempty=True)
+        self.backend = choose_backend(backend, "cuda" if self.device.startswith("cuda") else "cpu", self.shard_set.codec,
+                                      first.get("width"), first.get("height"))
         self.epoch = 0
         self._start = 0           # global clip position the next epoch pass starts from (elastic resume)
         self._batches_done = 0
-        self.stats = {"decode_failures": 0, "failed_keys": [], "batches": 0, "clips": 0}
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.stats = {"decode_failures": 0, "failed_keys": [], "batches": 0, "clips": 0, "stage_s": {}, "worker_pids": set()}
+        cpus = backends.cpu_count()
         if self.shard_set.num_samples < world_size:
             # Every rank must take part in evaluation's collectives: a rank with no video would fail alone and hang the rest.
             raise ValueError(f"{shards}: {self.shard_set.num_samples} videos cannot be split over {world_size} ranks "
@@ -106,24 +110,11 @@ class VideoLoader:
         if self._num_batches == 0:
             raise ValueError(f"{shards}: {self._num_items} clips over {world_size} rank(s) give no full batch of "
                              f"{batch_size} clips; use a smaller batch size (--batch-size) or more videos")
-        if self.backend == "dali":
-            from fastvid.data.dali_backend import DALIBackend
-
-            if self.config.views_per_clip > 1:
-                raise ValueError("spatial views (eval_views TxS with S > 1) need backend='pyav' until the DALI backend "
-                                 "executes WorkItem plans")
-            # DALI reads whole videos (clips_per_video clips each) until it executes WorkItem plans (issue 10).
-            self._impl = DALIBackend(self.shard_set, self.config, videos_per_batch=max(1, -(-batch_size // clips_per_video)),
-                                     device=self.device,
-                                     rank=rank, world_size=world_size, num_threads=num_threads or cpus,
-                                     dtype=torch.float16 if dtype == torch.float16 else torch.float32,
-                                     channels_last=channels_last, shuffle_buffer=shuffle_buffer)
-        else:
-            from fastvid.data.pyav_backend import PyAVBackend
-
-            self._impl = PyAVBackend(self.shard_set, self.config, videos_per_batch=self.videos_per_step,
-                                     num_workers=cpus if num_workers is None else num_workers, device=self.device,
-                                     dtype=dtype, channels_last=channels_last)
+        self.options = backends.BackendOptions(
+            videos_per_chunk=self.videos_per_step, device=self.device, num_threads=num_threads or cpus,
+            num_workers=cpus if num_workers is None else num_workers, dtype=dtype, channels_last=channels_last,
+            prefetch=prefetch)
+        self._impl = backends.create(self.backend, self.shard_set, self.config, self.options)
 
     # ---- contract attributes -----------------------------------------------------------------------
     @property
@@ -172,27 +163,24 @@ class VideoLoader:
         else:  # a checkpoint from before positions were saved: same world size and batch size assumed
             self._start = int(state.get("batches_done", 0)) * self.world_size * self.batch_size
 
-    def _plan(self) -> list:
-        """This rank's WorkItems for the current epoch from the current position (fastvid.data.sampling)."""
+    def epoch_work(self, epoch: int | None = None) -> list[WorkItem]:
+        """This rank's WorkItems for the current epoch from the current position (fastvid.data.sampling):
+        what every backend executes."""
+        epoch = self.epoch if epoch is None else int(epoch)
         if self.train and self.drop_last:
             items = sampling.train_items(self._grid_sizes, [s.keys for s in self.shard_set.shards],
-                                         clips_per_video=self.config.clips_per_video, seed=self.seed, epoch=self.epoch,
+                                         clips_per_video=self.config.clips_per_video, seed=self.seed, epoch=epoch,
                                          clip_sampling=self.config.clip_sampling)
             return sampling.rank_train_items(items, self.rank, self.world_size, self.batch_size, self._start)
         if self.train:  # training without dropping the tail (drop_last=False): the last batches wrap around
             items = sampling.train_items(self._grid_sizes, [s.keys for s in self.shard_set.shards],
-                                         clips_per_video=self.config.clips_per_video, seed=self.seed, epoch=self.epoch,
+                                         clips_per_video=self.config.clips_per_video, seed=self.seed, epoch=epoch,
                                          clip_sampling=self.config.clip_sampling)
         else:
             items = sampling.eval_items(self._grid_sizes, self.config.clips_per_video)
         return sampling.rank_eval_items(items, self.rank, self.world_size, self.batch_size, self.clips_per_item)
 
     # ---- iteration -----------------------------------------------------------------------------------
-    def _chunks(self):
-        if self.backend == "dali":
-            return self._impl.epoch_chunks(self.epoch)
-        return self._impl.epoch_chunks(self._plan(), self.epoch)
-
     def _finish(self, video: torch.Tensor) -> torch.Tensor:
         if video.device.type != torch.device(self.device).type:
             video = video.to(self.device, non_blocking=True)
@@ -202,69 +190,52 @@ class VideoLoader:
             video = video.contiguous(memory_format=torch.channels_last_3d)
         return video
 
+    def _observe(self, chunks):
+        """Pass the backend's stream through, noting stage times and which processes decoded."""
+        stage = self.stats["stage_s"]
+        for chunk in chunks:
+            for k, v in getattr(chunk, "stage_s", {}).items():
+                stage[k] = stage.get(k, 0.0) + v
+            pid = getattr(chunk, "worker_pid", None)
+            if pid is not None:
+                self.stats["worker_pids"].add(pid)
+            yield chunk
+
     def __iter__(self):
-        total, skip = self.remaining_batches, 0
-        if self.backend == "dali" and self._start:
-            # DALI reads whole videos in its reader's order, not the WorkItem plan: resume by dropping batches.
-            skip = self._start // (self.world_size * self.batch_size)
-            total = self._num_batches
+        # The work list starts at the saved position (elastic resume): consumed items are never decoded again.
         self._batches_done = 0
-        produced = 0
-        pending: list[dict] = []
-        pending_clips = 0
-        chunks = self._chunks()
-        last_batch = None
-        failed_in_a_row = 0
+        chunks = self._impl.epoch_chunks(self.epoch, self.epoch_work())
+        stats = RebatchStats()
+        synced = [0, 0, 0]
         try:
-            while produced < total:
-                chunk = next(chunks, None)
-                if chunk is None:  # source exhausted (only after failures): repeat clips so every rank keeps step
-                    if last_batch is None and not pending:
-                        raise RuntimeError("no clip could be decoded from the shard set")
-                    chunk = pending[0] if pending else last_batch
-                elif "failed" in chunk:
-                    self.stats["decode_failures"] += 1
-                    self.stats["failed_keys"].append(chunk["failed"][0])
-                    failed_in_a_row += 1
-                    # DALI's reader never runs out: once every sample has failed, skipping would go on forever.
-                    if failed_in_a_row > self.shard_set.num_samples:
-                        raise RuntimeError(f"{failed_in_a_row} samples in a row failed to decode, last {chunk['failed'][0]!r}: "
-                                           f"{chunk['failed'][1]}; no clip can be read from {self.shard_set.shards[0].tar.parent}")
-                    continue
-                if chunk["key"]:
-                    failed_in_a_row = 0
-                pending.append(chunk)
-                pending_clips += len(chunk["key"])
-                while pending_clips >= self.batch_size and produced < total:
-                    if len(pending) == 1 and pending_clips == self.batch_size:
-                        batch, pending, pending_clips = pending[0], [], 0
-                    else:
-                        video = torch.cat([c["video"] for c in pending])
-                        label = torch.cat([c["label"] for c in pending])
-                        keys = [k for c in pending for k in c["key"]]
-                        clip_ids = [i for c in pending for i in c.get("clip", [-1] * len(c["key"]))]
-                        b = self.batch_size
-                        batch = {"video": video[:b], "label": label[:b], "key": keys[:b], "clip": clip_ids[:b]}
-                        rest = {"video": video[b:], "label": label[b:], "key": keys[b:], "clip": clip_ids[b:]}
-                        pending = [rest] if rest["key"] else []
-                        pending_clips = len(rest["key"])
-                    last_batch = batch
-                    produced += 1
-                    if produced <= skip:
-                        continue
-                    self._batches_done = produced - skip
-                    self.stats["batches"] += 1
-                    self.stats["clips"] += len(batch["key"])
-                    # non_blocking: a blocking host->device copy would synchronize the stream every step.
-                    yield {"video": self._finish(batch["video"]), "label": batch["label"].to(self.device, non_blocking=True),
-                           "key": list(batch["key"]), "clip": list(batch.get("clip", [-1] * len(batch["key"])))}
+            for batch in rebatch(self._observe(chunks), batch_size=self.batch_size, num_batches=self.remaining_batches,
+                                 stats=stats, max_failures_in_a_row=self.shard_set.num_samples,
+                                 where=str(self.shard_set.shards[0].tar.parent)):
+                self._batches_done += 1
+                self._sync_stats(stats, synced)
+                # non_blocking: a blocking host->device copy would synchronize the stream every step.
+                yield {"video": self._finish(batch.video), "label": batch.label.to(self.device, non_blocking=True),
+                       "key": list(batch.keys), "clip": list(batch.clips)}
         finally:
-            close = getattr(chunks, "close", None)
-            if close:
-                close()
+            self._sync_stats(stats, synced)
+            chunks.close()
         # A full pass ends the resumed part of the epoch: another pass over it starts from its beginning.
         self._batches_done = 0
         self._start = 0
+
+    def _sync_stats(self, stats: RebatchStats, synced: list[int]) -> None:
+        """Add what `stats` counted since the last call (synced = [failures, batches, clips] already added)."""
+        self.stats["failed_keys"].extend(stats.failed_keys[synced[0]:])
+        self.stats["decode_failures"] += stats.failures - synced[0]
+        self.stats["batches"] += stats.batches - synced[1]
+        self.stats["clips"] += stats.clips - synced[2]
+        synced[:] = [stats.failures, stats.batches, stats.clips]
+
+    def close(self) -> None:
+        """Stops the backend's workers, threads or pipeline now (otherwise at garbage collection)."""
+        close = getattr(self._impl, "close", None)
+        if close:
+            close()
 
     def __repr__(self):
         c = self.config

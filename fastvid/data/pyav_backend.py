@@ -1,22 +1,30 @@
-"""PyAV fallback backend: shard bytes -> PyAV decode -> torch crop/resize/flip/normalize, in DataLoader workers.
+"""PyAV backend: shard bytes -> PyAV decode -> crop/resize/flip, in persistent DataLoader worker processes.
 
-Used when DALI is missing or cannot decode the codec on this device (DALI's CPU decoder handles
-VP8/VP9 only). It reads the same byte ranges as DALI's webdataset reader (through the .idx files),
-cuts clips with the same pure planner (fastvid.data.plan) and applies the same box/flip/resize/normalize,
-so a (seed, epoch, key) clip holds the same frames in both backends.
+The CPU decoder for every codec (DALI's CPU decoder handles VP8/VP9 only). It reads the samples'
+byte ranges through the .idx files, cuts clips with the same pure planner (fastvid.data.plan) as
+every other backend and applies the same box/flip/resize/normalize, so a (seed, epoch, key) clip
+holds the same frames in every backend.
+
+Scaling: one decode per worker process, workers default to all cores, and the workers are started
+once and kept across epochs (`persistent_workers`): each epoch only sends the new work list, so a
+small data set pays no respawn per epoch. Each worker keeps its tar files open.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
+import os
+import sys
+import time
 
 import numpy as np
 import torch
 
-from fastvid.data.plan import ClipConfig, plan_clips
-from fastvid.data.presets import normalization
+from fastvid.data import pixels
+from fastvid.data.contract import Chunk, Failure, WorkItem, plan_work, read_sample
+from fastvid.data.pixels import scaled_crop
+from fastvid.data.plan import ClipConfig
 from fastvid.data.views import cut_views
 
 log = logging.getLogger("fastvid.data")
@@ -86,20 +94,6 @@ def decode_frames(data: bytes, indices, size: tuple[int, int] | None = None) -> 
     return out
 
 
-def scaled_crop(box, out_size, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Box (y0, x0, h, w) -> resize the whole frame to (H', W'), then crop out_size at (y, x): same pixels, cheaper.
-
-    For the torchvision presets this is literally their transform (resize to 128x171, crop 112); for
-    other boxes the crop lands within a pixel of the box.
-    """
-    y0, x0, h, w = (int(v) for v in box)
-    oh, ow = int(out_size[0]), int(out_size[1])
-    sh, sw = max(oh, int(round(height * oh / h))), max(ow, int(round(width * ow / w)))
-    y = min(int(round(y0 * oh / h)), sh - oh)
-    x = min(int(round(x0 * ow / w)), sw - ow)
-    return (sh, sw), (y, x)
-
-
 def cut_clip(frames: np.ndarray, crop_at, out_size, flip: bool) -> np.ndarray:
     """(T, H', W', 3) scaled frames -> (T, out_h, out_w, 3) uint8 crop, mirrored when `flip`."""
     y, x = crop_at
@@ -107,142 +101,161 @@ def cut_clip(frames: np.ndarray, crop_at, out_size, flip: bool) -> np.ndarray:
     return np.ascontiguousarray(clip[:, :, ::-1] if flip else clip)
 
 
-def normalize_clips(clips: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, device, dtype, channels_last: bool) -> torch.Tensor:
-    """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) normalized on `device` (uint8 travels, floats are made there).
-
-    `scale` = 1/std and `shift` = mean/std, (1, 3, 1, 1, 1) tensors already on `device` (made once, not per batch:
-    a per-batch blocking host->device copy would synchronize the stream every step)."""
-    clips = clips.to(device, non_blocking=True).permute(0, 4, 1, 2, 3)  # channels-last-3d view, no copy
-    video = clips.float().mul_(scale).sub_(shift)
-    if dtype != torch.float32:
-        video = video.to(dtype)
-    return video if channels_last else video.contiguous()
-
-
 class ClipDataset(torch.utils.data.Dataset):
-    """Index i of the rank's epoch plan (WorkItems) -> {"clips": (N, T, h, w, 3) uint8, "label", "key", "clip" (grid
-    clip of each row), "failed": [(key, error)]}.
+    """A task (epoch, candidate work items) -> {"clips": (N, T, h, w, 3) uint8 (or the evaluation views' "frames",
+    "index", "crops", "flips"), "label", "key", "clip" (grid clip of each row), "failed", ...}.
 
-    A sample that fails to decode is replaced by the next one of the plan (so the batch count stays
-    the same on every rank) and reported in "failed".
+    Tasks carry their work, not an index into a plan held by the dataset: persistent workers keep the
+    dataset object they were started with, so the epoch's plan travels with each task instead. A
+    sample that fails to decode is replaced by the next candidate (the following work items of the
+    plan) and reported in "failed".
     """
 
-    def __init__(self, shard_set, config: ClipConfig, max_retries: int = 8):
+    def __init__(self, shard_set, config: ClipConfig):
         self.shard_set = shard_set
         self.config = config
-        self.plan: list = []  # fastvid.data.contract.WorkItem
-        self.epoch = 0
-        self.max_retries = max_retries
         self._handles: dict[int, object] = {}
-
-    def set_plan(self, plan, epoch: int):
-        self.plan, self.epoch = list(plan), int(epoch)
-
-    def __len__(self):
-        return len(self.plan)
 
     def _handle(self, shard_index):
         if shard_index not in self._handles:
             self._handles[shard_index] = open(self.shard_set.shards[shard_index].tar, "rb")
         return self._handles[shard_index]
 
-    def load(self, shard_index: int, sample_index: int, clips=None) -> dict:
-        shard = self.shard_set.shards[shard_index]
-        key = shard.keys[sample_index]
-        comps = self.shard_set.read_components(shard_index, sample_index, exts=(self.shard_set.video_ext, "cls", "json"),
-                                               handle=self._handle(shard_index))
-        if self.shard_set.video_ext not in comps:
-            raise ValueError(f"no {self.shard_set.video_ext} component")
-        meta = json.loads(comps["json"]) if "json" in comps else {}
-        label = int(comps["cls"].decode().strip()) if "cls" in comps else int(meta["label"])
-        plan = plan_clips(self.config, meta, key, self.epoch, clips)
+    def load(self, item: WorkItem, epoch: int) -> dict:
+        t0 = time.perf_counter()
+        key, data, label, meta = read_sample(self.shard_set, item, handle=self._handle(item.shard))
+        plan = plan_work(self.config, meta, key, epoch, item)
+        t1 = time.perf_counter()
         height, width = int(meta["height"]), int(meta["width"])
-        # Rows that scale the frame to the same size share one decode (every distinct frame decoded once:
-        # all views of an evaluation item, every training item of one clip).
+        # Rows that scale the frame to the same size share one decode, scaled in the decoder's RGB conversion
+        # (every distinct frame decoded once: all views of an evaluation item, every clip of a training item).
         cuts = [scaled_crop(box, plan.out_size, height, width) for box in plan.boxes]
+        clip_ids = plan.clips.tolist()
         if not self.config.train and len({size for size, _ in cuts}) == 1:
             # Evaluation views (T clips x S crops): the distinct frames travel once; views are cut on the device.
-            wanted = sorted(set(plan.frames.ravel().tolist()))
-            decoded = decode_frames(comps[self.shard_set.video_ext], wanted, size=cuts[0][0])
-            position = {f: i for i, f in enumerate(wanted)}
-            return {"frames": torch.from_numpy(np.stack([decoded[f] for f in wanted])),
-                    "index": torch.tensor([[position[int(f)] for f in row] for row in plan.frames], dtype=torch.int64),
-                    "crops": torch.tensor([at for _, at in cuts], dtype=torch.int64),
-                    "flips": torch.from_numpy(plan.flips.copy()), "label": label, "key": key, "clip": plan.clips.tolist()}
+            wanted, positions = pixels.distinct_frames(plan.frames)
+            decoded = decode_frames(data, wanted, size=cuts[0][0])
+            t2 = time.perf_counter()
+            return {"frames": torch.from_numpy(np.stack([decoded[int(f)] for f in wanted])),
+                    "index": torch.from_numpy(positions), "crops": torch.tensor([at for _, at in cuts], dtype=torch.int64),
+                    "flips": torch.from_numpy(plan.flips.copy()), "label": label, "key": key, "clip": clip_ids,
+                    "stage_s": {"read": t1 - t0, "decode": t2 - t1}}
         out = [None] * len(cuts)
+        decode_s = 0.0
         for size in dict.fromkeys(size for size, _ in cuts):
             rows = [r for r, (s, _) in enumerate(cuts) if s == size]
-            decoded = decode_frames(comps[self.shard_set.video_ext], plan.frames[rows].ravel(), size=size)
+            t = time.perf_counter()
+            decoded = decode_frames(data, plan.frames[rows].ravel(), size=size)
+            decode_s += time.perf_counter() - t
             for r in rows:
                 out[r] = cut_clip(np.stack([decoded[int(i)] for i in plan.frames[r]]), cuts[r][1], plan.out_size,
                                   bool(plan.flips[r]))
-        return {"clips": torch.from_numpy(np.stack(out)), "label": label, "key": key, "clip": plan.clips.tolist()}
+        pixels_s = time.perf_counter() - t1 - decode_s
+        return {"clips": torch.from_numpy(np.stack(out)), "label": label, "key": key, "clip": clip_ids,
+                "stage_s": {"read": t1 - t0, "decode": decode_s, "pixels": pixels_s}}
 
-    def __getitem__(self, i):
+    def __getitem__(self, task):
+        epoch, candidates = task
         failed = []
-        for attempt in range(self.max_retries + 1):
-            work = self.plan[(i + attempt) % len(self.plan)]
-            shard_index, sample_index = work.shard, work.sample
+        for item in candidates:
             try:
-                item = self.load(shard_index, sample_index, work.clips)
-                item["failed"] = failed
-                return item
+                out = self.load(item, epoch)
+                out["failed"] = failed
+                return out
             except Exception as exc:  # a broken sample must not stop training: skip it, report the key
-                key = self.shard_set.shards[shard_index].keys[sample_index]
-                failed.append((key, f"{type(exc).__name__}: {exc}"))
-        raise RuntimeError(f"{self.max_retries + 1} consecutive samples failed to decode, last: {failed[-1]}")
+                key = self.shard_set.shards[item.shard].keys[item.sample]
+                failed.append((key, f"{self.shard_set.shards[item.shard].tar}: {type(exc).__name__}: {exc}"))
+        return {"clips": None, "label": -1, "key": None, "failed": failed, "stage_s": {}}
 
 
 def collate(items):
-    if "frames" in items[0]:  # evaluation views: frames once per video, cut later on the device
-        offsets = np.cumsum([0] + [it["frames"].shape[0] for it in items[:-1]])
-        n = [it["index"].shape[0] for it in items]
-        views = {"frames": torch.cat([it["frames"] for it in items]),
-                 "index": torch.cat([it["index"] + int(o) for it, o in zip(items, offsets)]),
-                 "crops": torch.cat([it["crops"] for it in items]), "flips": torch.cat([it["flips"] for it in items])}
+    good = [it for it in items if it["key"] is not None]
+    stage_s: dict[str, float] = {}
+    for it in items:
+        for k, v in it["stage_s"].items():
+            stage_s[k] = stage_s.get(k, 0.0) + v
+    if good and "frames" in good[0]:  # evaluation views: frames once per video, cut later on the device
+        offsets = np.cumsum([0] + [it["frames"].shape[0] for it in good[:-1]])
+        n = [it["index"].shape[0] for it in good]
+        views = {"frames": torch.cat([it["frames"] for it in good]),
+                 "index": torch.cat([it["index"] + int(o) for it, o in zip(good, offsets)]),
+                 "crops": torch.cat([it["crops"] for it in good]), "flips": torch.cat([it["flips"] for it in good])}
     else:
-        views = {"clips": torch.cat([it["clips"] for it in items])}
-        n = [it["clips"].shape[0] for it in items]
-    labels = torch.tensor([it["label"] for it in items], dtype=torch.int64).repeat_interleave(torch.tensor(n))
-    keys = [it["key"] for it, k in zip(items, n) for _ in range(k)]
-    failed = [f for it in items for f in it["failed"]]
-    clip_ids = [c for it in items for c in it["clip"]]
-    return {**views, "label": labels, "key": keys, "clip": clip_ids, "failed": failed}
+        n = [it["clips"].shape[0] for it in good]
+        views = {"clips": torch.cat([it["clips"] for it in good]) if good else None}
+    return {**views, "label": torch.tensor([it["label"] for it in good], dtype=torch.int64).repeat_interleave(torch.tensor(n, dtype=torch.int64)),
+            "key": [it["key"] for it, k in zip(good, n) for _ in range(k)], "clip": [c for it in good for c in it["clip"]],
+            "failed": [f for it in items for f in it["failed"]], "stage_s": stage_s, "pid": os.getpid()}
 
 
 def _worker_init(_):
-    torch.set_num_threads(1)  # one decode per worker: oversubscribing 2 cores only adds contention
+    torch.set_num_threads(1)  # one decode per worker: oversubscribing cores only adds contention
+
+
+class _EpochTasks:
+    """The DataLoader's batch sampler: yields the current epoch's tasks; replaced per epoch, workers stay."""
+
+    def __init__(self):
+        self.batches: list[list] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
 
 
 class PyAVBackend:
-    """Iterates the rank's epoch plan in chunks of `videos_per_batch` videos (each giving N clips)."""
+    """Decodes the epoch's work list in chunks of `videos_per_chunk` videos (each giving its clips)."""
 
-    def __init__(self, shard_set, config: ClipConfig, *, videos_per_batch: int, num_workers: int, device="cpu",
-                 dtype=torch.float32, channels_last: bool = False):
+    def __init__(self, shard_set, config: ClipConfig, *, videos_per_chunk: int, num_workers: int, device="cpu",
+                 dtype=torch.float32, channels_last: bool = False, prefetch: int = 4, max_retries: int = 8):
         self.dataset = ClipDataset(shard_set, config)
-        mean, std = normalization(config.preset)
-        self.scale = torch.from_numpy(1.0 / std).view(1, 3, 1, 1, 1).to(device)
-        self.shift = torch.from_numpy(mean / std).view(1, 3, 1, 1, 1).to(device)
+        self.scale, self.shift = pixels.normalization_tensors(config.preset, device)
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
-        self.videos_per_batch = videos_per_batch
+        self.videos_per_chunk = videos_per_chunk
         self.num_workers = num_workers
         self.out_size = config.preset.crop_size
+        self.prefetch = prefetch
+        self.max_retries = max_retries
+        self._tasks = _EpochTasks()
+        self._loader = None
 
-    def epoch_chunks(self, plan, epoch: int):
-        self.dataset.set_plan(plan, epoch)
-        batches = [list(range(i, min(i + self.videos_per_batch, len(plan)))) for i in range(0, len(plan), self.videos_per_batch)]
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=collate,
-            worker_init_fn=_worker_init if self.num_workers else None, persistent_workers=False,
-            prefetch_factor=4 if self.num_workers else None, pin_memory=str(self.device).startswith("cuda"))
-        for chunk in loader:
-            for key, error in chunk.pop("failed"):
+    def _dataloader(self):
+        if self._loader is None:
+            # Forking a process in which DALI pipelines (which now live as long as their loader) run threads can
+            # deadlock the child on a lock held at fork time: start workers from a fork server then.
+            context = "forkserver" if self.num_workers and "nvidia.dali" in sys.modules else None
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=self._tasks, num_workers=self.num_workers, collate_fn=collate,
+                worker_init_fn=_worker_init if self.num_workers else None, persistent_workers=self.num_workers > 0,
+                prefetch_factor=self.prefetch if self.num_workers else None, pin_memory=str(self.device).startswith("cuda"),
+                multiprocessing_context=context)
+        return self._loader
+
+    def epoch_chunks(self, epoch: int, work: list[WorkItem]):
+        n = len(work)
+        # Each task lists its item and the next ones of the plan as replacements for a failing sample.
+        tasks = [(int(epoch), tuple(work[(i + r) % n] for r in range(min(self.max_retries + 1, n)))) for i in range(n)]
+        self._tasks.batches = [tasks[i:i + self.videos_per_chunk] for i in range(0, n, self.videos_per_chunk)]
+        for out in self._dataloader():
+            for key, error in out["failed"]:
                 log.warning("fastvid: sample %s failed to decode and was skipped: %s", key, error)
-                yield {"failed": (key, error)}
-            if "frames" in chunk:
-                frames = chunk.pop("frames").to(self.device, non_blocking=True)
-                clips = cut_views(frames, chunk.pop("index"), chunk.pop("crops"), self.out_size, chunk.pop("flips"))
+                yield Failure(key, error)
+            if "frames" in out:
+                frames = out["frames"].to(self.device, non_blocking=True)
+                clips = cut_views(frames, out["index"], out["crops"], self.out_size, out["flips"])
+            elif out["clips"] is None:
+                continue
             else:
-                clips = chunk.pop("clips")
-            video = normalize_clips(clips, self.scale, self.shift, self.device, self.dtype, self.channels_last)
-            yield {"video": video, **chunk}
+                clips = out["clips"]
+            video = pixels.normalize_clips(clips, self.scale, self.shift, self.device, self.dtype, self.channels_last)
+            yield Chunk(video, out["label"], out["key"], clips=out["clip"], stage_s=out["stage_s"], worker_pid=out["pid"])
+
+    def close(self):
+        """Stops the worker processes now (they otherwise live as long as the loader)."""
+        if self._loader is not None:
+            it = getattr(self._loader, "_iterator", None)
+            if it is not None and hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+            self._loader = None

@@ -87,7 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--val-resize-size", nargs="+", type=int, help="eval resize (h w); default: the preset's")
     add("--val-crop-size", nargs="+", type=int, help="eval crop (h w); default: the preset's")
     # fastvid additions
-    add("--backend", type=str.lower, choices=["auto", "dali", "pyav"], help="loader backend")
+    from fastvid.data.backends import REGISTRY
+
+    add("--backend", type=str.lower, choices=["auto", *REGISTRY], help="loader backend (auto: the fastest that can decode the shards here)")
     add("--preset", type=str.lower, choices=["video_resnet", "s3d", "tsm"], help="augmentation preset; default follows the model (s3d -> s3d: resize 256x256, crop 224, where torchvision's reference crops 112 unless given --train-crop-size; tsm_resnet50 -> tsm; others -> video_resnet: resize 128x171, crop 112)")
     add("--frame-stride", type=int, help="distance between a clip's frames, counted at --frame-rate (source frames: N x fps / frame-rate), or at the native rate when --frame-rate is none")
     add("--channels-last", action="store_true", help="channels_last_3d memory format for model and input")
