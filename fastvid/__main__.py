@@ -1,5 +1,6 @@
-"""`python -m fastvid` entry point."""
+"""`python -m fastvid` entry point (what torchrun launches)."""
 
 from fastvid.cli import main
+from fastvid.train.distributed import exit_process
 
-raise SystemExit(main())
+exit_process(main())

@@ -151,6 +151,10 @@ def _syncbn_worker(rank, world, port, x_full, result_q):
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    # As fastvid.train.distributed.exit_process: skip interpreter shutdown, where gloo can abort the process.
+    result_q.close()
+    result_q.join_thread()
+    os._exit(0)
 
 
 def test_cpu_syncbn_matches_full_batch_batchnorm():
