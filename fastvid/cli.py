@@ -34,6 +34,7 @@ EXIT_CODES = """exit status:
   0    success
   1    failure (bad input, missing file, training error): one line on stderr names what is wrong
   2    usage error (unknown flag, invalid choice, missing argument)
+  75   training preempted (SIGTERM): checkpointed, rerun with --resume
   130  interrupted (Ctrl-C)
   141  stdout was closed early (e.g. `fastvid inspect DIR --json | head`): quiet, like other Unix tools"""
 
