@@ -1,7 +1,7 @@
 """Shard-writing throughput: clips/s (and clips/s per core) of `fastvid shard videos`, copy / H.264 / VP9,
 1 vs 2 workers, on the local engine, on Ray tasks (`--engine ray`) and, for comparison, on Ray Data.
 
-Generates a Kinetics-layout dataset of H.264 motion clips (fastvid.synth), then shards it with each
+Generates a Kinetics-layout dataset of H.264 motion clips (fastvid.video.synth), then shards it with each
 codec and worker count through the same code path as the CLI. Input MB/s counts the source bytes
 processed, output MB/s the shard bytes written. Speed-ups are ratios to the 1-worker run of the
 same codec, measured in the same process.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 
 def make_dataset(root: Path, clips: int, frames: int, height: int, width: int) -> int:
-    from fastvid.synth import MOTION_CLASSES, make_motion_dataset
+    from fastvid.video.synth import MOTION_CLASSES, make_motion_dataset
 
     classes = list(MOTION_CLASSES)[:4]
     per_class = max(1, clips // len(classes))
@@ -37,12 +37,12 @@ def make_dataset(root: Path, clips: int, frames: int, height: int, width: int) -
 
 
 def ray_data_engine(encode, items, workers):
-    """The alternative to fastvid.shard.ray_engine measured here: Ray Data `map` with preserved order."""
+    """The alternative to fastvid.store.ray_engine measured here: Ray Data `map` with preserved order."""
     import pickle
 
     import ray
 
-    from fastvid.shard.writer import _encode_one
+    from fastvid.store.writer import _encode_one
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
@@ -53,16 +53,17 @@ def ray_data_engine(encode, items, workers):
 
 
 def _warm_worker() -> bool:
-    import fastvid.shard.transcode  # noqa: F401
-    import fastvid.shard.writer  # noqa: F401
+    import fastvid.video.transcode  # noqa: F401
+    import fastvid.store.writer  # noqa: F401
 
     return True
 
 
 def shard_once(src: Path, out: Path, codec: str, workers: int, short_side: int | None, engine: str = "local") -> dict:
     from fastvid.metrics import ResourceSampler
-    from fastvid.shard import ray_engine, sources, transcode
-    from fastvid.shard.writer import write_shard_set
+    from fastvid.store import ray_engine
+    from fastvid.video import sources, transcode
+    from fastvid.store.writer import write_shard_set
 
     shutil.rmtree(out, ignore_errors=True)
     runner = None
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
             "short_side": args.short_side,
             "repeats": args.repeats,
             "runs": runs,
-            "note": "clips/s and MB/s through fastvid.shard.writer.write_shard_set (the CLI path); input MB/s = source "
+            "note": "clips/s and MB/s through fastvid.store.writer.write_shard_set (the CLI path); input MB/s = source "
                     "bytes / s, output MB/s = shard bytes / s; best of `repeats` runs; 2-worker runs include starting the "
                     "worker processes; speedups are ratios within this run",
         }

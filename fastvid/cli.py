@@ -8,25 +8,53 @@ Exit statuses are the same for every command (EXIT_CODES, shown in `fastvid --he
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-# name -> (module, one-line help). "shard" and "bench" have sub-commands of their own.
+
+def _command(name: str):
+    """The module of command `name` (explicit imports, only the chosen command's: a broken optional
+    module cannot break the rest, and `fastvid --help` stays fast and GPU-free)."""
+    if name == "shard":
+        from fastvid.store import cli as module
+    elif name == "manifest":
+        from fastvid.store import merge as module
+    elif name == "inspect":
+        from fastvid.store import inspect as module
+    elif name == "train":
+        from fastvid.video import train_cli as module
+    elif name == "train-events":
+        from fastvid.events.detect import train_cli as module
+    elif name == "eval-events":
+        from fastvid.events.detect import eval_cli as module
+    elif name == "bench":
+        from fastvid.benchmarks import cli as module
+    elif name == "quickstart":
+        from fastvid import quickstart as module
+    elif name == "profile":
+        from fastvid import profile as module
+    elif name == "env":
+        from fastvid import envreport as module
+    elif name == "doctor":
+        from fastvid import doctor as module
+    else:
+        raise KeyError(name)
+    return module
+
+
+# name -> one-line help. "shard" and "bench" have sub-commands of their own.
 COMMANDS = {
-    "shard": ("fastvid.shard.cli", "turn a video or event dataset into WebDataset tar shards"),
-    "manifest": ("fastvid.shard.merge", "merge the partial manifests of a multi-node shard job"),
-    "inspect": ("fastvid.shard.inspect", "summarize (and --verify) a shard set"),
-    "train": ("fastvid.train.cli", "train a video classifier (torchvision reference flags; torchrun ready)"),
-    "train-events": ("fastvid.detect.train_cli", "train a recurrent event-camera detector with TBPTT (torchrun ready)"),
-    "eval-events": ("fastvid.detect.eval_cli", "Prophesee COCO mAP of saved event-camera detections"),
-    "bench": ("fastvid.benchmarks.cli", "measure loaders, kernels and training throughput"),
-    "quickstart": ("fastvid.quickstart", "generate a small dataset, shard it, train and evaluate, end to end"),
-    "profile": ("fastvid.profile", "sample GPU utilization/memory/clocks of a command (CSV + PNG)"),
-    "env": ("fastvid.envreport", "which loader backends and GPU libraries are usable here, and how to add the missing ones"),
-    "doctor": ("fastvid.doctor", "time each loader stage and the model step on a shard set; name the bottleneck and its knob"),
+    "shard": "turn a video or event dataset into WebDataset tar shards",
+    "manifest": "merge the partial manifests of a multi-node shard job",
+    "inspect": "summarize (and --verify) a shard set",
+    "train": "train a video classifier (torchvision reference flags; torchrun ready)",
+    "train-events": "train a recurrent event-camera detector with TBPTT (torchrun ready)",
+    "eval-events": "Prophesee COCO mAP of saved event-camera detections",
+    "bench": "measure loaders, kernels and training throughput",
+    "quickstart": "generate a small dataset, shard it, train and evaluate, end to end",
+    "profile": "sample GPU utilization/memory/clocks of a command (CSV + PNG)",
+    "env": "which loader backends and GPU libraries are usable here, and how to add the missing ones",
+    "doctor": "time each loader stage and the model step on a shard set; name the bottleneck and its knob",
 }
-
-
 
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_CLOSED_PIPE = 0, 1, 2, 130, 141
@@ -48,10 +76,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only the chosen command's module is imported (so a broken optional module cannot break the rest).
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    for name, (module, help_text) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
-            mod = importlib.import_module(module)
+            mod = _command(name)
             mod.add_arguments(p)
             p.set_defaults(_run=mod.run)
     return parser

@@ -4,7 +4,7 @@
 
 Times each stage on a sample of the shard set, one stage at a time, on the real components:
 tar read (the .idx byte ranges), demux (all PyAV packets of the video, no decoding), decode (the
-clip's frames from the keyframe before them, PyAV), crop/resize/normalize (fastvid.data.pixels on the device), host-to-device (a uint8
+clip's frames from the keyframe before them, PyAV), crop/resize/normalize (fastvid.video.pixels on the device), host-to-device (a uint8
 batch), training step (forward, backward, optimizer on one batch replayed: the replay ceiling, the
 rate the model alone sustains), and the loader end to end with the chosen backend. CPU-side stages
 are scaled by the loader's parallelism (workers/threads). The stage with the lowest rate is the
@@ -33,11 +33,11 @@ KNOBS = {
 
 def add_arguments(p):
     p.add_argument("--shards", required=True, help="shard set directory")
-    p.add_argument("--model", default="r3d_18", help="model name (fastvid.models)")
+    p.add_argument("--model", default="r3d_18", help="model name (fastvid.train.models.list_models())")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    from fastvid.data.backends import REGISTRY
+    from fastvid.pipeline import backends
 
-    p.add_argument("--backend", default="auto", choices=["auto", *REGISTRY], help="loader backend to diagnose (default: what auto picks)")
+    p.add_argument("--backend", default="auto", choices=["auto", *backends.names("video")], help="loader backend to diagnose (default: what auto picks)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--clip-len", type=int, default=16)
     p.add_argument("--frame-stride", type=int, default=2)
@@ -58,9 +58,10 @@ def _time_stages(shard_set, config, work, device, workers: int) -> dict:
     import numpy as np
     import torch
 
-    from fastvid.data import pixels
-    from fastvid.data.contract import plan_work, read_sample
-    from fastvid.data.pyav_backend import decode_frames
+    from fastvid.video import pixels
+    from fastvid.video.plan import plan_work
+    from fastvid.video.reader import read_sample
+    from fastvid.video.pyav_backend import decode_frames
 
     totals = dict.fromkeys(("tar read", "demux", "decode", "crop/resize/normalize"), 0.0)
     clips = 0
@@ -158,16 +159,18 @@ def diagnose(*, shards, model: str = "r3d_18", device: str = "auto", backend: st
 
     from fastvid import _gpu
     from fastvid.benchmarks.common import device_info
-    from fastvid.data import VideoLoader, backends
-    from fastvid.models import get_model
+    from fastvid.video.loader import Augmentation, ClipSampling, Execution, Output, VideoLoader
+    from fastvid.pipeline import backends
+    from fastvid.train.models import get_model
 
     device = _gpu.resolve_device(device)
     workers = workers or backends.cpu_count()
 
     def make_loader(threads=workers, prefetch=2):
         n = min(threads, workers) if threads else workers
-        return VideoLoader(shards, batch_size=batch_size, clip_len=clip_len, frame_stride=frame_stride, preset=preset,
-                           backend=backend, device=device, num_threads=n, num_workers=n, prefetch=prefetch, seed=0)
+        return VideoLoader(shards, batch_size, ClipSampling(clip_len=clip_len, frame_stride=frame_stride), seed=0,
+                           augmentation=Augmentation(preset), output=Output(device=device),
+                           execution=Execution(backend=backend, num_threads=n, num_workers=n, prefetch=prefetch))
 
     probe = make_loader()
     chosen = probe.backend

@@ -115,7 +115,7 @@ def format_report(checks: list[Check]) -> str:
             lines.append(f"   {'':<{width}}  note: {c.hint}")
     backends = [c.name.split()[0].lower() for c in checks if c.group == "backend" and c.ok]
     lines.append(f"loader backends usable here: {', '.join(backends) or 'none'}"
-                 + (" (backend='auto' takes the first of fastvid.data.backends.AUTO_ORDER that can decode the shards here)" if len(backends) > 1 else ""))
+                 + (" (backend='auto' takes the first of the kind's auto order (fastvid.pipeline.backends.auto_order) that can decode the shards here)" if len(backends) > 1 else ""))
     return "\n".join(lines)
 
 

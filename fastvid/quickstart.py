@@ -22,7 +22,7 @@ def add_arguments(p):
     p.add_argument("--out", default="fastvid_quickstart", help="output folder (dataset, shards, checkpoints, summary)")
     p.add_argument("--videos-per-class", type=int, default=30, help="training videos per class (val gets a third of that)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 30)")
-    p.add_argument("--model", default=None, help="model name from fastvid.models (default: R3D-18 at a quarter of its width)")
+    p.add_argument("--model", default=None, help="model name from fastvid.video.models (default: R3D-18 at a quarter of its width)")
     p.add_argument("--backend", default="auto", choices=["auto", "dali", "pyav"])
     p.add_argument("--seed", type=int, default=0)
 
@@ -32,7 +32,7 @@ def _generate(out: Path, videos_per_class: int, seed: int, codec: str) -> None:
     (stale videos, shards or a checkpoint trained on other data are never reused)."""
     import shutil
 
-    from fastvid.synth import make_motion_dataset
+    from fastvid.video.synth import make_motion_dataset
 
     root = out / "videos"
     marker = root / ".complete"
@@ -48,12 +48,13 @@ def _generate(out: Path, videos_per_class: int, seed: int, codec: str) -> None:
     marker.write_text(params)
 
 
-def _cli(argv: list[str]) -> None:
-    from fastvid.cli import main
+def _command(module, name: str, argv: list[str]) -> int:
+    """Run a command module (add_arguments / run) as `fastvid NAME ARGV` would; errors propagate."""
+    import argparse
 
-    rc = main(argv)
-    if rc != 0:
-        raise RuntimeError(f"`fastvid {' '.join(argv)}` failed with exit status {rc}")
+    parser = argparse.ArgumentParser(prog=f"fastvid {name}")
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(argv)) or 0)
 
 
 def run(args) -> int:
@@ -69,16 +70,19 @@ def run(args) -> int:
     print(f"[1/4] generating motion dataset under {out / 'videos'}")
     _generate(out, args.videos_per_class, args.seed, codec="libx264")
 
+    from fastvid.video import cli as shard_videos
+    from fastvid.video import train_cli
+
     print(f"[2/4] sharding with `fastvid shard videos` (codec {shard_codec})")
     for split in ("train", "val"):
-        _cli(["shard", "videos", str(out / "videos" / split), str(out / "shards" / split), "--layout", "kinetics",
+        _command(shard_videos, "shard videos", [str(out / "videos" / split), str(out / "shards" / split), "--layout", "kinetics",
               "--codec", shard_codec, "--split", split, "--max-samples", "64", "--seed", str(args.seed)])
 
     print(f"[3/4] training for {epochs} epochs on {device} (each epoch prints a line with the ETA of the rest)")
     train_dir = out / "train"
     model = args.model or "r3d_18"
     train_argv = [
-        "train", "--data-path", str(out / "shards"), "--train-dir", "train", "--val-dir", "val",
+        "--data-path", str(out / "shards"), "--train-dir", "train", "--val-dir", "val",
         "--model", model, "--device", device, "--backend", args.backend, "--output-dir", str(train_dir),
         "--epochs", str(epochs), "--clip-len", "8", "--frame-stride", "2", "--clips-per-video", "2", "--batch-size", "16",
         "--lr", "0.01", "--lr-warmup-epochs", "1", "--lr-milestones", str(max(int(epochs * 0.75), 2)),
@@ -102,7 +106,6 @@ def run(args) -> int:
         train_argv += ["--resume", str(train_dir / "checkpoint.pth")]
     train_dir.mkdir(parents=True, exist_ok=True)
     model_marker.write_text(model)
-    from fastvid.cli import main
     from fastvid.train.preempt import PREEMPTED_EXIT_CODE
     import torch
 
@@ -112,7 +115,7 @@ def run(args) -> int:
         # OpenMP threads contending with other processes measured 4-7x slower per step than one thread.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
     try:
-        rc = main(train_argv)
+        rc = _command(train_cli, "train", train_argv)
     finally:
         torch.set_num_threads(threads)  # quickstart may run inside another program (tests)
     if rc == PREEMPTED_EXIT_CODE:
@@ -121,7 +124,7 @@ def run(args) -> int:
               f"`fastvid quickstart` command to resume. No summary written.", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
     if rc != 0:
-        raise RuntimeError(f"`fastvid {' '.join(train_argv)}` failed with exit status {rc}")
+        raise RuntimeError(f"`fastvid train {' '.join(train_argv)}` failed with exit status {rc}")
 
     print("[4/4] summary")
     rows = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]

@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config, items):
 def shard_root(tmp_path_factory):
     """Tiny train/val video shard sets (2 motion classes, VP9) shared by the training tests."""
     from fastvid.cli import main as fastvid_main
-    from fastvid.synth import make_motion_dataset
+    from fastvid.video.synth import make_motion_dataset
 
     root = tmp_path_factory.mktemp("train_shards")
     for split, per_class, seed in (("train", 4, 0), ("val", 3, 1)):
@@ -30,3 +30,21 @@ def shard_root(tmp_path_factory):
                            "--workers", "1", "--split", split])
         assert rc == 0
     return root / "data"
+
+
+def video_loader(shards, **kw):
+    """A VideoLoader from flat keyword options (tests name a few options each): each goes to its group."""
+    from dataclasses import fields
+
+    from fastvid.pipeline.contract import LastBatch
+    from fastvid.video.loader import Augmentation, ClipSampling, Execution, Output, VideoLoader
+
+    if "drop_last" in kw:
+        kw["last_batch"] = LastBatch.from_drop_last(kw.pop("drop_last"))
+    groups = {}
+    for name, cls in (("sampling", ClipSampling), ("augmentation", Augmentation), ("output", Output),
+                      ("execution", Execution)):
+        names = {f.name for f in fields(cls)}
+        groups[name] = cls(**{k: kw.pop(k) for k in list(kw) if k in names})
+    batch_size = kw.pop("batch_size")
+    return VideoLoader(shards, batch_size, groups.pop("sampling"), **groups, **kw)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fastvid.cli import EXIT_CODES, main
-from fastvid.train.args import parse_config
+from fastvid.video.args import parse_config
 
 
 def _fastvid(*args, **kw):
@@ -49,6 +49,6 @@ def test_exit_statuses(tmp_path, capsys):
 def test_choices_ignore_case_like_torchvision():
     cfg = parse_config(["--lr-warmup-method", "Linear", "--backend", "PyAV", "--amp-dtype", "BF16"])
     assert (cfg.lr_warmup_method, cfg.backend, cfg.amp_dtype) == ("linear", "pyav", "bf16")
-    from fastvid.config import build_config
+    from fastvid.video.config import build_config
 
     assert build_config({"lr_warmup_method": "Constant"}).lr_warmup_method == "constant"

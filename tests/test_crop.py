@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastvid.data.boxes import sample_multiscale_boxes
+from fastvid.video.boxes import sample_multiscale_boxes
 from fastvid.kernels import crop_resize_normalize, crop_resize_normalize_reference
 
 MEAN, STD = (0.43, 0.39, 0.37), (0.22, 0.21, 0.23)
@@ -88,17 +88,17 @@ def test_half_outputs_are_rounded_float32(dtype):
 def test_bad_input_is_rejected_with_a_clear_error():
     frames = _frames(n=2)
     with pytest.raises(ValueError, match="outside the 48x64 frame"):
-        crop_resize_normalize(frames, [[0, 0, 49, 10], [0, 0, 10, 10]], 8)
+        crop_resize_normalize(frames, [[0, 0, 49, 10], [0, 0, 10, 10]], 8, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match=r"\(N, T, H, W, C\)"):
-        crop_resize_normalize(frames[0], [0, 0, 10, 10], 8)
+        crop_resize_normalize(frames[0], [0, 0, 10, 10], 8, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="uint8"):
-        crop_resize_normalize(frames.astype(np.float32), [0, 0, 10, 10], 8)
+        crop_resize_normalize(frames.astype(np.float32), [0, 0, 10, 10], 8, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="mean/std"):
         crop_resize_normalize(frames, [0, 0, 10, 10], 8, mean=(0.5,), std=(0.5,))
 
 
 def test_empty_batch():
-    out = crop_resize_normalize(np.zeros((0, 2, 8, 8, 3), np.uint8), np.zeros((0, 4), np.int64), 4)
+    out = crop_resize_normalize(np.zeros((0, 2, 8, 8, 3), np.uint8), np.zeros((0, 4), np.int64), 4, mean=MEAN, std=STD)
     assert out.shape == (0, 3, 2, 4, 4)
 
 

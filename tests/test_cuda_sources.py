@@ -144,7 +144,7 @@ def test_crop_kernel_logic_matches_numba(tmp_path):
     import numpy as np
     import torch
 
-    from fastvid.data.boxes import sample_multiscale_boxes
+    from fastvid.video.boxes import sample_multiscale_boxes
     from fastvid.kernels import crop_resize_normalize
 
     lib = _host_library("crop.cu", tmp_path)

@@ -1,4 +1,4 @@
-"""Prophesee evaluation: `fastvid.detect.evaluate` against an independent re-implementation of the
+"""Prophesee evaluation: `fastvid.events.detect.evaluate` against an independent re-implementation of the
 toolbox's documented rules written here (per-box loops, pycocotools called directly), hand-valued
 cases (perfect, time tolerance, filters) and `fastvid eval-events` on saved files."""
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from fastvid.cli import main as cli_main
-from fastvid.detect.boxsets import load_box_sets, save_box_sets
-from fastvid.detect.evaluate import BOX_DTYPE, EvalConfig, eval_config, evaluate_detections
+from fastvid.events.detect.boxsets import load_box_sets, save_box_sets
+from fastvid.events.detect.evaluate import BOX_DTYPE, EvalConfig, eval_config, evaluate_detections
 
 # The toolbox's own box layout (ts and class_confidence), as Prophesee's _bbox.npy files store it.
 TOOLBOX_DTYPE = np.dtype([("ts", "<u8"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"), ("h", "<f4"),

@@ -16,8 +16,8 @@ import sys
 import pytest
 import torch
 
-from fastvid.detect.synth import CLASSES, make_moving_boxes_gen1
-from fastvid.events.shard import shard_events
+from fastvid.events.detect.synth import CLASSES, make_moving_boxes_gen1
+from fastvid.events.writing import shard_events
 
 
 @pytest.fixture(scope="module")

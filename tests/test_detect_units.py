@@ -7,19 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from fastvid.detect.augment import SequenceAugment, Transform, apply_to_boxes, apply_to_tensor
-from fastvid.detect.data import targets_from_boxes, window_labels
-from fastvid.detect.loss import detection_loss
-from fastvid.detect.model import ConvLSTM, get_detector
-from fastvid.detect.postprocess import nms, postprocess
-from fastvid.detect.state import detach_state, reset_state
-from fastvid.detect.trainer import Unrolled
+from fastvid.events.detect.augment import SequenceAugment, Transform, apply_to_boxes, apply_to_tensor
+from fastvid.events.detect.data import targets_from_boxes, window_labels
+from fastvid.events.detect.loss import detection_loss
+from fastvid.events.detect.model import ConvLSTM
+from fastvid.train.models import get_model
+from fastvid.events.detect.postprocess import nms, postprocess
+from fastvid.events.detect.state import detach_state, reset_state
+from fastvid.events.detect.trainer import Unrolled
 from fastvid.events.io import BOX_DTYPE
 
 
 def small_model(seed=0, strong_memory=True):
     torch.manual_seed(seed)
-    model = get_detector("rnn_det_tiny", in_channels=2, num_classes=2, width=4, stages=3)
+    model = get_model("rnn_det_tiny", in_channels=2, num_classes=2, width=4, stages=3)
     if strong_memory:
         # Larger recurrent weights than the default init, so the state's effect on outputs is far above
         # float tolerance and "equal" / "different" below cannot be confused.
@@ -170,7 +171,7 @@ def test_window_labels_and_targets():
 
 def test_config_yaml_and_flags(tmp_path):
     from fastvid.cli import build_parser
-    from fastvid.detect.train_cli import config_from_args
+    from fastvid.events.detect.train_cli import config_from_args
 
     (tmp_path / "c.yaml").write_text("batch-size: 3\ntbptt_steps: 7\nmodel_kwargs: {stages: 3}\n")
     argv = ["train-events", "--config", str(tmp_path / "c.yaml"), "--tbptt-steps", "5", "--model-kwarg", "width=4"]
@@ -185,7 +186,7 @@ def test_config_yaml_and_flags(tmp_path):
 def test_shipped_detector_configs_parse():
     from pathlib import Path
 
-    from fastvid.detect.config import build_detect_config
+    from fastvid.events.detect.config import build_detect_config
 
     configs = sorted((Path(__file__).parents[1] / "fastvid" / "configs" / "events").glob("rnn_det*.yaml"))
     assert configs

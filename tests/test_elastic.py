@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastvid.data import VideoLoader, sampling
+from conftest import video_loader
+
+from fastvid.video import sampling
 
 from test_train_cli import _free_port, env, tiny_args
 
@@ -31,7 +33,7 @@ def args(shard_root, out, *extra):
 
 
 def epoch_clips(shard_root: Path, epoch: int) -> list[tuple[str, int]]:
-    ld = VideoLoader(str(shard_root / "train"), batch_size=2, clip_len=4, clips_per_video=CPV, device="cpu", backend="pyav",
+    ld = video_loader(str(shard_root / "train"), batch_size=2, clip_len=4, clips_per_video=CPV, device="cpu", backend="pyav",
                      num_workers=0)
     items = sampling.train_items(ld._grid_sizes, [s.keys for s in ld.shard_set.shards], clips_per_video=CPV, seed=0,
                                  epoch=epoch)

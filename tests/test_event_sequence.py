@@ -11,7 +11,7 @@ import torch
 
 from fastvid.events import EventSequenceLoader
 from fastvid.events import sequence as seqlib
-from fastvid.events.shard import shard_events
+from fastvid.events.writing import shard_events
 from test_events_io import random_events, write_gen1_dat
 from test_events_shard import write_boxes
 

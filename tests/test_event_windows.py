@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastvid.events import EventSequenceLoader
-from fastvid.events.shard_write import shard_events
+from fastvid.events.writing import shard_events
 from fastvid.events.windows import grid_windows, label_windows, make_windows, segments_needed
 from test_events_io import write_gen1_dat
 

@@ -13,7 +13,7 @@ hdf5plugin = pytest.importorskip("hdf5plugin")
 
 from fastvid.cli import main as fastvid_main  # noqa: E402
 from fastvid.events import iter_segments  # noqa: E402
-from fastvid.events import shard_sources  # noqa: E402
+from fastvid.events import layouts as shard_sources  # noqa: E402
 
 TOOLBOX_BOX = np.dtype([("t", "<u8"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"), ("h", "<f4"), ("class_id", "u1"),
                         ("class_confidence", "<f4"), ("track_id", "<u4")])
@@ -94,7 +94,7 @@ def test_gen4_bad_files_are_failures(tmp_path):
     np.save(src / "junk_bbox.npy", np.zeros(0, TOOLBOX_BOX))
     write_gen4_h5(src / "ok_td.h5", [5, 6], [1, 2], [1, 2], [0, 1], compress=False)
     np.save(src / "ok_bbox.npy", np.zeros(0, TOOLBOX_BOX))
-    from fastvid.events.shard_write import shard_events
+    from fastvid.events.writing import shard_events
 
     manifest = shard_events(src, tmp_path / "out", format="gen4")
     errors = {f["source"].rsplit("/", 1)[-1]: f["error"] for f in manifest["failures"]}

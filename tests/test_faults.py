@@ -102,7 +102,7 @@ def test_sigterm_at_a_random_step_checkpoints_exits_75_and_resume_sees_each_clip
                                                                                      monkeypatch):
     """--print-freq 1000 (as quickstart): SIGTERM still stops after the current step, skips evaluation,
     writes a mid-epoch checkpoint and exits 75; the resumed run trains exactly the rest of the epoch."""
-    from fastvid.shard.manifest import shard_files
+    from fastvid.store.manifest import shard_files
 
     keys_split = tmp_path / "split.jsonl"
     args = ("--epochs", "1", "--print-freq", "1000")
@@ -351,7 +351,7 @@ def _rename_first_shard(set_dir: Path, name: str) -> None:
 def test_hostile_shard_names_in_a_manifest_are_refused_everywhere(small_set, name):
     import shutil
 
-    from fastvid.data import VideoLoader
+    from conftest import video_loader
 
     shutil.copy(small_set / "train-000000.tar", small_set.parent / "outside.tar")
     _rename_first_shard(small_set, name)
@@ -360,11 +360,11 @@ def test_hostile_shard_names_in_a_manifest_are_refused_everywhere(small_set, nam
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"{small_set / 'manifest.json'}: shard name {name!r} is not a plain file name" in r.stderr
     with pytest.raises(ValueError, match="is not a plain file name"):
-        VideoLoader(str(small_set), batch_size=2, clip_len=4, backend="pyav", device="cpu", num_workers=0)
+        video_loader(str(small_set), batch_size=2, clip_len=4, backend="pyav", device="cpu", num_workers=0)
 
 
 def test_hostile_names_in_event_manifests_and_progress_files(small_set, tmp_path):
-    from fastvid.events.shard import index_segments
+    from fastvid.events.reading import index_segments
 
     manifest = json.loads((small_set / "manifest.json").read_text())
     manifest["kind"] = "events"
@@ -378,7 +378,7 @@ def test_hostile_names_in_event_manifests_and_progress_files(small_set, tmp_path
     # a resume progress file naming a tar outside the set: refused, nothing written next to that tar
     from test_shard_writer import encode_item, make_items
 
-    from fastvid.shard.writer import write_shard_set
+    from fastvid.store.writer import write_shard_set
 
     out = tmp_path / "w"
     kw = dict(kind="video", classes=["a", "b"], options={}, max_samples=5)
@@ -412,11 +412,11 @@ def _zero_videos(set_dir: Path) -> None:
 
 def test_dali_undecodable_shard_raises_its_own_error(small_set):
     pytest.importorskip("nvidia.dali")
-    from fastvid.data import VideoLoader
+    from conftest import video_loader
 
     _zero_videos(small_set)
-    loader = VideoLoader(str(small_set), batch_size=2, clip_len=4, backend="dali", device="cpu", num_threads=1)
-    with pytest.raises(RuntimeError, match=rf"no clip could be decoded from {small_set}.*8 samples failed; last: '\w+': {small_set}/train-000000.tar"):
+    loader = video_loader(str(small_set), batch_size=2, clip_len=4, backend="dali", device="cpu", num_threads=1)
+    with pytest.raises(RuntimeError, match=rf"no sample could be decoded from {small_set}.*8 samples failed; last: '\w+': {small_set}/train-000000.tar"):
         for _ in loader:
             pass
 
@@ -455,7 +455,7 @@ def test_bad_box_timestamp_names_the_label_file(tmp_path):
     from test_events_io import random_events, write_gen1_dat
     from test_events_shard import write_boxes
 
-    from fastvid.events.shard import list_segments
+    from fastvid.events.writing import list_segments
 
     ts, xs, ys, ps = random_events(300, 600_000, 1)
     write_gen1_dat(tmp_path / "r_td.dat", ts, xs, ys, ps)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from fastvid import _gpu
-from fastvid.data import VideoLoader, backends
+from conftest import video_loader
+from fastvid.pipeline import backends
 
 from test_loader import CLIP_LEN, STRIDE, clip_frames, collect, make_shards
 
@@ -29,11 +30,11 @@ def big(tmp_path_factory):
 def test_gpu_decoder_matches_pyav_on_the_same_keys(big, backend):
     if not _gpu.has_module(PACKAGES[backend]):
         pytest.skip(f"{PACKAGES[backend]} is not installed")
-    if not backends.REGISTRY[backend].can_decode("h264", "cuda", 160, 128):
+    if not backends.spec("video", backend).can_decode("h264", "cuda", 160, 128):
         pytest.skip(f"{backend} cannot decode here (its runtime libraries are missing)")
     kw = dict(train=True, clips_per_video=2, batch_size=4, clip_len=CLIP_LEN, frame_stride=STRIDE, seed=3, drop_last=False)
-    gpu = VideoLoader(big.h264, backend=backend, device="cuda", num_threads=2, **kw)
-    ref = VideoLoader(big.h264, backend="pyav", device="cpu", num_workers=0, **kw)
+    gpu = video_loader(big.h264, backend=backend, device="cuda", num_threads=2, **kw)
+    ref = video_loader(big.h264, backend="pyav", device="cpu", num_workers=0, **kw)
     got, want = collect(gpu, epoch=1), collect(ref, epoch=1)
     assert len(got) == len(want) == len(gpu)
     for g, p in zip(got, want):
@@ -48,11 +49,11 @@ def test_gpu_decoder_matches_pyav_on_the_same_keys(big, backend):
 
 def test_auto_on_a_gpu_takes_a_cpu_decoder_for_videos_below_nvdec_size(tmp_path):
     small = make_shards(tmp_path, height=48, width=64)
-    ld = VideoLoader(small.h264, backend="auto", device="cuda", batch_size=2, clip_len=CLIP_LEN, frame_stride=STRIDE)
+    ld = video_loader(small.h264, backend="auto", device="cuda", batch_size=2, clip_len=CLIP_LEN, frame_stride=STRIDE)
     assert ld.backend == "pyav"
     batch = next(iter(ld))
     assert batch["video"].device.type == "cuda" and batch["video"].shape[0] == 2
-    big = VideoLoader(make_shards(tmp_path / "big", height=128, width=160).h264, backend="auto", device="cuda",
+    big = video_loader(make_shards(tmp_path / "big", height=128, width=160).h264, backend="auto", device="cuda",
                       batch_size=2, clip_len=CLIP_LEN, frame_stride=STRIDE)
-    assert big.backend == next(n for n in backends.AUTO_ORDER["cuda"] if backends.REGISTRY[n].can_decode("h264", "cuda", 160, 128))
+    assert big.backend == next(n for n in backends.auto_order("video", "cuda") if backends.spec("video", n).can_decode("h264", "cuda", 160, 128))
     assert torch.isfinite(next(iter(big))["video"]).all()

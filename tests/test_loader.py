@@ -1,6 +1,6 @@
 """VideoLoader end to end on real shards: DALI's CPU decoder on VP9 shards, PyAV on H.264 shards.
 
-The clips are fastvid.synth coded videos: frame t is flat with red = frame_code(t) and green =
+The clips are fastvid.video.synth coded videos: frame t is flat with red = frame_code(t) and green =
 frame_code(video_id), so every decoded, cropped, resized and normalized clip tells which video
 and which frames it holds.
 """
@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from fastvid import cli
-from fastvid.data import VideoLoader, plan, sampling
-from fastvid.data.presets import KINETICS_MEAN, KINETICS_STD
-from fastvid.data.shards import open_shard_set
-from fastvid.synth import decode_frame_index, frame_code, write_coded_video
+from conftest import video_loader
+from fastvid.video import plan, sampling
+from fastvid.video.presets import KINETICS_MEAN, KINETICS_STD
+from fastvid.video.reader import open_shard_set
+from fastvid.video.synth import decode_frame_index, frame_code, write_coded_video
 
 # class -> video lengths; one video (6 frames) is shorter than a clip of 4 frames at stride 2.
 LAYOUT = {"archery": [20, 24, 28, 32], "bowling": [36, 40, 22], "cooking": [26, 30, 6]}
@@ -75,7 +76,7 @@ def clip_frames(video: torch.Tensor) -> list[list[int]]:
 
 def expected_frames(ld, key, clip, data) -> list[int]:
     """The frames the pure planner assigns to grid clip `clip` of `key` (red level wraps at 28)."""
-    from fastvid.data.plan import video_grid
+    from fastvid.video.plan import video_grid
 
     meta = {"num_frames": data.videos[key]["num_frames"], "fps": 25.0, "height": 48, "width": 64}
     return (video_grid(ld.config, meta, key)[clip] % 28).tolist()
@@ -89,7 +90,7 @@ def loader(path, backend, **kw):
     kw.setdefault("clip_len", CLIP_LEN)
     kw.setdefault("frame_stride", STRIDE)
     kw.setdefault("num_workers", 0)
-    return VideoLoader(path, backend=backend, device="cpu", **kw)
+    return video_loader(path, backend=backend, device="cpu", **kw)
 
 
 def collect(ld, epoch=0):
@@ -297,7 +298,7 @@ def copy_sample(item: CopyItem) -> dict:
 
 @pytest.mark.parametrize("backend,codec", BACKENDS)
 def test_broken_samples_are_skipped_counted_and_logged(data, backend, codec, tmp_path, caplog):
-    from fastvid.shard.writer import write_shard_set
+    from fastvid.store.writer import write_shard_set
 
     src = open_shard_set(getattr(data, codec))
     flat = [(si, i, k) for si, s in enumerate(src.shards) for i, k in enumerate(s.keys)]
@@ -322,14 +323,14 @@ def test_nvdec_matches_dali_cpu_on_the_same_clips(tmp_path):
     # NVDEC decodes VP9 from 128x128 up: these clips are bigger than the CPU tests' 64x48.
     data = make_shards(tmp_path, height=128, width=160)
     cpu = loader(data.vp9, "dali", train=False, clips_per_video=2, batch_size=4, drop_last=False)
-    gpu = VideoLoader(data.vp9, backend="dali", device="cuda", train=False, clips_per_video=2, batch_size=4,
+    gpu = video_loader(data.vp9, backend="dali", device="cuda", train=False, clips_per_video=2, batch_size=4,
                       clip_len=CLIP_LEN, frame_stride=STRIDE, drop_last=False)
     for c, g in zip(collect(cpu), collect(gpu)):
         assert c["key"] == g["key"]
         assert g["video"].device.type == "cuda"
         diff = (g["video"].cpu() - c["video"]).abs()
         assert diff.mean().item() < 0.05 and diff.max().item() < 0.5  # close, not bit-equal (decoder/resize kernels)
-    h264 = VideoLoader(data.h264, backend="dali", device="cuda", train=False, batch_size=4, clip_len=CLIP_LEN,
+    h264 = video_loader(data.h264, backend="dali", device="cuda", train=False, batch_size=4, clip_len=CLIP_LEN,
                        frame_stride=STRIDE, drop_last=False)
     ref = loader(data.h264, "pyav", train=False, batch_size=4, drop_last=False)
     for g, p in zip(collect(h264), collect(ref)):
@@ -379,7 +380,7 @@ def test_iteration_makes_no_blocking_device_copies(data, backend, codec, monkeyp
 @pytest.mark.parametrize("backend,codec", BACKENDS)
 def test_shard_set_where_nothing_decodes_is_an_error_not_a_hang(data, backend, codec, tmp_path):
     """DALI's reader never runs out: without a bound on failures in a row it would skip bad samples forever."""
-    from fastvid.shard.writer import write_shard_set
+    from fastvid.store.writer import write_shard_set
 
     src = open_shard_set(getattr(data, codec))
     flat = [(si, i, k) for si, s in enumerate(src.shards) for i, k in enumerate(s.keys)]
@@ -393,9 +394,9 @@ def test_shard_set_where_nothing_decodes_is_an_error_not_a_hang(data, backend, c
 
 def test_dali_plain_cuda_means_the_current_device(data, monkeypatch):
     """device="cuda" on rank 3 after torch.cuda.set_device(3) must decode on GPU 3, not on GPU 0."""
-    from fastvid.data.dali_backend import DALIBackend
-    from fastvid.data.plan import ClipConfig
-    from fastvid.data.presets import get_preset
+    from fastvid.video.dali_backend import DALIBackend
+    from fastvid.video.plan import ClipConfig
+    from fastvid.video.presets import get_preset
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
     config = ClipConfig(clip_len=CLIP_LEN, frame_stride=STRIDE, clips_per_video=1, train=True, preset=get_preset("video_resnet"))
@@ -415,7 +416,7 @@ def test_more_ranks_than_videos_is_a_clear_error_on_every_rank(data):
 
 def test_eval_views_decode_each_video_once_and_cut_all_views(data, monkeypatch):
     """--eval-views 2x3: every video gives 2 uniform clips x 3 crops from ONE decode of its frames."""
-    from fastvid.data import pyav_backend
+    from fastvid.video import pyav_backend
 
     calls = []
     real = pyav_backend.decode_frames
@@ -458,7 +459,7 @@ def test_tsn_segments_take_one_frame_per_segment(data, backend, codec):
 
 
 def test_cut_views_gathers_the_same_pixels_as_slicing():
-    from fastvid.data.views import cut_views
+    from fastvid.video.views import cut_views
 
     g = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (5, 20, 30, 3), dtype=torch.uint8, generator=g)
@@ -475,7 +476,7 @@ def test_cut_views_gathers_the_same_pixels_as_slicing():
 @pytest.mark.gpu
 def test_eval_views_are_cut_on_the_gpu_and_match_the_cpu(data):
     cpu = loader(data.h264, "pyav", train=False, clips_per_video=2, spatial_views=3, batch_size=6, drop_last=False)
-    gpu = VideoLoader(data.h264, backend="pyav", device="cuda", train=False, clips_per_video=2, spatial_views=3, batch_size=6,
+    gpu = video_loader(data.h264, backend="pyav", device="cuda", train=False, clips_per_video=2, spatial_views=3, batch_size=6,
                       clip_len=CLIP_LEN, frame_stride=STRIDE, num_workers=0, drop_last=False)
     for a, b in zip(collect(cpu), collect(gpu)):
         assert b["video"].device.type == "cuda" and a["key"] == b["key"]
@@ -537,11 +538,12 @@ def test_per_clip_boxes_switch_dali_to_its_per_clip_graph(data, monkeypatch):
     starts on its one-ROI-per-video graph and moves to the per-frame-warp graph at the first such plan."""
     import numpy as np
 
-    from fastvid.data import contract, dali_backend, pyav_backend
-    from fastvid.data.plan import ClipPlan
+    from fastvid.video import dali_backend, pyav_backend
+    from fastvid.video import plan as plan_module
+    from fastvid.video.plan import ClipPlan
 
     def per_clip(config, meta, key, epoch, item):
-        plan = contract.plan_work(config, meta, key, epoch, item)
+        plan = plan_module.plan_work(config, meta, key, epoch, item)
         boxes = plan.boxes.copy()
         boxes[1::2, 2:] = boxes[1::2, 2:] * 3 // 4  # every other clip: a smaller box, mirrored
         flips = np.arange(len(boxes)) % 2 == 1

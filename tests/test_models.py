@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastvid.models import get_model, list_models
-from fastvid.models.tsm import temporal_shift
-from fastvid.models.video_resnet import midplanes_for
+from fastvid.train.models import get_model, list_models
+from fastvid.video.models.tsm import temporal_shift
+from fastvid.video.models.video_resnet import midplanes_for
 
 # torchvision's published parameter counts (weights meta "num_params") for 400 classes, and
 # resnet50's for 1000 (the TSM backbone).
@@ -63,7 +63,8 @@ TORCHVISION_KEYS = {
 
 
 def test_registry_lists_all_models_and_rejects_unknown():
-    assert list_models() == ["mc3_18", "r2plus1d_18", "r3d_18", "s3d", "tsm_resnet50"]
+    assert list_models("classification") == ["mc3_18", "r2plus1d_18", "r3d_18", "s3d", "tsm_resnet50"]
+    assert list_models("detection") == ["rnn_det_small", "rnn_det_tiny"]
     with pytest.raises(ValueError, match="unknown model 'r50'"):
         get_model("r50")
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fastvid.data.boxes import sample_multiscale_boxes
-from fastvid.data.boxes import center_boxes, crop_pairs, crop_sizes, fixed_offsets
+from fastvid.video.boxes import sample_multiscale_boxes
+from fastvid.video.boxes import center_boxes, crop_pairs, crop_sizes, fixed_offsets
 
 
 def test_crop_sizes_are_scales_of_short_side():

@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastvid.config import build_config
-from fastvid.train.engine import StepContext, train_one_epoch
+from fastvid.video.config import build_config
+from fastvid.video.engine import StepContext, train_one_epoch
 from fastvid.train.optim import build_lr_scheduler, build_optimizer
 
 ITERS, EPOCHS, BATCH, CLASSES = 4, 4, 3, 3

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fastvid.data import pixels
-from fastvid.data.dali_backend import crop_matrices
-from fastvid.data.plan import ClipPlan
+from fastvid.video import pixels
+from fastvid.video.dali_backend import crop_matrices
+from fastvid.video.plan import ClipPlan
 
 
 def test_distinct_frames_decode_each_index_once():

@@ -1,10 +1,10 @@
-"""Preset crop geometry (fastvid.data.presets): pure boxes, flips and sizes."""
+"""Preset crop geometry (fastvid.video.presets): pure boxes, flips and sizes."""
 
 import numpy as np
 import pytest
 
-from fastvid.data import presets
-from fastvid.data.plan import ClipConfig, plan_clips
+from fastvid.video import presets
+from fastvid.video.plan import ClipConfig, plan_clips
 
 
 def test_video_resnet_eval_is_centre_crop_of_128x171_resize():
@@ -61,7 +61,7 @@ def test_tsm_eval_short_side_256_centre_224():
 
 
 def test_tsm_train_uses_multiscale_fixed_offsets():
-    from fastvid.data import boxes as kboxes
+    from fastvid.video import boxes as kboxes
 
     p = presets.get_preset("tsm")
     geo = presets.clip_geometry(p, 240, 320, train=True, rng=np.random.default_rng(1), n=400)

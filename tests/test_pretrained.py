@@ -10,8 +10,8 @@ import pytest
 import torch
 from test_train_cli import env, tiny_args
 
-from fastvid.models import get_model
-from fastvid.models.pretrained import WEIGHTS, checkpoint_dir, lookup, resolve_weights
+from fastvid.train.models import get_model
+from fastvid.video.models.pretrained import WEIGHTS, checkpoint_dir, lookup, resolve_weights
 from fastvid.train.checkpoint import load_weights
 
 

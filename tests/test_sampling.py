@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from fastvid.data import sampling
-from fastvid.data.contract import WorkItem
-from fastvid.data.plan import ClipConfig, default_clips, plan_clips, video_grid
-from fastvid.data.presets import get_preset
+from fastvid.video import sampling
+from fastvid.pipeline.contract import WorkItem
+from fastvid.video.plan import ClipConfig, default_clips, plan_clips, video_grid
+from fastvid.video.presets import get_preset
 
 
 class TorchvisionClips:

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from fastvid.cli import main
-from fastvid.shard import sources
-from fastvid.shard.manifest import read_manifest
-from fastvid.synth import write_coded_video
+from fastvid.video import sources
+from fastvid.store.manifest import read_manifest
+from fastvid.video.synth import write_coded_video
 from test_shard_sources import _write_jpegs, samples_of
 
 

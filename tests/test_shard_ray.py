@@ -16,9 +16,10 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from fastvid.cli import main  # noqa: E402
-from fastvid.shard import ray_engine, sources, transcode  # noqa: E402
-from fastvid.shard.writer import write_shard_set  # noqa: E402
-from fastvid.synth import write_coded_video  # noqa: E402
+from fastvid.store import ray_engine  # noqa: E402
+from fastvid.video import sources, transcode
+from fastvid.store.writer import write_shard_set  # noqa: E402
+from fastvid.video.synth import write_coded_video  # noqa: E402
 
 ARGS = ["--codec", "vp9", "--max-samples", "2", "--seed", "3", "--short-side", "32"]
 

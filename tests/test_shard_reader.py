@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from fastvid import cli
-from fastvid.data import VideoLoader
-from fastvid.data.shards import open_shard_set
-from fastvid.shard import format as fmt
-from fastvid.shard import reader, remote
-from fastvid.shard.cache import ShardCache
-from fastvid.shard.manifest import MANIFEST_NAME
-from fastvid.synth import write_coded_video
+from conftest import video_loader
+from fastvid.video.reader import open_shard_set
+from fastvid.store import format as fmt
+from fastvid.store import reader, remote
+from fastvid.store.cache import ShardCache
+from fastvid.store.format import MANIFEST_NAME
+from fastvid.video.synth import write_coded_video
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,8 @@ def test_manifest_rules_reject_bad_sets(shard_dir, tmp_path):
 
 
 def test_reader_is_chosen_by_kind(shard_dir, tmp_path):
-    from fastvid.events.shard import SegmentRef
-    from fastvid.shard.writer import write_shard_set
+    from fastvid.events.reading import SegmentRef
+    from fastvid.store.writer import write_shard_set
 
     video = reader.open_shard_set(shard_dir)
     assert video.num_samples == 7 and video.classes == ["a", "b", "c"] and video.codec == "vp9"
@@ -151,8 +151,8 @@ def http_root(shard_dir):
 def test_loader_and_inspect_read_over_http(shard_dir, http_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FASTVID_CACHE_DIR", str(tmp_path / "cache"))
     url = f"{http_root}/set"
-    local = VideoLoader(shard_dir, batch_size=2, clip_len=4, backend="pyav", device="cpu", num_workers=0)
-    remote_loader = VideoLoader(url + "/", batch_size=2, clip_len=4, backend="pyav", device="cpu", num_workers=0)
+    local = video_loader(shard_dir, batch_size=2, clip_len=4, backend="pyav", device="cpu", num_workers=0)
+    remote_loader = video_loader(url + "/", batch_size=2, clip_len=4, backend="pyav", device="cpu", num_workers=0)
     assert remote_loader.shard_set.shards[0].tar.parent == tmp_path / "cache"
     a, b = list(local), list(remote_loader)
     assert [x["key"] for x in a] == [x["key"] for x in b] and len(a) == 3
@@ -205,7 +205,7 @@ def test_cache_downloads_once_for_concurrent_processes(shard_dir, http_root, tmp
     url = f"{http_root}/set/train-000001.tar"
     _CountingHandler.counts.pop("/set/train-000001.tar", None)
     # Three processes (ranks of one node) start together; each prints the sha256 of what it got.
-    code = ("import hashlib, sys; from fastvid.shard.cache import ShardCache; "
+    code = ("import hashlib, sys; from fastvid.store.cache import ShardCache; "
             "print(hashlib.sha256(ShardCache(sys.argv[1], 1 << 30).fetch(sys.argv[2]).read_bytes()).hexdigest())")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "c"), url], stdout=subprocess.PIPE, text=True)
              for _ in range(3)]
@@ -228,7 +228,7 @@ def test_cache_evicts_least_recently_used_but_never_pinned_entries(tmp_path):
     b = other.fetch(f"file://{src}/b.bin")    # pinned by `other`
     c = one.fetch(f"file://{src}/c.bin")      # evicts a (least recent, unpinned), not the pinned b
     assert not a.exists() and b.read_bytes() == b"b" * 100 and c.read_bytes() == b"c" * 100
-    from fastvid.shard.cache import CacheFullError
+    from fastvid.store.cache import CacheFullError
 
     with pytest.raises(CacheFullError, match=r"d\.bin: the shard cache .* cannot hold"):
         one.fetch(f"file://{src}/d.bin", size_hint=100)  # b and c are pinned
@@ -241,9 +241,9 @@ def test_cache_evicts_least_recently_used_but_never_pinned_entries(tmp_path):
 def test_train_data_path_may_be_a_url(shard_dir, http_root, tmp_path, monkeypatch):
     import torch
 
-    from fastvid.config import TrainConfig
+    from fastvid.video.config import TrainConfig
     from fastvid.train.distributed import DistInfo
-    from fastvid.train.trainer import build_loader
+    from fastvid.video.trainer import build_loader
 
     monkeypatch.setenv("FASTVID_CACHE_DIR", str(tmp_path / "cache"))
     cfg = TrainConfig(data_path=http_root, batch_size=2, clip_len=4, backend="pyav", workers=0)

@@ -11,9 +11,10 @@ import av
 import pytest
 
 from fastvid.cli import main
-from fastvid.shard import dali_index, sources, transcode
-from fastvid.shard.manifest import read_manifest, shard_files
-from fastvid.synth import coded_frames, decode_frame_index, write_coded_video
+from fastvid.store import tarindex
+from fastvid.video import sources, transcode
+from fastvid.store.manifest import read_manifest, shard_files
+from fastvid.video.synth import coded_frames, decode_frame_index, write_coded_video
 
 
 def samples_of(out):
@@ -21,7 +22,7 @@ def samples_of(out):
     for tar, _ in shard_files(out):
         with tarfile.open(tar) as t:
             for m in t:
-                key, ext = dali_index.split_member_name(m.name)
+                key, ext = tarindex.split_member_name(m.name)
                 samples.setdefault(key, {})[ext] = t.extractfile(m).read()
     return samples
 

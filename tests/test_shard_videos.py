@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from fastvid.cli import main
-from fastvid.shard import dali_index
-from fastvid.shard.manifest import read_manifest, shard_files
-from fastvid.synth import decode_frame_index, frame_code, write_coded_video
+from fastvid.store import tarindex
+from fastvid.store.manifest import read_manifest, shard_files
+from fastvid.video.synth import decode_frame_index, frame_code, write_coded_video
 
 CLASSES = ["abseiling", "juggling balls", "walking"]
 # (class, file name, frames, height, width, fps, video id)
@@ -51,7 +51,7 @@ def read_tar(tar_path):
     samples: dict[str, dict] = {}
     with tarfile.open(tar_path) as tar:
         for m in tar:
-            key, ext = dali_index.split_member_name(m.name)
+            key, ext = tarindex.split_member_name(m.name)
             samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
     return samples
 
@@ -182,7 +182,7 @@ def test_exit_status_strict_and_nothing_written(dataset, tmp_path, capsys):
 def test_inspect_and_verify(vp9_out, tmp_path, capsys):
     import shutil
 
-    from fastvid.shard.inspect import summarize
+    from fastvid.store.inspect import summarize
 
     summary = summarize(vp9_out, verify=True)
     assert summary["problems"] == []
@@ -201,7 +201,7 @@ def test_inspect_and_verify(vp9_out, tmp_path, capsys):
     shutil.copytree(vp9_out, broken)
     tar = broken / "train-000000.tar"
     data = bytearray(tar.read_bytes())
-    offset, size = next(c for c in dali_index.read_index(broken / "train-000000.idx")[0] if c[0] == "webm")[1:3]
+    offset, size = next(c for c in tarindex.read_index(broken / "train-000000.idx")[0] if c[0] == "webm")[1:3]
     data[offset + size // 2] ^= 0xFF
     tar.write_bytes(bytes(data))
     assert main(["inspect", str(broken), "--verify"]) == 1
@@ -218,9 +218,9 @@ def test_inspect_and_verify(vp9_out, tmp_path, capsys):
         for m, payload in members:
             if m.name != dropped:
                 t.addfile(m, io.BytesIO(payload))
-    dali_index.write_index(tar)
+    tarindex.write_index(tar)
     manifest = json.loads((missing / "manifest.json").read_text())
-    from fastvid.shard.manifest import file_sha256
+    from fastvid.store.manifest import file_sha256
 
     manifest["shards"][1].update(bytes=tar.stat().st_size, sha256=file_sha256(tar))
     (missing / "manifest.json").write_text(json.dumps(manifest))

@@ -14,10 +14,10 @@ import tarfile
 import numpy as np
 import pytest
 
-from fastvid.shard import dali_index
-from fastvid.shard.manifest import file_sha256, read_manifest, shard_files
-from fastvid.shard.merge import merge_manifests
-from fastvid.shard.writer import shuffled_order, write_shard_set
+from fastvid.store import tarindex
+from fastvid.store.manifest import file_sha256, read_manifest, shard_files
+from fastvid.store.merge import merge_manifests
+from fastvid.store.writer import shuffled_order, write_shard_set
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -58,7 +58,7 @@ def tar_samples(tar_path) -> list[tuple[str, dict]]:
     samples: dict[str, dict] = {}
     with tarfile.open(tar_path) as tar:
         for m in tar:
-            key, ext = dali_index.split_member_name(m.name)
+            key, ext = tarindex.split_member_name(m.name)
             samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
     return list(samples.items())
 
@@ -99,7 +99,7 @@ def test_dali_index_matches_tar_and_dali_reads_every_sample(tmp_path):
     pairs = shard_files(tmp_path)
     for tar, idx in pairs:
         lines = idx.read_text().splitlines()
-        entries = dali_index.read_index(idx)
+        entries = tarindex.read_index(idx)
         assert lines[0] == f"v1.2 {len(entries)}"
         with open(tar, "rb") as f:  # every (offset, size) points at the member's bytes
             for components in entries:
@@ -307,12 +307,12 @@ def test_malformed_dali_index_names_the_file(tmp_path):
     lines = idx.read_text().splitlines()
     idx.write_text("\n".join([lines[0], lines[1].replace(" ", " x", 2)] + lines[2:]) + "\n")
     with pytest.raises(ValueError, match=rf"{idx.name}: malformed line"):
-        dali_index.read_index(idx)
+        tarindex.read_index(idx)
     with pytest.raises(ValueError, match=rf"{idx.name}: malformed line"):
-        dali_index.indexed_samples(tar, idx)
+        tarindex.indexed_samples(tar, idx)
     idx.write_text("v1.2 many\n")
     with pytest.raises(ValueError, match=rf"{idx.name}: malformed header"):
-        dali_index.read_index(idx)
+        tarindex.read_index(idx)
     idx.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(ValueError, match=rf"{idx.name}: not a DALI"):
-        dali_index.indexed_samples(tar, idx)
+        tarindex.indexed_samples(tar, idx)

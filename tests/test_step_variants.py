@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastvid.benchmarks.step_variants import GPU_VARIANTS, Variant, loss_after, measure_variants, variants_by_name
-from fastvid.models import get_model
+from fastvid.train.models import get_model
 
 
 def build():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fastvid.synth import MOTION_CLASSES, coded_frames, decode_frame_index, motion_clip
+from fastvid.video.synth import MOTION_CLASSES, coded_frames, decode_frame_index, motion_clip
 
 
 def _shape_mask(clip):

@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastvid.config import build_config, load_yaml
-from fastvid.train.args import parse_config
+from fastvid.video.config import FIELD_TYPES, build_config
+from fastvid.train.config import load_yaml
+from fastvid.video.args import parse_config
 from fastvid.train.checkpoint import atomic_save, load_checkpoint, load_weights
-from fastvid.train.engine import evaluate
+from fastvid.video.engine import evaluate
 from fastvid.train.optim import build_lr_scheduler, build_optimizer
 
 
@@ -48,10 +49,10 @@ def test_yaml_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("modle: r3d_18\n")
     with pytest.raises(ValueError, match=r"bad.yaml: unknown option 'modle'"):
-        load_yaml(bad)
+        load_yaml(bad, FIELD_TYPES)
     bad.write_text("lr: fast\n")
     with pytest.raises(ValueError, match=r"bad.yaml: lr must be float"):
-        load_yaml(bad)
+        load_yaml(bad, FIELD_TYPES)
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         build_config(config_path=tmp_path / "nope.yaml")
     with pytest.raises(ValueError, match="profile_steps"):
@@ -207,7 +208,7 @@ def test_atomic_checkpoint_and_clear_errors(tmp_path):
 
 
 def test_load_torchvision_format_weights_with_new_classifier(tmp_path):
-    from fastvid.models import get_model
+    from fastvid.train.models import get_model
 
     src = get_model("r3d_18", num_classes=400, width=8)
     torch.save({"model": {"module." + k: v for k, v in src.state_dict().items()}}, tmp_path / "w.pth")
@@ -262,14 +263,14 @@ def test_tsm_recipe_has_paddlevideos_documented_values():
     assert cfg.batch_size * 8 == 128 and cfg.lr == 0.02 and cfg.momentum == 0.9 and cfg.weight_decay == 1e-4
     assert cfg.epochs == 50 and cfg.lr_milestones == [20, 40] and cfg.lr_gamma == 0.1 and cfg.lr_warmup_epochs == 0
     assert cfg.val_resize_size == [256] and cfg.val_crop_size == [224, 224] and cfg.train_crop_size == [224, 224]
-    from fastvid.data.presets import IMAGENET_MEAN, get_preset
+    from fastvid.video.presets import IMAGENET_MEAN, get_preset
 
     p = get_preset("tsm")
     assert p.scales == (1.0, 0.875, 0.75, 0.66) and p.mean == IMAGENET_MEAN and p.train_crop == "multiscale"
 
 
 def test_amp_means_fp16_with_grad_scaler_and_bf16_is_opt_in():
-    from fastvid.train.trainer import _autocast_dtype
+    from fastvid.video.trainer import _autocast_dtype
 
     assert build_config({}).amp_dtype == "fp16"
     cpu = torch.device("cpu")

@@ -68,7 +68,7 @@ def test_wheel_installs_without_dali_and_trains_on_cpu(tmp_path, shard_root):
         names = zf.namelist()
         meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert {"fastvid/kernels/crop.cu", "fastvid/kernels/events.cu", "fastvid/configs/r2plus1d_18_k400.yaml",
-            "fastvid/configs/quickstart.yaml", "fastvid/data/boxes.py"} <= set(names)
+            "fastvid/configs/quickstart.yaml", "fastvid/video/boxes.py", "fastvid/store/kinds.py", "fastvid/pipeline/contract.py"} <= set(names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: Apache-2.0" in meta and "Classifier: Programming Language :: Python :: 3" in meta
     requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:")]

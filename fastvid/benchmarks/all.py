@@ -71,8 +71,6 @@ def write_chart(speedups: dict, path: Path, device: str) -> None:
 
 
 def run(args) -> int:
-    import importlib
-
     from fastvid.benchmarks.cli import BENCHMARKS
 
     device = _gpu.resolve_device(args.device)
@@ -87,7 +85,7 @@ def run(args) -> int:
         print(f"== bench {kind} on {device}")
         t0 = time.time()
         try:
-            mod = importlib.import_module(BENCHMARKS[kind][0])
+            mod = BENCHMARKS[kind][0]()
             res = mod.run_benchmark(device=device, work_dir=str(work / kind), quick=args.quick)
             results["benchmarks"][kind] = {"ok": True, "seconds": round(time.time() - t0, 1), "result": res}
         except Exception as exc:  # one broken benchmark must not hide the others' numbers

@@ -55,7 +55,7 @@ def write_json(result: dict, path: str | os.PathLike | None) -> None:
     if str(path) == "-":
         print(json.dumps(result, indent=2, default=str))
         return
-    from fastvid.shard.manifest import write_json_atomic
+    from fastvid.store.manifest import write_json_atomic
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(result, path, default=str)

@@ -35,8 +35,9 @@ def run_benchmark(device="auto", batch=8, clip_len=16, height=256, width=340, ou
     import torch
     from tqdm import tqdm
 
-    from fastvid.data.boxes import sample_multiscale_boxes
+    from fastvid.video.boxes import sample_multiscale_boxes
     from fastvid.kernels import crop_resize_normalize, crop_resize_normalize_reference
+    from fastvid.video.presets import IMAGENET_MEAN, IMAGENET_STD
 
     if quick:
         batch, clip_len, repeats = min(batch, 2), min(clip_len, 8), min(repeats, 3)
@@ -50,8 +51,8 @@ def run_benchmark(device="auto", batch=8, clip_len=16, height=256, width=340, ou
         frames = torch.from_numpy(frames_np).to(dev)
         sync = torch.cuda.synchronize if dev == "cuda" else None
         fns = {
-            "fused": lambda: crop_resize_normalize(frames, boxes, out_size, flip=flip, device=dev, out_dtype=out_dtype),
-            "torch_interpolate": lambda: crop_resize_normalize_reference(frames, boxes, out_size, flip=flip).to(out_dtype),
+            "fused": lambda: crop_resize_normalize(frames, boxes, out_size, flip=flip, mean=IMAGENET_MEAN, std=IMAGENET_STD, device=dev, out_dtype=out_dtype),
+            "torch_interpolate": lambda: crop_resize_normalize_reference(frames, boxes, out_size, flip=flip, mean=IMAGENET_MEAN, std=IMAGENET_STD).to(out_dtype),
         }
         seconds, best = median_seconds(fns, repeats, sync, with_min=True)
         for impl, sec in seconds.items():

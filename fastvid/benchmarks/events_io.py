@@ -133,8 +133,8 @@ def bench_baseline(src: Path, window_ms: float, representation: str, bins: int, 
 def bench_stages(shards, repeats: int, max_segments: int = 64) -> dict:
     """Read and decode, each alone: all segments' bytes (read), then per codec the decode of up to
     `max_segments` segments held in memory (one thread)."""
-    from fastvid.events import shard_codec as codec
-    from fastvid.events.shard_read import SegmentReader, index_segments
+    from fastvid.events import codec as codec
+    from fastvid.events.reading import SegmentReader, index_segments
 
     refs = index_segments(shards)
     out = {}
@@ -209,7 +209,7 @@ def run_benchmark(device: str = "auto", work_dir: str = "bench_work/events-io", 
     from fastvid import _gpu
     from fastvid.benchmarks.common import device_info
     from fastvid.events.sequence import EventSequenceLoader
-    from fastvid.events.shard_write import shard_events
+    from fastvid.events.writing import shard_events
 
     device = _gpu.resolve_device(device)
     recordings = recordings or (2 if quick else 32)

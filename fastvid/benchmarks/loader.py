@@ -3,9 +3,9 @@
     fastvid bench loader --shards shards/train --device cuda --json loader.json       # every available backend
     fastvid bench loader --backends dali,pyav,baseline --device cpu
 
-Every backend reads the same videos in the same run: the registered backends (fastvid.data.backends)
+Every backend reads the same videos in the same run: the registered backends (fastvid.pipeline.backends)
 that can decode the shard set on the device, from the shards; "dali-video" (DALI's own
-`fn.readers.video` on the original files, the "DALI alone" peer) and "baseline" (fastvid.data.baseline:
+`fn.readers.video` on the original files, the "DALI alone" peer) and "baseline" (fastvid.video.baseline:
 PyAV random access into the original files, torch transforms, DataLoader) from the files named by the
 samples' json "source" (or found under --videos). Without --shards, a Kinetics-like set is generated
 in --work-dir (320x240 H.264 clips of 10 s at 25 fps, sharded to VP9 for the CPU or H.264 for the GPU),
@@ -32,7 +32,7 @@ PEERS = ("dali-video", "baseline")  # not fastvid backends: measured alongside t
 def add_arguments(p):
     p.add_argument("--shards", default=None, help="shard set directory (default: generate one in --work-dir)")
     p.add_argument("--videos", default=None, help="where the original videos are, for the baseline (default: json 'source')")
-    p.add_argument("--backends", default="all", help="comma-separated backends (fastvid.data.backends) and peers "
+    p.add_argument("--backends", default="all", help="comma-separated backends (fastvid.pipeline.backends) and peers "
                    "(dali-video, baseline); 'all' = every backend that can decode the shards here, plus the peers")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
@@ -59,8 +59,7 @@ def make_dataset(work_dir, *, num_videos=60, num_frames=250, height=240, width=3
     `short_side` re-encodes the shards at that short side (`fastvid shard --short-side`), the usual
     practice when a recipe trains at low resolution anyway (video_resnet resizes to 128x171).
     """
-    from fastvid import cli
-    from fastvid.synth import MOTION_CLASSES
+    from fastvid.video.synth import MOTION_CLASSES
 
     work_dir = Path(work_dir)
     src = work_dir / f"videos_{num_videos}x{num_frames}_{width}x{height}"
@@ -69,7 +68,7 @@ def make_dataset(work_dir, *, num_videos=60, num_frames=250, height=240, width=3
     if not (src / ".complete").exists():
         import concurrent.futures
 
-        from fastvid.data.backends import cpu_count
+        from fastvid.pipeline.backends import cpu_count
 
         classes = list(MOTION_CLASSES)
         jobs = [(src / classes[i % len(classes)] / f"{classes[i % len(classes)]}_{i:04d}.mp4", classes[i % len(classes)], i)
@@ -81,13 +80,17 @@ def make_dataset(work_dir, *, num_videos=60, num_frames=250, height=240, width=3
                 f.result()
         (src / ".complete").write_text("ok\n")
     if not (out / "manifest.json").exists():
-        from fastvid.data.backends import cpu_count
+        from fastvid.pipeline.backends import cpu_count
+
+        import argparse
+
+        from fastvid.video import cli as shard_videos
 
         resize = ["--short-side", str(short_side)] if short_side else []
-        code = cli.main(["shard", "videos", str(src), str(out), "--codec", codec, "--max-samples", "32",
-                         "--workers", str(cpu_count()), *resize])
-        if code:
-            raise RuntimeError(f"sharding {src} into {out} failed")
+        parser = argparse.ArgumentParser()
+        shard_videos.add_arguments(parser)
+        shard_videos.run(parser.parse_args([str(src), str(out), "--codec", codec, "--max-samples", "32",
+                                            "--workers", str(cpu_count()), *resize]))
     return src, out
 
 
@@ -95,7 +98,7 @@ def _make_video(path: Path, name: str, index: int, num_frames: int, height: int,
     """One generated source video (seeded by its index, so a set is the same however it is split over processes)."""
     import numpy as np
 
-    from fastvid.synth import motion_clip, write_video
+    from fastvid.video.synth import motion_clip, write_video
 
     tmp = path.with_name("tmp_" + path.name)
     write_video(tmp, motion_clip(name, num_frames, height, width, np.random.default_rng(index)), fps=fps, codec="h264", gop=gop)
@@ -141,7 +144,7 @@ class _CpuClock:
 
 def describe_shards(shards) -> dict:
     """Samples, codec and frame size of a shard set (from its first sample's json), stored with the result."""
-    from fastvid.data.shards import open_shard_set, sample_metadata
+    from fastvid.video.reader import open_shard_set, sample_metadata
 
     shard_set = open_shard_set(shards)
     meta = sample_metadata(shard_set, 0, 0, first_nonempty=True)
@@ -269,7 +272,7 @@ def dali_video_peer(files: list[tuple[str, int]], *, batch_size: int, clip_len: 
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-    from fastvid.data.presets import get_preset, normalization
+    from fastvid.video.presets import get_preset, normalization
 
     p = get_preset(preset)
     mean, std = normalization(p)
@@ -304,13 +307,14 @@ def dali_video_peer(files: list[tuple[str, int]], *, batch_size: int, clip_len: 
 
 def available_backends(shard_set, device: str) -> list[str]:
     """Registered backends that can decode this shard set on `device`, in the registry's order."""
-    from fastvid.data import backends
-    from fastvid.data.shards import sample_metadata
+    from fastvid.pipeline import backends
+    from fastvid.video.reader import sample_metadata
 
     meta = sample_metadata(shard_set, 0, 0, first_nonempty=True)
     kind = "cuda" if str(device).startswith("cuda") else "cpu"
     names = []
-    for name, spec in backends.REGISTRY.items():
+    for name in backends.names("video"):
+        spec = backends.spec("video", name)
         try:
             if spec.can_decode(shard_set.codec, kind, meta.get("width"), meta.get("height")):
                 names.append(name)
@@ -326,10 +330,10 @@ def run_benchmark(shards=None, *, videos=None, backends=("all",), device="auto",
     """Measure each backend on the same videos; returns the result dict (also used by `fastvid bench all`)."""
     import torch
 
-    from fastvid.data import VideoLoader
-    from fastvid.data import backends as registry
-    from fastvid.data.baseline import baseline_loader, videos_from_shards
-    from fastvid.data.shards import open_shard_set
+    from fastvid.video.loader import Augmentation, ClipSampling, Execution, Output, VideoLoader
+    from fastvid.pipeline import backends as registry
+    from fastvid.video.baseline import baseline_loader, videos_from_shards
+    from fastvid.video.reader import open_shard_set
 
     device = _gpu.resolve_device(device)
     cuda = device.startswith("cuda")
@@ -376,8 +380,9 @@ def run_benchmark(shards=None, *, videos=None, backends=("all",), device="auto",
                                             frame_stride=frame_stride, preset=preset, device=device, num_threads=workers)
                 streams[backend] = (make_iter, lambda b: b[0].shape[0], None)
             else:
-                loader = VideoLoader(shards, batch_size=batch_size, clip_len=clip_len, frame_stride=frame_stride,
-                                     preset=preset, backend=backend, device=device, num_threads=workers, num_workers=workers)
+                loader = VideoLoader(shards, batch_size, ClipSampling(clip_len=clip_len, frame_stride=frame_stride),
+                                     augmentation=Augmentation(preset), output=Output(device=device),
+                                     execution=Execution(backend=backend, num_threads=workers, num_workers=workers))
                 loaders.append(loader)
                 if len(loader) < 30 and not quick:
                     print(f"bench loader: note: one epoch is {len(loader)} batches (< 30); epoch starts weigh in",
@@ -424,10 +429,10 @@ def run_benchmark(shards=None, *, videos=None, backends=("all",), device="auto",
 
 
 def run(args) -> int:
-    from fastvid.data.backends import REGISTRY
+    from fastvid.pipeline.backends import names
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    known = {"all", *REGISTRY, *PEERS}
+    known = {"all", *names("video"), *PEERS}
     unknown = set(backends) - known
     if unknown:
         raise ValueError(f"--backends: unknown {sorted(unknown)}; choose from {', '.join(sorted(known))}")

@@ -135,7 +135,7 @@ def _loader_batches(loader):
 
 
 def _read_classes(shards) -> list:
-    from fastvid.shard.manifest import read_manifest
+    from fastvid.store.manifest import read_manifest
 
     return read_manifest(shards)["classes"]
 
@@ -144,8 +144,8 @@ def run_benchmark(*, models=None, shards=None, device="auto", backend="auto", ti
                   crop=None, resize=None, steps=None, warmup=None, amp=None, channels_last=None, compile=False, workers=None,
                   work_dir="bench_work/train", quick=False, model_kwargs=None, repeats=None, variants=None) -> dict:
     """Measure every model from synthetic on-device clips and from the shard loader; returns the result dict."""
-    from fastvid.data import VideoLoader
-    from fastvid.models import get_model
+    from fastvid.video.loader import Augmentation, ClipSampling, Execution, Output, VideoLoader
+    from fastvid.train.models import get_model
 
     device = torch.device(_gpu.resolve_device(device))
     tiny = (device.type == "cpu" or quick) if tiny is None else tiny
@@ -201,10 +201,12 @@ def run_benchmark(*, models=None, shards=None, device="auto", backend="auto", ti
         result["models"][name] = {"params": sum(p.numel() for p in model.parameters()), "synthetic": synth}
         del model, step
 
-    loader = VideoLoader(str(shards), batch_size=d["batch_size"], clip_len=d["clip_len"], frame_stride=d["frame_stride"],
-                         clips_per_video=d["clips_per_video"], train=True, crop_size=(d["crop"], d["crop"]),
-                         resize_size=tuple(d["resize"]), backend=backend, device=device.type, num_threads=workers,
-                         num_workers=workers if workers is not None else (0 if tiny else None), channels_last=d["channels_last"])
+    loader = VideoLoader(str(shards), d["batch_size"],
+                         ClipSampling(clip_len=d["clip_len"], frame_stride=d["frame_stride"], clips_per_video=d["clips_per_video"]),
+                         train=True, augmentation=Augmentation(crop_size=(d["crop"], d["crop"]), resize_size=tuple(d["resize"])),
+                         output=Output(device=device.type, channels_last=d["channels_last"]),
+                         execution=Execution(backend=backend, num_threads=workers,
+                                             num_workers=workers if workers is not None else (0 if tiny else None)))
     result["config"].update(backend=loader.backend, videos=loader.num_videos)
     for name in d["models"]:
         model, step = build(name)

@@ -1,36 +1,48 @@
 """Event-camera data: reading (Prophesee DAT and RAW EVT 2.0/3.0, bbox npy, plain arrays), tensor representations,
-event shards and the streaming sequence loader. Names are imported lazily from their modules."""
+event shards (codec, layouts, writing, reading), the streaming sequence loader and the detector (fastvid.events.detect).
+Registered into the core by fastvid.events.kind."""
 
-from fastvid.events.types import EVENT_DTYPE
+from __future__ import annotations
 
-_EXPORTS = {
-    "represent": "fastvid.events.representations",
-    "represent_batch": "fastvid.events.representations",
-    "REPRESENTATIONS": "fastvid.events.representations",
-    "read_dat": "fastvid.events.io",
-    "read_boxes": "fastvid.events.io",
-    "read_events": "fastvid.events.io",
-    "read_raw": "fastvid.events.raw",
-    "crop_boxes": "fastvid.events.io",
-    "BOX_DTYPE": "fastvid.events.io",
-    "shard_events": "fastvid.events.shard_write",
-    "list_segments": "fastvid.events.shard_write",
-    "SOURCE_FORMATS": "fastvid.events.shard_sources",
-    "iter_segments": "fastvid.events.shard_read",
-    "index_segments": "fastvid.events.shard_read",
-    "SegmentReader": "fastvid.events.shard_read",
-    "encode_events": "fastvid.events.shard_codec",
-    "decode_events": "fastvid.events.shard_codec",
-    "decode_sample": "fastvid.events.shard_codec",
-    "EventSequenceLoader": "fastvid.events.sequence",
-}
-
-__all__ = ["EVENT_DTYPE", *_EXPORTS]
+__all__ = ['represent', 'represent_batch', 'REPRESENTATIONS', 'read_dat', 'read_boxes', 'read_events', 'read_raw', 'crop_boxes', 'BOX_DTYPE', 'EVENT_DTYPE', 'shard_events', 'list_segments', 'SOURCE_FORMATS', 'iter_segments', 'index_segments', 'SegmentReader', 'encode_events', 'decode_events', 'decode_sample', 'EventSequenceLoader']
 
 
 def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
+    # Explicit imports on first use: importing the package stays cheap (no numpy, numba or torch).
+    if name in ('represent', 'represent_batch', 'REPRESENTATIONS'):
+        from fastvid.events import representations
 
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        return getattr(representations, name)
+    if name in ('read_dat', 'read_boxes', 'read_events', 'crop_boxes', 'BOX_DTYPE'):
+        from fastvid.events import io
+
+        return getattr(io, name)
+    if name in ('read_raw',):
+        from fastvid.events import raw
+
+        return getattr(raw, name)
+    if name in ('EVENT_DTYPE',):
+        from fastvid.events import types
+
+        return getattr(types, name)
+    if name in ('shard_events', 'list_segments'):
+        from fastvid.events import writing
+
+        return getattr(writing, name)
+    if name in ('SOURCE_FORMATS',):
+        from fastvid.events import layouts
+
+        return getattr(layouts, name)
+    if name in ('iter_segments', 'index_segments', 'SegmentReader'):
+        from fastvid.events import reading
+
+        return getattr(reading, name)
+    if name in ('encode_events', 'decode_events', 'decode_sample'):
+        from fastvid.events import codec
+
+        return getattr(codec, name)
+    if name in ('EventSequenceLoader',):
+        from fastvid.events import sequence
+
+        return getattr(sequence, name)
     raise AttributeError(f"module 'fastvid.events' has no attribute {name!r}")

@@ -5,7 +5,7 @@ fastvid/shard/cli.py delegates its `events` sub-command here (add_arguments / ru
 
 from __future__ import annotations
 
-from fastvid.shard.options import add_common_arguments
+from fastvid.store.options import add_common_arguments
 
 
 def add_arguments(parser):
@@ -24,7 +24,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from fastvid.events.shard_write import shard_events
+    from fastvid.events.writing import shard_events
 
     writer_kw = {"workers": args.workers, "seed": args.seed, "node_rank": args.node_rank,
                  "num_nodes": args.num_nodes, "strict": args.strict, "overwrite": args.overwrite}

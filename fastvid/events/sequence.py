@@ -42,8 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastvid.events import io as evio
-from fastvid.events.shard_codec import BOXES_EXT, META_EXT, decode_boxes, decode_sample
-from fastvid.events.shard_read import SegmentReader, index_segments, shard_set_options
+from fastvid.events.codec import BOXES_EXT, META_EXT, decode_boxes, decode_sample
+from fastvid.events.reading import SegmentReader, index_segments, shard_set_options
 from fastvid.events.types import EVENT_DTYPE
 from fastvid.events.windows import WINDOW_MODES, WindowPlan, make_windows, segments_needed
 

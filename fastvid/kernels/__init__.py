@@ -5,23 +5,23 @@
 - `cuda`: loading the `*.cu` sources shipped in this package with CuPy's RawModule, cached per device.
 - `events.cu`: event-to-tensor kernels; their Python entry points live in `fastvid.events.representations`.
 
-The crop boxes these kernels take are drawn by `fastvid.data.boxes` (pure numpy geometry).
+The crop boxes these kernels take are drawn by `fastvid.video.boxes` (pure numpy geometry).
 Numba and CuPy are imported only when a kernel is first used, so `import fastvid.kernels` stays light.
 """
 
-_EXPORTS = {
-    "crop_resize_normalize": "fastvid.kernels.crop",
-    "crop_resize_normalize_reference": "fastvid.kernels.crop",
-    "load_module": "fastvid.kernels.cuda",
-    "cuda_source": "fastvid.kernels.cuda",
-}
+from __future__ import annotations
 
-__all__ = [*_EXPORTS]
+__all__ = ['crop_resize_normalize', 'crop_resize_normalize_reference', 'load_module', 'cuda_source']
 
 
 def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
+    # Explicit imports on first use: importing the package stays cheap (no numpy, numba or torch).
+    if name in ('crop_resize_normalize', 'crop_resize_normalize_reference'):
+        from fastvid.kernels import crop
 
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        return getattr(crop, name)
+    if name in ('load_module', 'cuda_source'):
+        from fastvid.kernels import cuda
+
+        return getattr(cuda, name)
     raise AttributeError(f"module 'fastvid.kernels' has no attribute {name!r}")

@@ -20,8 +20,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fastvid.data.presets import IMAGENET_MEAN, IMAGENET_STD
-
 _CUDA_KERNELS = {torch.float32: "crop_resize_normalize_f32", torch.float16: "crop_resize_normalize_f16",
                  torch.bfloat16: "crop_resize_normalize_bf16"}
 
@@ -68,8 +66,9 @@ def crop_resize_normalize(
     boxes,
     out_size,
     flip=False,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
+    *,
+    mean,
+    std,
     device: str = "cpu",
     out_dtype: torch.dtype = torch.float32,
     scale: float = 1.0 / 255.0,
@@ -143,7 +142,7 @@ def _crop_cuda(frames, boxes, flip, mean, inv_std, scale, out_h, out_w, dev, out
     return out
 
 
-def crop_resize_normalize_reference(frames, boxes, out_size, flip=False, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+def crop_resize_normalize_reference(frames, boxes, out_size, flip=False, *, mean, std,
                                     scale: float = 1.0 / 255.0) -> torch.Tensor:
     """Plain torch version (per clip F.interpolate): the ground truth for tests and the benchmark baseline."""
     import torch.nn.functional as F

@@ -100,7 +100,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, trust: bool = False)
     if not p.is_file():
         raise FileNotFoundError(
             f"--weights {path}: not a file (torchvision's weight names, e.g. R2Plus1D_18_Weights.KINETICS400_V1, "
-            "are resolved to files in $TORCH_HOME/hub/checkpoints by fastvid.models.pretrained before this)"
+            "are resolved to files in $TORCH_HOME/hub/checkpoints by fastvid.video.models.pretrained before this)"
         )
     try:
         sd = safe_load(p, trust=trust, flag="--weights")

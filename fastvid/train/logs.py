@@ -267,3 +267,18 @@ def epoch_line(row: dict, epoch: int, epochs: int, eta_s: float | None) -> str:
     eta = f" | eta {format_eta(eta_s)}" if eta_s is not None and epoch + 1 < epochs else ""
     return (f"Epoch {epoch}: train_loss {row['train_loss']:.4f} | {acc}{row['clips_per_s']:.1f} clips/s | "
             f"data wait {100 * row['data_wait_frac']:.1f}% | lr {row['lr']:.4g} | {row.get('epoch_time_s', 0):.1f} s{eta}")
+
+
+def log(info, *parts) -> None:
+    """print on the main rank only (`info`: fastvid.train.distributed.DistInfo)."""
+    if info.is_main:
+        print(*parts, flush=True)
+
+
+def append_jsonl(path, row: dict) -> None:
+    """One JSON row appended to a metrics file (flushed, so a killed run keeps every finished epoch)."""
+    import json
+
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()

@@ -1,0 +1,24 @@
+"""The one place batches leave the host: page-locked staging buffers and the asynchronous copy to the
+loader's device, for every kind (a blocking copy would synchronize the stream every step)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def host_buffer(shape, dtype: torch.dtype, pin: bool) -> torch.Tensor:
+    """An empty host tensor to assemble a batch in; page-locked when it will be copied to a GPU (pinned
+    memory makes the copy asynchronous and needs no staging copy)."""
+    return torch.empty(shape, dtype=dtype, pin_memory=pin)
+
+
+def pins(device: str) -> bool:
+    """Whether batches for `device` are worth assembling in page-locked memory."""
+    return str(device).startswith("cuda")
+
+
+def to_device(batch: dict, device: str) -> dict:
+    """Every tensor of `batch` on `device` (non-blocking; other values as they are)."""
+    target = torch.device(device)
+    return {name: value.to(target, non_blocking=True) if isinstance(value, torch.Tensor) and value.device != target
+            else value for name, value in batch.items()}

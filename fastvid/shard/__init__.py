@@ -1,1 +1,0 @@
-"""fastvid.shard"""

@@ -1,0 +1,517 @@
+"""Generic, atomic, resumable WebDataset shard-set writer (used for videos and for event streams).
+
+`write_shard_set(items, encode, out_dir, ...)` turns a list of items (anything picklable with a
+unique `.key` and a `.source`) into `OUT/<split>-000000.tar ...` plus a DALI index per tar and a
+manifest. What it guarantees:
+- deterministic order: items are shuffled with `seed` (so class-sorted inputs come out mixed), then
+  node `r` of `n` takes every n-th item and names its shards `<split>-n<r>-000000.tar`;
+- nothing half-written: a shard is written as `<name>.tmp-<pid>` and renamed when complete;
+- resumable: after each shard a progress file records it; a rerun with the same items and options
+  keeps complete shards untouched and goes on from the next one;
+- a complete set is never replaced silently: a rerun with other items or options refuses unless
+  `overwrite`, which builds the new set beside the old one and swaps it in at the end (a killed
+  rerun leaves the old set intact; rerunning it resumes the new one);
+- bad input never stops the job: an exception in `encode` becomes a manifest failure;
+- a full disk leaves no temp file, and the error names the file being written.
+Encoding runs in `workers` processes that die with this one (SIGTERM/SIGINT, or its death); the
+tars are written by this process in order.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from fastvid.store import tarindex
+from fastvid.store.atomic import with_path
+from fastvid.store.format import (FORMAT, KEY_PATTERN, MANIFEST_NAME, VERSION, partial_manifest_name, plain_file_name,
+                                  shard_name, shard_prefix)
+from fastvid.store.manifest import write_json_atomic, write_wids_index
+
+DEFAULT_MAX_SAMPLES = 1000
+DEFAULT_MAX_SHARD_BYTES = 1 << 30  # 1 GiB: big enough for sequential reads, small enough to spread over workers
+TAR_BLOCK = 512
+MAX_LISTED_FAILURES = 10  # failed inputs named in the summary line (all are in the manifest)
+# Fixed member mtime so that a rerun of the same job produces byte-identical tars.
+MEMBER_MTIME = 0
+
+
+def shuffled_order(num_items: int, seed: int) -> list[int]:
+    """The deterministic permutation of item indices used for a given seed."""
+    order = list(range(num_items))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def node_part(order: Sequence[int], node_rank: int, num_nodes: int) -> list[int]:
+    """Disjoint, balanced part of `order` for one node (every num_nodes-th element)."""
+    return list(order[node_rank::num_nodes])
+
+
+def to_bytes(ext: str, value: Any) -> bytes:
+    """Bytes stored for a sample field: bytes as-is, text UTF-8, ints as decimal text, dicts/lists as JSON."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bool):
+        return str(int(value)).encode()
+    if isinstance(value, (int, float)):
+        return str(value).encode()
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value).encode("utf-8")
+    if hasattr(value, "__array__"):  # numpy arrays: stored in .npy format
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(value), allow_pickle=False)
+        return buf.getvalue()
+    raise TypeError(f"field {ext!r}: cannot store a {type(value).__name__}")
+
+
+def tar_member_bytes(size: int) -> int:
+    """Bytes a member of `size` takes in a tar (header + data padded to 512)."""
+    return TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK
+
+
+def item_fingerprint(item) -> Any:
+    """What identifies an item's input for resume: its dataclass fields (incl. any size/mtime stamp)."""
+    fp = getattr(item, "fingerprint", None)
+    if fp is not None:
+        return fp() if callable(fp) else fp
+    if dataclasses.is_dataclass(item):
+        return dataclasses.asdict(item)
+    return [item.key, item.source]
+
+
+def _encode_one(encode: Callable, item) -> tuple[bool, Any]:
+    """Run `encode(item)`, turning every field into bytes; (False, message) on any error."""
+    try:
+        fields = encode(item)
+        if not isinstance(fields, dict) or not fields:
+            raise ValueError(f"encode returned {type(fields).__name__}, expected a non-empty dict of fields")
+        out = {}
+        for ext, value in fields.items():
+            if ext.startswith("_"):
+                continue
+            out[ext] = to_bytes(ext, value)
+        return True, out
+    except Exception as exc:  # one bad input must not stop the job
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return False, f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: on Linux, get SIGKILL when the parent dies (even by kill -9), so no encoder
+    outlives the job."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    except Exception:  # not Linux: the parent's terminate-on-exit below still applies
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    # The executor has no public way to stop running tasks; its process table is stable across 3.8-3.13.
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            proc.terminate()
+        except Exception:
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _iter_encoded(encode, items, workers: int):
+    """Yield (item, ok, fields|error) in item order, encoding in `workers` processes when > 1."""
+    if workers <= 1:
+        for item in items:
+            yield (item, *_encode_one(encode, item))
+        return
+    import multiprocessing
+
+    # spawn: codec libraries with threads do not survive fork reliably.
+    ctx = multiprocessing.get_context("spawn")
+    window = collections.deque()
+    it = iter(items)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,
+                               initargs=(os.getpid(),))
+    try:
+        for item in it:
+            window.append((item, pool.submit(_encode_one, encode, item)))
+            if len(window) >= 4 * workers:
+                break
+        while window:
+            item, future = window.popleft()
+            try:
+                ok, payload = future.result()
+            except Exception as exc:  # a worker died (e.g. a codec crashed) -> the pool is unusable
+                raise RuntimeError(
+                    f"an encoding worker died while processing {item.source} ({type(exc).__name__}: {exc}); "
+                    "rerun the same command to resume from the last complete shard") from exc
+            nxt = next(it, None)
+            if nxt is not None:
+                window.append((nxt, pool.submit(_encode_one, encode, nxt)))
+            yield item, ok, payload
+    except BaseException:  # interrupted (SIGINT/SIGTERM), a write failed, or a worker died: stop encoding now
+        _terminate_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+class _HashingFile:
+    """Write-only file that computes the sha256 of what goes through it (no second read of the shard)."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "wb")
+        self.digest = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _ShardFile:
+    """One shard being written: a TarWriter on a temp file, renamed into place by `finish`."""
+
+    def __init__(self, out_dir: Path, name: str):
+        import webdataset as wds
+
+        self.path = out_dir / name
+        self.tmp = out_dir / f"{name}.tmp-{os.getpid()}"
+        self.stream = _HashingFile(self.tmp)
+        self.writer = wds.TarWriter(self.stream, encoder=False, mtime=MEMBER_MTIME)
+        self.samples = 0
+        self.bytes = 0
+
+    def write(self, key: str, fields: dict[str, bytes]) -> None:
+        try:
+            self.writer.write({"__key__": key, **fields})
+        except OSError as exc:  # e.g. ENOSPC: name the file
+            raise with_path(exc, self.tmp) from exc
+        self.samples += 1
+        self.bytes += sum(tar_member_bytes(len(v)) for v in fields.values())
+
+    def finish(self) -> dict:
+        try:
+            self.writer.close()
+            self.stream.flush()
+            os.fsync(self.stream.file.fileno())
+            self.stream.close()
+        except OSError as exc:
+            raise with_path(exc, self.tmp) from exc
+        # Index first (from the temp tar), then the tar: a tar under its final name always has its index.
+        idx = tarindex.index_path_for(self.path)
+        tarindex.write_index(self.tmp, idx)
+        self.tmp.replace(self.path)
+        return {"name": self.path.name, "samples": self.samples, "bytes": self.path.stat().st_size,
+                "sha256": self.stream.digest.hexdigest()}
+
+    def abort(self) -> None:
+        """Drop the temp file; closing may fail again (a full disk), the unlink must still happen."""
+        for close in (self.writer.close, self.stream.close):
+            try:
+                close()
+            except Exception:
+                pass
+        self.tmp.unlink(missing_ok=True)
+
+
+def _progress_path(out_dir: Path, prefix: str) -> Path:
+    return out_dir / f".fastvid-progress-{prefix}.json"
+
+
+def _load_done_shards(out_dir: Path, prefix: str, fingerprint: str) -> list[dict]:
+    """Complete shards of an earlier run of the same job, in order, up to the first one that is gone or changed."""
+    path = _progress_path(out_dir, prefix)
+    try:
+        state = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
+        return []
+    done = []
+    for record in state.get("shards", []):
+        tar = out_dir / plain_file_name(record.get("name") if isinstance(record, dict) else record, str(path))
+        if not tar.is_file() or tar.stat().st_size != record["bytes"]:
+            break
+        idx = tarindex.index_path_for(tar)
+        if not idx.is_file():
+            tarindex.write_index(tar, idx)
+        done.append(record)
+    return done
+
+
+def _remove_leftovers(out_dir: Path, prefix: str, keep: int) -> list[str]:
+    """Delete temp files of this prefix and shards numbered >= keep (from an earlier, different run)."""
+    removed = []
+    pattern = re.compile(rf"^{re.escape(prefix)}-(\d{{6}})\.(tar|idx)(\.tmp-\d+)?$")
+    for path in out_dir.iterdir():
+        m = pattern.match(path.name)
+        if m and (m.group(3) or int(m.group(1)) >= keep):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def _check_same_set(manifest_path: Path, split: str, kind: str) -> None:
+    """One shard set (one split, one kind) per directory: refuse to mix, instead of clobbering its manifest."""
+    try:
+        existing = json.loads(manifest_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return
+    if isinstance(existing, dict) and (existing.get("split"), existing.get("kind")) != (split, kind):
+        raise ValueError(f"{manifest_path.parent} already holds a {existing.get('kind')} shard set of split "
+                         f"{existing.get('split')!r}; write split {split!r} ({kind}) to its own directory")
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KB' (binary units), for summary lines."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Sequence[str], options: dict,
+                    split: str = "train", max_samples: int | None = DEFAULT_MAX_SAMPLES,
+                    max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, workers: int = 1, seed: int = 0,
+                    node_rank: int = 0, num_nodes: int = 1, strict: bool = False, desc: str = "shard",
+                    overwrite: bool = False, engine: Callable | None = None) -> dict:
+    """Write `items` as a WebDataset shard set under `out_dir`; returns the (partial, for num_nodes > 1) manifest.
+
+    `encode(item) -> {ext: value}` (a top-level function or a functools.partial of one, so worker
+    processes can pickle it) returns the sample's fields; exceptions become manifest failures.
+    `overwrite`: replace a complete set of another job (built beside, swapped in when complete).
+    `engine(encode, items, workers)` yields (item, ok, fields|error) in item order (default: local
+    processes; fastvid.store.ray_engine runs the encoding on Ray): the shards do not depend on it.
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C: the shard being written is deleted and the encoders are stopped.
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _write_shard_set(items, encode, out_dir, kind=kind, classes=classes, options=options, split=split,
+                                max_samples=max_samples, max_shard_bytes=max_shard_bytes, workers=workers, seed=seed,
+                                node_rank=node_rank, num_nodes=num_nodes, strict=strict, desc=desc, overwrite=overwrite,
+                                engine=engine)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    """Where --overwrite builds the new set: beside OUT (hidden, so no class-folder scan picks it up)."""
+    return out_dir.parent / f".{out_dir.name}.overwrite"
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace out_dir by staging: one atomic exchange where the OS has it (Linux renameat2), else two renames."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        AT_FDCWD, RENAME_EXCHANGE = -100, 2
+        if libc.renameat2(AT_FDCWD, os.fsencode(staging), AT_FDCWD, os.fsencode(out_dir), RENAME_EXCHANGE) == 0:
+            shutil.rmtree(staging)  # now the old set
+            return
+    except (OSError, AttributeError):
+        pass
+    old = out_dir.parent / f".{out_dir.name}.replaced"
+    shutil.rmtree(old, ignore_errors=True)
+    out_dir.rename(old)
+    staging.rename(out_dir)
+    shutil.rmtree(old)
+
+
+def _changes(old: dict, new: dict) -> str:
+    diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(diff[:5]) if diff else "the inputs differ"
+
+
+def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options, split, max_samples, max_shard_bytes,
+                     workers, seed, node_rank, num_nodes, strict, desc, overwrite, engine) -> dict:
+    from tqdm import tqdm
+
+    items = list(items)
+    if num_nodes < 1 or not 0 <= node_rank < num_nodes:
+        raise ValueError(f"node_rank must be in [0, num_nodes): got node_rank={node_rank}, num_nodes={num_nodes}")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+    if max_shard_bytes is not None and max_shard_bytes < 1:
+        raise ValueError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", split):
+        raise ValueError(f"split {split!r}: use letters, digits and '_' only (it starts every shard name)")
+    seen = set()
+    for item in items:
+        if not KEY_PATTERN.match(item.key):
+            raise ValueError(f"{item.source}: sample key {item.key!r} must be non-empty with no dots or whitespace")
+        if item.key in seen:
+            raise ValueError(f"{item.source}: duplicate sample key {item.key!r}")
+        seen.add(item.key)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = shard_prefix(split, node_rank, num_nodes)
+    manifest_path = out_dir / (partial_manifest_name(node_rank) if num_nodes > 1 else MANIFEST_NAME)
+    _check_same_set(out_dir / MANIFEST_NAME, split, kind)
+    mine = [items[i] for i in node_part(shuffled_order(len(items), seed), node_rank, num_nodes)]
+    job_options = {**options, "seed": seed, "max_samples": max_samples, "max_shard_bytes": max_shard_bytes,
+                   "num_nodes": num_nodes}
+    fingerprint = hashlib.sha256(json.dumps(
+        {"kind": kind, "split": split, "classes": list(classes), "options": job_options, "node_rank": node_rank,
+         "items": [item_fingerprint(it) for it in mine]}, sort_keys=True, default=str).encode()).hexdigest()
+
+    done = _load_done_shards(out_dir, prefix, fingerprint)
+    if not done and manifest_path.exists():
+        # A complete set of another job (other options or inputs) is here: never delete it silently.
+        try:
+            old_options = json.loads(manifest_path.read_text()).get("options") or {}
+        except (json.JSONDecodeError, AttributeError):
+            old_options = {}
+        if not overwrite:
+            raise ValueError(f"{out_dir} holds a complete shard set made with other options or inputs "
+                             f"({_changes(old_options, job_options)}); rerun with --overwrite to replace it (the new set "
+                             "is built beside it and swapped in when complete), or write to another directory")
+        if num_nodes > 1:
+            raise ValueError(f"--overwrite with --num-nodes > 1: remove {out_dir} first (node parts cannot be swapped "
+                             "one by one)")
+        staging = _staging_dir(out_dir)
+        manifest = _write_shard_set(items, encode, staging, kind=kind, classes=classes, options=options, split=split,
+                                    max_samples=max_samples, max_shard_bytes=max_shard_bytes, workers=workers, seed=seed,
+                                    node_rank=node_rank, num_nodes=num_nodes, strict=False, desc=desc, overwrite=False,
+                                    engine=engine)
+        _swap_in(staging, out_dir)
+        print(f"{desc}: replaced the shard set in {out_dir}", file=sys.stderr)
+        _check_failures(manifest, len(mine), strict, manifest_path)
+        return manifest
+    _remove_leftovers(out_dir, prefix, keep=len(done))  # temp files are never taken as complete
+    if not done:  # a fresh job: an old manifest here would describe shards that are being replaced
+        manifest_path.unlink(missing_ok=True)
+    records = list(done)
+    start = done[-1]["end"] if done else 0
+    progress_path = _progress_path(out_dir, prefix)
+
+    def save_progress():
+        write_json_atomic({"fingerprint": fingerprint, "shards": records}, progress_path)
+
+    pending_failures: list[dict] = []
+    current: _ShardFile | None = None
+    current_start = start
+    t0 = time.perf_counter()
+    written_bytes = 0
+    bar = tqdm(total=len(mine), initial=start, desc=desc, unit="item", dynamic_ncols=True, file=sys.stderr,
+               disable=None)
+
+    def close_current(end: int):
+        nonlocal current, written_bytes, pending_failures
+        record = current.finish()
+        record.update(start=current_start, end=end, failures=pending_failures)
+        written_bytes += record["bytes"]
+        records.append(record)
+        pending_failures = []
+        current = None
+        save_progress()
+
+    failed_count = sum(len(r["failures"]) for r in records)
+    encoded = (engine or _iter_encoded)(encode, mine[start:], workers)
+    try:
+        position = start
+        for item, ok, payload in encoded:
+            if not ok:
+                pending_failures.append({"source": str(item.source), "error": payload})
+                failed_count += 1
+            else:
+                size = sum(tar_member_bytes(len(v)) for v in payload.values())
+                if current is not None and max_shard_bytes is not None and current.bytes + size > max_shard_bytes:
+                    close_current(position)
+                if current is None:
+                    current_start = position
+                    current = _ShardFile(out_dir, shard_name(prefix, len(records)))
+                current.write(item.key, payload)
+                if max_samples is not None and current.samples >= max_samples:
+                    close_current(position + 1)
+            position += 1
+            bar.update(1)
+            bar.set_postfix(shards=len(records) + (current is not None), failed=failed_count, refresh=False)
+        if current is not None:
+            close_current(position)
+    except BaseException:
+        encoded.close()  # stop the encoder processes now, not when the traceback is freed
+        if current is not None:
+            current.abort()
+        raise
+    finally:
+        bar.close()
+
+    _remove_leftovers(out_dir, prefix, keep=len(records))
+    failures = [f for r in records for f in r["failures"]] + pending_failures
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "split": split,
+        "num_samples": sum(r["samples"] for r in records),
+        "classes": list(classes),
+        "shards": [{k: r[k] for k in ("name", "samples", "bytes", "sha256")} for r in records],
+        "failures": failures,
+        "options": job_options,
+    }
+    if num_nodes > 1:
+        manifest["node_rank"] = node_rank
+    write_json_atomic(manifest, manifest_path)
+    if num_nodes == 1:
+        write_wids_index(out_dir, manifest)
+
+    elapsed = time.perf_counter() - t0
+    skipped = f", {len(done)} complete shards kept from an earlier run" if done else ""
+    print(f"{desc}: {manifest['num_samples']} samples in {len(records)} shards "
+          f"({human_bytes(sum(r['bytes'] for r in records))}) -> {manifest_path}; {len(failures)} failed{skipped}; "
+          f"{elapsed:.1f} s ({human_bytes(written_bytes / max(elapsed, 1e-9))}/s written)", file=sys.stderr)
+    for f in failures[:MAX_LISTED_FAILURES]:
+        print(f"  failed: {f['source']}: {f['error']}", file=sys.stderr)
+    if len(failures) > MAX_LISTED_FAILURES:
+        print(f"  ... and {len(failures) - MAX_LISTED_FAILURES} more (see 'failures' in {manifest_path})", file=sys.stderr)
+    _check_failures(manifest, len(mine), strict, manifest_path)
+    return manifest
+
+
+def _check_failures(manifest: dict, num_inputs: int, strict: bool, manifest_path: Path) -> None:
+    failures = manifest["failures"]
+    if num_inputs and manifest["num_samples"] == 0:
+        first = failures[0] if failures else {"source": "?", "error": "?"}
+        raise RuntimeError(f"nothing was written: all {num_inputs} inputs failed (first: {first['source']}: {first['error']})")
+    if strict and failures:
+        raise RuntimeError(f"--strict: {len(failures)} inputs failed (first: {failures[0]['source']}: {failures[0]['error']}); "
+                           f"see 'failures' in {manifest_path}")

@@ -1,0 +1,253 @@
+"""Pure clip-sampling and epoch-planning logic shared by every loader backend (no files, no decoders).
+
+Follows torchvision's video_classification reference (`VideoClips` + `RandomClipSampler` /
+`UniformClipSampler`, `references/video_classification/train.py`) unless an option says otherwise:
+
+- clip grid: a video's frame indices are resampled to `frame_rate` (VideoClips._resample_video_idx:
+  a slice with step fps/frame_rate when that is an integer, else floor(arange(floor(n * rate / fps)) * step)),
+  then unfolded into clips of `clip_len` indices with `step_between_clips` between clip starts (the
+  reference passes 1) and `frame_stride` between a clip's frames (unfold's dilation; torchvision: 1);
+- videos with no complete clip are dropped (torchvision's behaviour); `short_videos="pad"` keeps them
+  as one clip padded with the last frame (fastvid's former behaviour);
+- training: each video gives min(grid size, clips_per_video) clips drawn without replacement
+  (RandomClipSampler); `clip_sampling="with_replacement"` draws clips_per_video grid clips with
+  replacement (fastvid's former random starts); every clip is its own sample (its own crop and flip),
+  and all clips of the epoch are shuffled across the whole data set;
+- evaluation: clips_per_video clips at floor(linspace(0, grid size - 1, clips_per_video)) of the grid
+  (UniformClipSampler), all views of a video in one work item so its frames are decoded once;
+- TSN segments (`sampler="segments"`, PaddleVideo's TSM): clip_len frames, one from each of clip_len
+  equal segments of the video, random offset in training, centre in evaluation.
+
+Random draws come from generators seeded by (seed, epoch, key) or (seed, epoch), never by the rank
+or the world size, so the global order of an epoch's clips is the same for any number of ranks: a
+run resumed mid-epoch on another number of ranks continues the same list (elastic resume).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+
+from fastvid.pipeline.contract import WorkItem
+
+SHORT_VIDEOS = ("drop", "pad")
+CLIP_SAMPLING = ("without_replacement", "with_replacement")
+SAMPLERS = ("clips", "segments")
+
+
+def key_hash(key: str) -> int:
+    """Stable 32-bit hash of a sample key (Python's hash() is salted per process)."""
+    return zlib.crc32(key.encode("utf-8"))
+
+
+def sample_rng(seed: int, epoch: int, key: str, stream: int = 0) -> np.random.Generator:
+    """Generator for one sample in one epoch; `stream` separates temporal (0) from spatial (1+) draws."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), key_hash(key), int(stream)])
+
+
+def epoch_rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
+    """Generator shared by all ranks for one epoch (the global clip shuffle)."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(stream)])
+
+
+# ---- clip grid (torchvision VideoClips) ---------------------------------------------------------
+
+def resampled_frames(num_frames: int, fps: float | None, frame_rate: float | None) -> np.ndarray:
+    """Source frame indices of a video resampled to `frame_rate` (VideoClips._resample_video_idx)."""
+    idx = np.arange(int(num_frames), dtype=np.int64)
+    if frame_rate is None or not fps or fps <= 0:
+        return idx
+    if frame_rate <= 0:
+        raise ValueError(f"frame_rate must be > 0, got {frame_rate}")
+    step = float(fps) / float(frame_rate)
+    if step.is_integer():
+        return idx[::int(step)]
+    total = int(math.floor(num_frames * float(frame_rate) / float(fps)))
+    return np.floor(np.arange(total, dtype=np.float64) * step).astype(np.int64)
+
+
+def unfold(values: np.ndarray, size: int, step: int, dilation: int = 1) -> np.ndarray:
+    """(K, size) windows of `values` (torchvision.datasets.video_utils.unfold): K = (n - span) // step + 1."""
+    span = dilation * (size - 1) + 1
+    k = (len(values) - span) // step + 1 if len(values) >= span else 0
+    if k <= 0:
+        return np.zeros((0, size), np.int64)
+    starts = np.arange(k) * step
+    return values[starts[:, None] + np.arange(size)[None, :] * dilation]
+
+
+def clip_grid(num_frames: int, *, clip_len: int, frame_stride: int = 1, step_between_clips: int = 1,
+              fps: float | None = None, frame_rate: float | None = None, short_videos: str = "drop") -> np.ndarray:
+    """(K, clip_len) int64 source frame indices of every clip of a video; K = 0 for a dropped short video."""
+    if clip_len < 1 or frame_stride < 1 or step_between_clips < 1:
+        raise ValueError(f"clip_len, frame_stride and step_between_clips must be >= 1 "
+                         f"(got {clip_len}, {frame_stride}, {step_between_clips})")
+    if short_videos not in SHORT_VIDEOS:
+        raise ValueError(f"short_videos must be one of {SHORT_VIDEOS}, got {short_videos!r}")
+    frames = resampled_frames(num_frames, fps, frame_rate)
+    grid = unfold(frames, clip_len, step_between_clips, frame_stride)
+    if len(grid) == 0 and short_videos == "pad" and len(frames):
+        grid = frames[np.minimum(np.arange(clip_len) * frame_stride, len(frames) - 1)][None, :]
+    return grid
+
+
+def num_grid_clips(num_frames: int, **grid_kwargs) -> int:
+    """Size of a video's clip grid, without building it."""
+    return len(clip_grid(num_frames, **grid_kwargs))
+
+
+def choose_clips(num_clips: int, clips_per_video: int, train: bool, rng: np.random.Generator | None = None,
+                 clip_sampling: str = "without_replacement") -> np.ndarray:
+    """Indices into a video's clip grid: RandomClipSampler (train) or UniformClipSampler (eval)."""
+    if num_clips <= 0:
+        return np.zeros(0, np.int64)
+    if not train:
+        return np.floor(np.linspace(0, num_clips - 1, clips_per_video)).astype(np.int64)
+    if rng is None:
+        raise ValueError("training clip choice needs an rng")
+    if clip_sampling == "with_replacement":
+        return rng.integers(0, num_clips, size=clips_per_video).astype(np.int64)
+    if clip_sampling != "without_replacement":
+        raise ValueError(f"clip_sampling must be one of {CLIP_SAMPLING}, got {clip_sampling!r}")
+    return rng.permutation(num_clips)[:min(num_clips, clips_per_video)].astype(np.int64)
+
+
+def segment_indices(num_frames: int, num_segments: int, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
+    """(num_segments,) frame indices, one per equal segment of the video (TSN / PaddleVideo TSM sampling).
+
+    Segment i covers [i * n / S, (i + 1) * n / S); training takes a uniform random frame of it, evaluation
+    its centre. Videos shorter than num_segments repeat frames (every segment still gives one index).
+    """
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {num_frames}")
+    if num_segments < 1:
+        raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+    length = num_frames / num_segments
+    starts = np.arange(num_segments) * length
+    if train:
+        if rng is None:
+            raise ValueError("training segment sampling needs an rng")
+        offsets = rng.random(num_segments) * length
+    else:
+        offsets = np.full(num_segments, length / 2.0)
+    return np.minimum(np.floor(starts + offsets).astype(np.int64), num_frames - 1)
+
+
+# ---- legacy helpers (the torchvision-style baseline loader in fastvid.video.baseline uses these) ---
+
+def frame_step(frame_stride: int, fps: float | None = None, frame_rate: float | None = None) -> float:
+    """Distance in source frames between two sampled frames."""
+    if frame_stride < 1:
+        raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
+    if frame_rate is None or not fps or fps <= 0:
+        return float(frame_stride)
+    if frame_rate <= 0:
+        raise ValueError(f"frame_rate must be > 0, got {frame_rate}")
+    return float(frame_stride) * float(fps) / float(frame_rate)
+
+
+def clip_frame_indices(start: int, clip_len: int, step: float, num_frames: int) -> np.ndarray:
+    """Frame indices of one clip starting at `start`; indices past the end repeat the last frame."""
+    offsets = np.floor(np.arange(clip_len) * step + 1e-9).astype(np.int64)
+    return np.minimum(int(start) + offsets, max(int(num_frames) - 1, 0))
+
+
+def sample_clip_indices(num_frames: int, *, clip_len: int, frame_stride: int, clips_per_video: int = 1, train: bool = True,
+                        fps: float | None = None, frame_rate: float | None = None, seed: int = 0, epoch: int = 0,
+                        key: str = "") -> np.ndarray:
+    """(clips_per_video, clip_len) frame indices with random (train) or evenly spaced (eval) starts, short videos padded."""
+    if num_frames < 1:
+        raise ValueError(f"sample {key!r} has no frames (num_frames={num_frames})")
+    step = frame_step(frame_stride, fps, frame_rate)
+    high = max(int(num_frames) - (int(math.floor((clip_len - 1) * step)) + 1), 0)
+    if train:
+        starts = sample_rng(seed, epoch, key, 0).integers(0, high + 1, size=clips_per_video)
+    else:
+        starts = np.floor(np.linspace(0, high, clips_per_video) + 0.5).astype(np.int64)
+    return np.stack([clip_frame_indices(s, clip_len, step, num_frames) for s in starts])
+
+
+# ---- epoch plans --------------------------------------------------------------------------------
+
+def rank_ranges(num_samples: int, world_size: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) ranges per rank (also the split DALI readers use for shard_id/num_shards)."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    return [(num_samples * r // world_size, num_samples * (r + 1) // world_size) for r in range(world_size)]
+
+
+def shard_order(num_shards: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Order of the tar shards in one epoch (the DALI reader's path order): a (seed, epoch) permutation when shuffling."""
+    if not shuffle:
+        return np.arange(num_shards)
+    return epoch_rng(seed, epoch, 0x5A4D).permutation(num_shards)
+
+
+def train_items(grid_sizes: list[list[int]], keys: list[list[str]], *, clips_per_video: int, seed: int, epoch: int,
+                clip_sampling: str = "without_replacement") -> list[WorkItem]:
+    """Every training clip of the epoch as its own one-clip WorkItem, shuffled across the whole data set.
+
+    The list is the same on every rank and for any world size (RandomClipSampler's two steps: pick clips
+    per video, then one permutation of all picked clips).
+    """
+    items = []
+    for s, (sizes, shard_keys) in enumerate(zip(grid_sizes, keys)):
+        for i, (k, key) in enumerate(zip(sizes, shard_keys)):
+            for c in choose_clips(k, clips_per_video, True, sample_rng(seed, epoch, key, 0), clip_sampling):
+                items.append(WorkItem(s, i, (int(c),)))
+    perm = epoch_rng(seed, epoch, 0x51).permutation(len(items))
+    return [items[j] for j in perm]
+
+
+def num_train_clips(grid_sizes: list[list[int]], clips_per_video: int, clip_sampling: str = "without_replacement") -> int:
+    """Length of `train_items` (without building it): the epoch's training clips."""
+    if clip_sampling == "with_replacement":
+        return sum(clips_per_video for sizes in grid_sizes for k in sizes if k > 0)
+    return sum(min(k, clips_per_video) for sizes in grid_sizes for k in sizes)
+
+
+def eval_items(grid_sizes: list[list[int]], clips_per_video: int) -> list[WorkItem]:
+    """One WorkItem per video with a clip grid, in shard order, holding its uniformly spaced clips."""
+    return [WorkItem(s, i, tuple(int(c) for c in choose_clips(k, clips_per_video, False)))
+            for s, sizes in enumerate(grid_sizes) for i, k in enumerate(sizes) if k > 0]
+
+
+def train_batches(num_items: int, world_size: int, batch_size: int, start: int = 0) -> int:
+    """Equal batches per rank for the clips [start, num_items) of an epoch: whole rounds of world_size x batch_size."""
+    return max(num_items - start, 0) // (world_size * batch_size)
+
+
+def rank_train_items(items: list[WorkItem], rank: int, world_size: int, batch_size: int, start: int = 0) -> list[WorkItem]:
+    """Rank `rank`'s clips from global position `start` on: round j gives it items[start + j*W*B + r*B : ... + B].
+
+    A step consumes W*B consecutive clips of the global list on any world size, so a checkpoint only
+    needs the global position (clips consumed) to resume on another number of ranks; the tail shorter
+    than one round is dropped (torchvision's DataLoader drop_last on every rank).
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    rounds = train_batches(len(items), world_size, batch_size, start)
+    out = []
+    for j in range(rounds):
+        base = start + j * world_size * batch_size + rank * batch_size
+        out.extend(items[base:base + batch_size])
+    return out
+
+
+def eval_batches(num_items: int, world_size: int, batch_size: int, clips_per_item: int) -> int:
+    """Batches per rank in evaluation: the largest rank's clips, rounded up (smaller ranks wrap around)."""
+    biggest = max(e - s for s, e in rank_ranges(num_items, world_size))
+    return -(-biggest * clips_per_item // batch_size)
+
+
+def rank_eval_items(items: list[WorkItem], rank: int, world_size: int, batch_size: int, clips_per_item: int) -> list[WorkItem]:
+    """A contiguous range of the videos per rank, wrapped around to the common batch count (repeats are
+    the same keys, which video-level averaging counts once)."""
+    start, end = rank_ranges(len(items), world_size)[rank]
+    mine = items[start:end]
+    need = -(-eval_batches(len(items), world_size, batch_size, clips_per_item) * batch_size // clips_per_item)
+    if not mine:
+        return []
+    return [mine[i % len(mine)] for i in range(need)]
