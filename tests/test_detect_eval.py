@@ -5,7 +5,6 @@ cases (perfect, time tolerance, filters) and `fastvid eval-events` on saved file
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
