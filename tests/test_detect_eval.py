@@ -5,7 +5,6 @@ cases (perfect, time tolerance, filters) and `fastvid eval-events` on saved file
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -49,28 +48,42 @@ def random_set(seed, n_rec=3):
 # ---- the independent reference: the toolbox's rules, one box at a time -------------------------
 
 def ref_keep(b, skip_us, diag, side):
-    return b["t"] > skip_us and math.hypot(float(b["w"]), float(b["h"])) >= diag and b["w"] >= side and b["h"] >= side
+    """The toolbox's filter_boxes on its float32 fields: w**2 + h**2 >= diag**2 and w, h >= side, all in
+    float32 (numpy float32 scalars stay float32; the Python thresholds are rounded to float32)."""
+    w, h = np.float32(b["w"]), np.float32(b["h"])
+    return (int(b["t"]) > skip_us and np.float32(w * w + h * h) >= np.float32(diag ** 2)
+            and w >= np.float32(side) and h >= np.float32(side))
 
 
-def ref_stats(labels, dets, skip_us=500_000, diag=30, side=10, tol=50_000, classes=("car", "pedestrian")):
+def ref_order(names):
+    """The toolbox's image order: its evaluate script globs `<folder>/*.npy` and sorts the paths."""
+    return [path[:-len("_bbox.npy")] for path in sorted(f"{name}_bbox.npy" for name in names)]
+
+
+def ref_stats(labels, dets, skip_us=500_000, diag=30, side=10, tol=50_000, classes=("car", "pedestrian"), order=ref_order):
+    """(12 COCO stats, images, labels, distinct detections near a label time) by the toolbox's rules."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    images, anns, res = [], [], []
-    for name in sorted(labels):
+    images, anns, res, near = [], [], [], 0
+    for name in order(labels):
         gt = [b for b in labels[name] if ref_keep(b, skip_us, diag, side)]
         dt = [b for b in dets.get(name, []) if ref_keep(b, skip_us, diag, side)]
-        for ts in sorted({int(b["t"]) for b in gt}):
+        label_times = sorted({int(b["t"]) for b in gt})
+        near += sum(any(abs(int(b["t"]) - ts) <= tol for ts in label_times) for b in dt)
+        for ts in label_times:
             img = len(images) + 1
             images.append({"id": img, "width": 304, "height": 240})
+            # the toolbox's _to_coco_format: area = w * h of the float32 fields; bbox values float32 scalars
             for b in gt:
                 if int(b["t"]) == ts:
                     anns.append({"id": len(anns) + 1, "image_id": img, "category_id": int(b["class_id"]) + 1, "iscrowd": 0,
-                                 "bbox": [float(b[k]) for k in "xywh"], "area": float(b["w"]) * float(b["h"])})
+                                 "bbox": [np.float32(b[k]) for k in "xywh"],
+                                 "area": float(np.float32(b["w"]) * np.float32(b["h"]))})
             for b in dt:
                 if ts - tol <= int(b["t"]) <= ts + tol:
                     res.append({"image_id": img, "category_id": int(b["class_id"]) + 1, "score": float(b["class_confidence"]),
-                                "bbox": [float(b[k]) for k in "xywh"]})
+                                "bbox": [np.float32(b[k]) for k in "xywh"]})
     coco = COCO()
     coco.dataset = {"images": images, "annotations": anns,
                     "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
@@ -80,7 +93,7 @@ def ref_stats(labels, dets, skip_us=500_000, diag=30, side=10, tol=50_000, class
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-    return list(ev.stats), len(images), len(anns), len(res)
+    return list(ev.stats), len(images), len(anns), near
 
 
 @pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
@@ -91,6 +104,7 @@ def test_matches_independent_reimplementation(backend):
     m = evaluate_detections(labels, dets, EvalConfig(backend=backend))
     assert (m.num_images, m.num_labels, m.num_detections) == (n_img, n_ann, n_res)
     assert n_ann > 100 and 0.05 < stats[0] < 0.95  # a non-trivial case
+    assert n_res < ref_pairs(labels, dets)  # detections near two label times: counted once, not per pair
     np.testing.assert_allclose(m.stats, stats, atol=1e-9)
     assert (m.mAP, m.AP50, m.AP75) == (m.stats[0], m.stats[1], m.stats[2])
     # gen4 thresholds and a tighter time tolerance change the result the same way in both
@@ -98,6 +112,77 @@ def test_matches_independent_reimplementation(backend):
     m4 = evaluate_detections(labels, dets, eval_config("gen4", time_tol_us=20_000, sensor_size=(304, 240), backend=backend))
     np.testing.assert_allclose(m4.stats, stats4, atol=1e-9)
     assert m4.mAP != m.mAP
+
+
+def ref_pairs(labels, dets, skip_us=500_000, diag=30, side=10, tol=50_000):
+    """(label time, detection) pairs: what COCO receives as results, more than there are detections."""
+    pairs = 0
+    for name in labels:
+        times = {int(b["t"]) for b in labels[name] if ref_keep(b, skip_us, diag, side)}
+        pairs += sum(abs(int(b["t"]) - ts) <= tol for b in dets.get(name, []) if ref_keep(b, skip_us, diag, side)
+                     for ts in times)
+    return pairs
+
+
+def test_num_detections_counts_each_detection_once():
+    # label times 40 ms apart: the detection at 620 ms is scored at both (two COCO results), but it is one
+    # detection; the one at 800 ms is near no label time and is not counted.
+    labels = {"a": make_boxes([600_000, 640_000], [[10, 10, 40, 30], [100, 50, 20, 40]], [0, 1])}
+    dets = {"a": make_boxes([620_000, 800_000], [[10, 10, 40, 30], [100, 50, 20, 40]], [0, 1], 0.9)}
+    assert ref_pairs(labels, dets) == 2 and ref_stats(labels, dets)[3] == 1
+    m = evaluate_detections(labels, dets, EvalConfig(backend="pycocotools"))
+    assert (m.num_images, m.num_labels, m.num_detections) == (2, 2, 1)
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_image_order_is_sorted_label_paths(backend):
+    # "rec0_bbox.npy" sorts before "rec_bbox.npy" ("0" < "_"), the reverse of the names. A true and a false
+    # positive of equal score in the two recordings: COCO ranks tied scores by image order, so the
+    # precision at the first recall step (and AP) depends on which recording comes first.
+    pytest.importorskip(backend)
+    box = [[50, 50, 40, 40]]
+    labels = {"rec": make_boxes([600_000], box, [0]), "rec0": make_boxes([600_000], box, [0])}
+    dets = {"rec": make_boxes([600_000], box, [0], 0.5),                      # hit
+            "rec0": make_boxes([600_000], [[200, 150, 40, 40]], [0], 0.5)}   # miss, same score
+    assert ref_order(labels) == ["rec0", "rec"]
+    stats = ref_stats(labels, dets)[0]
+    by_name = ref_stats(labels, dets, order=sorted)[0]
+    assert stats[0] < by_name[0]  # the data tells the two orders apart
+    m = evaluate_detections(labels, dets, EvalConfig(backend=backend))
+    np.testing.assert_allclose(m.stats, stats, atol=1e-9)
+
+
+def test_filters_compute_in_float32():
+    # Boxes whose w**2 + h**2 rounds to exactly 900 (= 30**2) in float32 but is just under it in float64,
+    # and a side equal to float32(10.2) < 10.2: the toolbox keeps them all.
+    edge = [[27.271780014038086, 12.5], [22.360679626464844, 20.0], [21.176342010498047, 21.25]]
+    for w, h in edge:
+        assert w * w + h * h < 900 and np.float32(w) ** 2 + np.float32(h) ** 2 == np.float32(900)
+    thin = float(np.float32(10.2))
+    assert thin < 10.2
+    xywh = [[0, 0, 50, 50]] + [[0, 0, w, h] for w, h in edge] + [[0, 0, thin, 40]]
+    labels = {"a": make_boxes([600_000] * len(xywh), xywh, [0] * len(xywh))}
+    dets = {"a": labels["a"].copy()}
+    for side in (10, 10.2):
+        n_labels = ref_stats(labels, dets, side=side)[2]
+        assert n_labels == 5
+        m = evaluate_detections(labels, dets, EvalConfig(min_box_side=side, backend="pycocotools"))
+        assert (m.num_labels, m.num_detections) == (n_labels, n_labels)
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_box_areas_are_float32_products(backend):
+    # w, h one float32 step above and below 32: w * h is 1024.00006 in float64 but exactly 1024 = 32**2 in
+    # float32, so the toolbox counts the box (label and detection) as small as well as medium.
+    pytest.importorskip(backend)
+    w, h = np.nextafter(np.float32(32), np.float32(64)), np.nextafter(np.float32(32), np.float32(0))
+    assert float(w) * float(h) > 1024 and w * h == np.float32(1024)
+    xywh = [[10, 10, w, h], [100, 100, 60, 60]]
+    labels = {"a": make_boxes([600_000] * 2, xywh, [0, 1])}
+    dets = {"a": make_boxes([600_000] * 2, xywh, [0, 1], 0.9)}
+    stats = ref_stats(labels, dets)[0]
+    assert stats[3] == pytest.approx(1.0)  # AP_small: defined (-1 without a small label) and perfect
+    np.testing.assert_allclose(evaluate_detections(labels, dets, EvalConfig(backend=backend)).stats, stats, atol=1e-9)
 
 
 def test_hand_valued_cases():

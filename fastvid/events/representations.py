@@ -6,18 +6,43 @@ kernel launch: the Numba twin (kernels/events_numba.py) on device="cpu", the CUD
 (kernels/events.cu via CuPy, on torch's current stream) on device="cuda"; "auto" picks cuda when a GPU
 is visible. Kinds are listed in `REPRESENTATIONS`:
 
-- histogram          (2, H, W)       event count per polarity (channel 0 = OFF, 1 = ON)
-- stacked_histogram  (2*bins, H, W)  counts per polarity per time bin (RVT): channel p*bins + b,
-                                     b = floor((t - t0) * bins / max(t1 - t0, 1)) clamped; optional count_clip
-- voxel_grid         (bins, H, W)    Zhu et al. 2019 / rpg_e2vid: ts = (bins-1)(t - t0)/(t1 - t0)
-                                     (t1 == t0 -> 1), bilinear in time, polarity +1/-1; bins outside [0, bins) dropped
-- time_surface       (2, H, W)       exp(-(t1 - t_last(x, y, p)) / tau_us), 0 where the window has no event
-- event_frame        (1, H, W)       signed sum of polarities
+- histogram              (2, H, W)       event count per polarity (channel 0 = OFF, 1 = ON)
+- stacked_histogram      (2*bins, H, W)  counts per polarity per time bin: channel p*bins + b,
+                                         b = floor((t - t0) * bins / max(t1 - t0, 1)) clamped to [0, bins);
+                                         optional count_clip (RVT's count_cutoff)
+- stacked_histogram_rvt  (2*bins, H, W)  the same with t0/t1 = the window's first/last event always, as
+                                         RVT's StackedHistogram (data/utils/representations.py) computes it
+- voxel_grid             (bins, H, W)    Zhu et al. 2019 / rpg_e2vid: ts = (bins-1)(t - t0)/(t1 - t0)
+                                         (t1 == t0 -> 1), bilinear in time, polarity +1/-1;
+                                         bins outside [0, bins) dropped
+- time_surface           (2, H, W)       exp(-(t1 - t_last(x, y, p)) / tau_us), 0 where the window has no event
+- event_frame            (1, H, W)       signed sum of polarities
 
-t0/t1 default to each window's first and last event. Events are columns t (us), x, y, p (p > 0 = ON), as
-a structured array (EVENT_DTYPE) or a dict of numpy arrays / torch tensors. Events outside the sensor
-are dropped, not written out of bounds; pass `return_dropped=True` to also get how many were dropped
-(an int for `represent`, an (N,) int64 tensor for `represent_batch`). Empty windows give zeros.
+t0/t1 (the time bounds): the t0/t1 arguments, a scalar or one value per window, or, where they are not
+given, each window's first and last event's timestamp. The loaders (`EventSequenceLoader`, the
+detector's window loader) pass each window's own bounds: t0 = window start, t1 = window end, exclusive
+([start, start + window) in grid mode, [T - window, T + 1) for a window ending at label time T). Their
+stacked_histogram therefore splits the window's time span into `bins` equal bins of (t1 - t0) / bins
+microseconds: an event at time t lands in bin floor((t - t0) * bins / (t1 - t0)), however sparse the
+window is.
+
+RVT instead stretches the bins over the events actually present: t0 = first event, t1 = last event of
+the window, b = floor((t - t0) * bins / max(t1 - t0, 1)) clamped to bins - 1 (the last event lands in
+the last bin). The two agree where a window's events reach its bounds (dense windows: first event at
+t0, last at t1 - 1; the spans then differ by 1 us and a bin edge moves by at most 1 us) and differ on
+sparse ones (e.g. events only in the first half of a window: window bounds leave the later bins empty,
+RVT spreads those events over all bins). Ask for RVT's by name, `stacked_histogram_rvt`, wherever a
+representation is named (loaders, configs, CLI): it ignores the t0/t1 passed and takes each window's
+own first/last event, on both devices and per window of a batch (the stacked_histogram kernels run
+with no bounds given). Bins are computed in exact integer arithmetic; RVT divides in float32, which
+gives the same bins for every span up to 0.76 s with up to 20 bins (checked at every bin edge); on
+longer spans a bin edge can move by float32 rounding. RVT stores uint8 counts clamped to its
+count_cutoff (GEN1 preprocessing: 10): pass count_clip=10 (and the loader's dtype="uint8") for its values.
+
+Events are columns t (us), x, y, p (p > 0 = ON), as a structured array (EVENT_DTYPE) or a dict of numpy
+arrays / torch tensors. Events outside the sensor are dropped, not written out of bounds; pass
+`return_dropped=True` to also get how many were dropped (an int for `represent`, an (N,) int64 tensor
+for `represent_batch`). Empty windows give zeros.
 
 `represent_reference` is the plain numpy (np.add.at) version used by the tests and as the benchmark
 baseline.
@@ -40,13 +65,25 @@ class Representation:
     channels: callable  # bins -> C
     uses_time: bool  # whether t0/t1 matter
     description: str
+    # "given": the t0/t1 arguments where given, else the window's first/last event;
+    # "events": always the window's first/last event (the t0/t1 arguments are ignored)
+    time_bounds: str = "given"
+    kernel: str = ""  # the kernel computing it, where it is a variant of another kind ("": its own name)
+
+    @property
+    def kernel_name(self) -> str:
+        return self.kernel or self.name
 
 
 REPRESENTATIONS: dict[str, Representation] = {
     r.name: r
     for r in (
         Representation("histogram", lambda bins: 2, False, "event count per polarity"),
-        Representation("stacked_histogram", lambda bins: 2 * bins, True, "counts per polarity and time bin (RVT)"),
+        Representation("stacked_histogram", lambda bins: 2 * bins, True,
+                       "counts per polarity and time bin, bins spanning [t0, t1) (the loaders: the window's bounds)"),
+        Representation("stacked_histogram_rvt", lambda bins: 2 * bins, True,
+                       "counts per polarity and time bin, bins spanning the window's first..last event (RVT)",
+                       time_bounds="events", kernel="stacked_histogram"),
         Representation("voxel_grid", lambda bins: bins, True, "bilinear-in-time signed event volume (Zhu et al. 2019)"),
         Representation("time_surface", lambda bins: 2, True, "exp(-(t1 - t_last)/tau) per polarity"),
         Representation("event_frame", lambda bins: 1, False, "signed polarity sum"),
@@ -116,6 +153,16 @@ def _window_times(value, n: int, name: str):
     return np.ascontiguousarray(arr) if n else np.zeros(1, dtype=np.int64), True
 
 
+def _time_bounds(rep: Representation, t0, t1, n: int):
+    """(t0s, t1s, has_t0, has_t1) for the kernels: the given bounds, or none (the kernels then take each
+    window's first/last event) where the kind's bounds are its events."""
+    t0s, has_t0 = _window_times(t0, n, "t0")
+    t1s, has_t1 = _window_times(t1, n, "t1")
+    if rep.time_bounds == "events":
+        has_t0 = has_t1 = False
+    return t0s, t1s, has_t0, has_t1
+
+
 def _check_sensor(sensor_size):
     width, height = (int(v) for v in sensor_size)
     if not (0 < width < 32768 and 0 < height < 32768):
@@ -147,8 +194,11 @@ def represent_batch(
 ):
     """N windows (events[offsets[i]:offsets[i+1]]) -> (N, C, H, W) float32 torch tensor on `device`.
 
-    offsets: N+1 non-decreasing int64 boundaries (numpy, list or tensor). t0/t1: None (each window's
-    first/last event), a scalar, or one value per window. count_clip caps stacked_histogram counts (RVT).
+    offsets: N+1 non-decreasing int64 boundaries (numpy, list or tensor). t0/t1: the time bounds of each
+    window, None (each window's first/last event), a scalar, or one value per window; stacked_histogram
+    bins split [t0, t1) into equal parts, stacked_histogram_rvt ignores t0/t1 and splits each window's
+    first..last event as RVT does (see the module docstring). count_clip caps the counts of both
+    stacked histograms (RVT's count_cutoff).
     With return_dropped=True, returns (tensor, dropped (N,) int64 tensor on `device`) where dropped counts
     each window's events outside the sensor. Events (in columns already on the GPU for device="cuda")
     are read in place; other inputs are converted to the kernels' fixed dtypes first.
@@ -169,7 +219,7 @@ def represent_batch(
         out, dropped = _represent_cpu(events, offsets, rep, width, height, bins, tau_us, t0, t1)
     else:
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if count_clip is not None and rep.name == "stacked_histogram":
+    if count_clip is not None and rep.kernel_name == "stacked_histogram":
         out.clamp_(max=float(count_clip))
     return (out, dropped) if return_dropped else out
 
@@ -186,7 +236,10 @@ def represent(
     count_clip: float | None = None,
     return_dropped: bool = False,
 ):
-    """One window -> (C, H, W) float32 torch tensor; with return_dropped=True, (tensor, int dropped)."""
+    """One window -> (C, H, W) float32 torch tensor; with return_dropped=True, (tensor, int dropped).
+
+    t0/t1: the window's time bounds (default: its first/last event; ignored by stacked_histogram_rvt,
+    which always uses those); the other arguments as in `represent_batch`."""
     n_events = len(_column(events, "t"))
     out, dropped = represent_batch(events, np.array([0, n_events], dtype=np.int64), kind, sensor_size, bins, tau_us,
                                    t0, t1, device, count_clip, return_dropped=True)
@@ -221,13 +274,12 @@ def _represent_cpu(events, offsets, rep, width, height, bins, tau_us, t0, t1):
     t, x, y, p = _numpy_columns(events, (width, height))
     off = _check_offsets(offsets, len(t))
     n = len(off) - 1
-    t0s, has_t0 = _window_times(t0, n, "t0")
-    t1s, has_t1 = _window_times(t1, n, "t1")
+    t0s, t1s, has_t0, has_t1 = _time_bounds(rep, t0, t1, n)
     out = np.zeros((n, rep.channels(bins), height, width), dtype=np.float32)
     dropped = np.zeros(n, dtype=np.int64)
     if n:
         args = (t, x, y, p, off, t0s, t1s, has_t0, has_t1, out.reshape(n, -1), dropped, height, width, float(tau_us))
-        _run_numba(_numba_kernel(rep.name), args, n)
+        _run_numba(_numba_kernel(rep.kernel_name), args, n)
     return torch.from_numpy(out), torch.from_numpy(dropped)
 
 
@@ -259,8 +311,7 @@ def _represent_cuda(events, offsets, rep, width, height, bins, tau_us, t0, t1, d
     dev = t.device
     off = _check_offsets(offsets, len(t))  # boundaries are needed on the host anyway (launch size)
     n = len(off) - 1
-    t0s, has_t0 = _window_times(t0, n, "t0")
-    t1s, has_t1 = _window_times(t1, n, "t1")
+    t0s, t1s, has_t0, has_t1 = _time_bounds(rep, t0, t1, n)
     out = torch.zeros((n, rep.channels(bins), height, width), dtype=torch.float32, device=dev)
     dropped = torch.zeros(n, dtype=torch.int64, device=dev)
     count = int(off[-1] - off[0])
@@ -268,7 +319,7 @@ def _represent_cuda(events, offsets, rep, width, height, bins, tau_us, t0, t1, d
         return out, dropped
     off_d, t0_d, t1_d = (torch.from_numpy(a).to(dev, non_blocking=True) for a in (off, t0s, t1s))
     with cp.cuda.Device(dev.index or 0), cuda.torch_stream(dev):
-        kernel = cuda.get_function("events.cu", rep.name)
+        kernel = cuda.get_function("events.cu", rep.kernel_name)
         kernel(cuda.grid_for(count), (256,), (
             cuda.as_cupy(t), cuda.as_cupy(x), cuda.as_cupy(y), cuda.as_cupy(p), cuda.as_cupy(off_d), np.int32(n),
             cuda.as_cupy(t0_d), cuda.as_cupy(t1_d), np.int32(has_t0), np.int32(has_t1), np.int32(bins),
@@ -293,7 +344,8 @@ def represent_reference(events, kind: str, sensor_size=(304, 240), bins: int = D
                         tau_us: float = DEFAULT_TAU_US, t0=None, t1=None, out=None) -> tuple[np.ndarray, int]:
     """Plain numpy version of one window (np.add.at / np.maximum.at): (array (C, H, W), dropped).
 
-    `out`: an optional zeroed C-contiguous float32 (C, H, W) array to fill (e.g. one slot of a batch)."""
+    t0/t1 as in `represent`. `out`: an optional zeroed C-contiguous float32 (C, H, W) array to fill
+    (e.g. one slot of a batch)."""
     rep = _kind(kind)
     width, height = _check_sensor(sensor_size)
     t, x, y, p = _numpy_columns(events, (width, height))
@@ -303,21 +355,22 @@ def represent_reference(events, kind: str, sensor_size=(304, 240), bins: int = D
     dropped = int((~inside).sum())
     if len(t) == 0:
         return out, dropped
-    a = int(t[0]) if t0 is None else int(t0)
-    b = int(t[-1]) if t1 is None else int(t1)
+    a = int(t[0]) if t0 is None or rep.time_bounds == "events" else int(t0)
+    b = int(t[-1]) if t1 is None or rep.time_bounds == "events" else int(t1)
     t, x, y, on = t[inside], x[inside].astype(np.int64), y[inside].astype(np.int64), (p[inside] > 0).astype(np.int64)
     # Flat indices into the (C, H, W) array, as rpg_e2vid's voxel grid does: np.add.at is fastest that way.
     pixel = y * width + x
     plane = height * width
     flat = out.reshape(-1)
-    if rep.name == "histogram":
+    kernel = rep.kernel_name  # the kernel whose arithmetic this mirrors
+    if kernel == "histogram":
         np.add.at(flat, on * plane + pixel, np.float32(1))
-    elif rep.name == "event_frame":
+    elif kernel == "event_frame":
         np.add.at(flat, pixel, np.where(on > 0, 1, -1).astype(np.float32))
-    elif rep.name == "stacked_histogram":
+    elif kernel == "stacked_histogram":
         b_idx = np.clip(((t - a) * bins) // max(b - a, 1), 0, bins - 1)
         np.add.at(flat, (on * bins + b_idx) * plane + pixel, np.float32(1))
-    elif rep.name == "voxel_grid":
+    elif kernel == "voxel_grid":
         scale = np.float64(bins - 1) / (np.float64(b - a) if b != a else 1.0)
         ts = (t - a).astype(np.float64) * scale
         lo = np.floor(ts)
@@ -329,7 +382,7 @@ def represent_reference(events, kind: str, sensor_size=(304, 240), bins: int = D
         np.add.at(flat, lo[ok] * plane + pixel[ok], left[ok])
         ok = (lo + 1 >= 0) & (lo + 1 < bins)
         np.add.at(flat, (lo[ok] + 1) * plane + pixel[ok], right[ok])
-    elif rep.name == "time_surface":
+    elif kernel == "time_surface":
         values = np.exp(-(b - t).astype(np.float64) / float(tau_us)).astype(np.float32)
         np.maximum.at(flat, on * plane + pixel, values)
     return out, dropped

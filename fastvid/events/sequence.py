@@ -48,7 +48,7 @@ from fastvid.events.types import EVENT_DTYPE
 from fastvid.events.windows import WINDOW_MODES, WindowPlan, make_windows, segments_needed
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
-_COUNT_KINDS = ("histogram", "stacked_histogram")  # non-negative integer counts: uint8 can hold them
+_COUNT_KINDS = ("histogram", "stacked_histogram", "stacked_histogram_rvt")  # counts: uint8 can hold them
 
 
 @dataclass(frozen=True)
@@ -238,9 +238,10 @@ class EventSequenceLoader:
     shards: event shard set directory (manifest kind "events") or a list of tar paths.
     window_ms: duration of one window. window_mode: "grid" (consecutive windows) or "labels" (one
     window ending at each label timestamp, inclusive; recordings without labels are skipped).
-    representation/bins/tau_us: passed to `fastvid.events.represent_batch`; count_cutoff caps the
-    counts of stacked_histogram (RVT's count_cutoff). dtype: "float32", "float16", or "uint8" (counts
-    of histogram/stacked_histogram only, saturating at 255; RVT stores uint8).
+    representation/bins/tau_us: passed to `fastvid.events.represent_batch` with each window's bounds as
+    t0/t1 (stacked_histogram's bins split the window; stacked_histogram_rvt's its first..last event, as
+    RVT); count_cutoff caps the counts of both (RVT's count_cutoff). dtype: "float32", "float16", or
+    "uint8" (counts of the histograms only, saturating at 255; RVT stores uint8).
     sensor_size: (W, H); default from the manifest / segments.
     shuffle: deal recordings to ranks/streams in a ``seed + epoch`` order (False: by name).
     prefetch: host batches prepared ahead by a background thread (0: none).

@@ -11,7 +11,8 @@
 //   voxel_grid         C = bins:   ts = (bins-1)(t-t0)/(t1-t0) (t1 == t0 -> 1), bilinear in time, +1/-1
 //   time_surface       C = 2:      out[p, y, x] = max over events of exp(-(t1 - t) / tau)
 //   event_frame        C = 1:      out[0, y, x] += +1 / -1
-// t0/t1 come from per-window arrays when has_t0/has_t1, else from the window's first/last event.
+// t0/t1 come from per-window arrays when has_t0/has_t1, else from the window's first/last event
+// (stacked_histogram_rvt, RVT's convention, is stacked_histogram launched with has_t0 = has_t1 = 0).
 // No host headers, so the file compiles with NVRTC and with nvcc.
 
 typedef long long i64;

@@ -79,6 +79,8 @@ def event_frame(t, x, y, p, offsets, t0s, t1s, has_t0, has_t1, out, dropped, hei
 
 @numba.njit(SIGNATURE, parallel=True, cache=True)
 def stacked_histogram(t, x, y, p, offsets, t0s, t1s, has_t0, has_t1, out, dropped, height, width, param):
+    """Bins split [t0, t1) of each window: t0s/t1s where given (the loaders: window bounds), else the
+    window's first/last event, which is how stacked_histogram_rvt (RVT's convention) runs this kernel."""
     plane = np.uint64(height * width)
     bins = out.shape[1] // (2 * height * width)
     for n in numba.prange(len(offsets) - 1):

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastvid.events.detect.evaluate import as_boxes
-
-BBOX_SUFFIX = "_bbox.npy"
+from fastvid.events.detect.evaluate import BBOX_SUFFIX, as_boxes
 
 
 def _load_npy(path: Path) -> np.ndarray:

@@ -1,11 +1,17 @@
 """Prophesee's detection protocol (GEN1 / 1 Mpx papers, as their toolbox documents it), written here:
 
 1. filter labels and detections alike: drop boxes at t <= `skip_us` (0.5 s: too little history before),
-   with a diagonal under `min_box_diag` or a side under `min_box_side` (GEN1: 30 / 10 px; 1 Mpx: 60 / 20);
+   with a diagonal under `min_box_diag` or a side under `min_box_side` (GEN1: 30 / 10 px; 1 Mpx: 60 / 20),
+   computed in float32 as the toolbox does (w**2 + h**2 >= diag**2 with float32 rounding: a box exactly
+   at the threshold is kept or dropped as there);
 2. per recording, every distinct label timestamp ts is one COCO "image": the labels at exactly ts and the
    detections with ts - time_tol <= t <= ts + time_tol (recordings are never mixed; detection-only times
    are not scored);
 3. COCO bbox evaluation over all images (category = class_id + 1): mAP@[.5:.95], AP50, AP75, ... .
+   Box areas (COCO's small / medium / large split) are float32 products, as the toolbox computes them.
+   Image ids are numbered recording by recording in the order of the recordings' label file paths
+   (`<name>_bbox.npy`, sorted as strings), as the toolbox's sorted glob numbers them: COCO breaks score
+   ties between images by image order, so this order is part of the result.
 
 Boxes are BOX_DTYPE arrays (`class_confidence` is the detection score). Pure logic: no files here.
 """
@@ -19,6 +25,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from fastvid.events.io import BOX_DTYPE
+
+# Label files of the Prophesee sets are `<recording>_bbox.npy`; their sorted paths fix the image order.
+BBOX_SUFFIX = "_bbox.npy"
 
 # The 12 numbers of COCOeval.summarize(), in its order.
 STAT_NAMES = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
@@ -60,7 +69,7 @@ class DetectionMetrics:
     stats: list = field(default_factory=list)  # all 12 COCO numbers, STAT_NAMES order (-1: undefined)
     num_images: int = 0      # label timestamps scored
     num_labels: int = 0      # labels left after filtering
-    num_detections: int = 0  # detections matched to some label timestamp
+    num_detections: int = 0  # detections within time_tol of some label timestamp, each counted once
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,11 +94,17 @@ def as_boxes(arr) -> np.ndarray:
 
 
 def filter_boxes(boxes: np.ndarray, cfg: EvalConfig) -> np.ndarray:
-    """Keep boxes after `skip_us` whose diagonal and both sides are large enough."""
-    w = boxes["w"].astype(np.float64)
-    h = boxes["h"].astype(np.float64)
-    keep = ((boxes["t"] > cfg.skip_us) & (w * w + h * h >= cfg.min_box_diag ** 2)
-            & (w >= cfg.min_box_side) & (h >= cfg.min_box_side))
+    """Keep boxes after `skip_us` whose diagonal and both sides are large enough.
+
+    In float32, as the toolbox's `filter_boxes` computes on its float32 box fields: w**2 and h**2 and
+    their sum are rounded to float32, and the thresholds (diag**2, side) are rounded to float32 before
+    comparing (NumPy compares a float32 array with a Python number in float32). In float64, boxes whose
+    diagonal is within float32 rounding of the threshold would be kept or dropped differently."""
+    w = boxes["w"].astype(np.float32, copy=False)
+    h = boxes["h"].astype(np.float32, copy=False)
+    diag_sq = w * w + h * h
+    side = np.float32(cfg.min_box_side)
+    keep = ((boxes["t"] > cfg.skip_us) & (diag_sq >= np.float32(cfg.min_box_diag ** 2)) & (w >= side) & (h >= side))
     return boxes[keep]
 
 
@@ -101,6 +116,22 @@ def match_times(labels: np.ndarray, detections: np.ndarray, time_tol_us: int) ->
     d0 = np.searchsorted(dt, times - time_tol_us, "left")
     d1 = np.searchsorted(dt, times + time_tol_us, "right")
     return [(labels[a:b], detections[c:d]) for a, b, c, d in zip(g0, g1, d0, d1)]
+
+
+def count_matched(label_times: np.ndarray, detection_times: np.ndarray, time_tol_us: int) -> int:
+    """How many detections lie within `time_tol_us` of at least one label time (each counted once,
+    however many label times it is scored at); label_times sorted."""
+    if not len(label_times) or not len(detection_times):
+        return 0
+    right = np.searchsorted(label_times, detection_times - time_tol_us, "left")  # first label time >= t - tol
+    near = label_times[np.minimum(right, len(label_times) - 1)]
+    return int(((right < len(label_times)) & (near <= detection_times + time_tol_us)).sum())
+
+
+def image_order(names) -> list:
+    """Recording names in the toolbox's image order: sorted by label file path `<name>_bbox.npy` as a
+    string (e.g. "rec0" before "rec", which sorted names would reverse)."""
+    return sorted(names, key=lambda name: f"{name}{BBOX_SUFFIX}")
 
 
 def sort_by_time(boxes: np.ndarray) -> np.ndarray:
@@ -115,13 +146,17 @@ def coco_inputs(images: list[tuple[np.ndarray, np.ndarray]], cfg: EvalConfig) ->
     images_out, annotations, results = [], [], []
     for image_id, (gt, dt) in enumerate(images, start=1):
         images_out.append({"id": image_id, "width": int(width), "height": int(height), "file_name": str(image_id)})
+        # Areas are float32 products w * h, as in the toolbox: they decide which boxes are small / medium /
+        # large at exactly 32**2 and 96**2. Labels carry theirs; COCO's loadRes computes the detections'
+        # from their bbox, so those stay float32 scalars as the toolbox passes them.
         for b in gt:
-            w, h = float(b["w"]), float(b["h"])
+            w, h = np.float32(b["w"]), np.float32(b["h"])
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(b["class_id"]) + 1,
-                                "bbox": [float(b["x"]), float(b["y"]), w, h], "area": w * h, "iscrowd": 0})
+                                "bbox": [float(b["x"]), float(b["y"]), float(w), float(h)], "area": float(w * h),
+                                "iscrowd": 0})
         for b in dt:
             results.append({"image_id": image_id, "category_id": int(b["class_id"]) + 1, "score": float(b["class_confidence"]),
-                            "bbox": [float(b["x"]), float(b["y"]), float(b["w"]), float(b["h"])]})
+                            "bbox": [np.float32(b[k]) for k in ("x", "y", "w", "h")]})
     categories = [{"id": i + 1, "name": str(name), "supercategory": "none"} for i, name in enumerate(cfg.classes)]
     return {"images": images_out, "annotations": annotations, "categories": categories}, results
 
@@ -168,15 +203,16 @@ def coco_stats(dataset: dict, results: list, backend: str = "pycocotools") -> li
 def evaluate_detections(labels: dict, detections: dict, cfg: EvalConfig = EvalConfig()) -> DetectionMetrics:
     """Score `detections` against `labels`, both {recording name: box array}; a recording without
     detections scores as all misses. Detections of recordings without labels are ignored."""
-    images = []
-    for name in sorted(labels):
+    images, matched = [], 0
+    for name in image_order(labels):
         gt = filter_boxes(sort_by_time(as_boxes(labels[name])), cfg)
         dt = as_boxes(detections.get(name, np.zeros(0, BOX_DTYPE)))
         dt = filter_boxes(sort_by_time(dt), cfg)
         images.extend(match_times(gt, dt, cfg.time_tol_us))
+        matched += count_matched(np.unique(gt["t"]), dt["t"], cfg.time_tol_us)
     dataset, results = coco_inputs(images, cfg)
     if not dataset["annotations"]:
         raise ValueError("no labels left to score after filtering (skip_us / min_box_diag / min_box_side)")
     stats = coco_stats(dataset, results, cfg.backend)
     return DetectionMetrics(mAP=stats[0], AP50=stats[1], AP75=stats[2], stats=stats, num_images=len(images),
-                            num_labels=len(dataset["annotations"]), num_detections=len(results))
+                            num_labels=len(dataset["annotations"]), num_detections=matched)
