@@ -48,3 +48,18 @@ def video_loader(shards, **kw):
         groups[name] = cls(**{k: kw.pop(k) for k in list(kw) if k in names})
     batch_size = kw.pop("batch_size")
     return VideoLoader(shards, batch_size, groups.pop("sampling"), **groups, **kw)
+
+
+def event_loader(shards, batch_size, **kw):
+    """An EventSequenceLoader from flat keyword options (window_mode is Windowing.mode): each goes to its group."""
+    from dataclasses import fields
+
+    from fastvid.events.sequence import Encoding, EventExecution, EventSequenceLoader, Windowing
+
+    if "window_mode" in kw:
+        kw["mode"] = kw.pop("window_mode")
+    groups = {}
+    for name, cls in (("windowing", Windowing), ("encoding", Encoding), ("execution", EventExecution)):
+        names = {f.name for f in fields(cls)}
+        groups[name] = cls(**{k: kw.pop(k) for k in list(kw) if k in names})
+    return EventSequenceLoader(shards, batch_size, **groups, **kw)

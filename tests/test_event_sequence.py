@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastvid.events import EventSequenceLoader
-from fastvid.events import sequence as seqlib
+from conftest import event_loader
+from fastvid.events import sampling as seqlib
 from fastvid.events.writing import shard_events
 from test_events_io import random_events, write_gen1_dat
 from test_events_shard import write_boxes
@@ -64,7 +64,7 @@ def test_windows_match_single_represent_calls(event_set):
 
     out, originals = event_set
     B = 3  # 36 windows over 3 streams: the greedy refill leaves padding at the end
-    loader = EventSequenceLoader(out, batch_size=B, window_ms=100, representation="stacked_histogram", bins=3,
+    loader = event_loader(out, batch_size=B, window_ms=100, representation="stacked_histogram", bins=3,
                                  device="cpu", shuffle=False)
     assert loader.sensor_size == SENSOR
     steps = list(loader)
@@ -112,7 +112,7 @@ def test_windows_match_single_represent_calls(event_set):
 
 def test_ranks_disjoint_and_equal_steps(event_set):
     out, _ = event_set
-    loaders = [EventSequenceLoader(out, batch_size=2, window_ms=150, representation="histogram", bins=1,
+    loaders = [event_loader(out, batch_size=2, window_ms=150, representation="histogram", bins=1,
                                    device="cpu", rank=r, world_size=2, seed=3) for r in range(2)]
     names = [set(ld.rank_recording_names) for ld in loaders]
     assert not names[0] & names[1] and names[0] | names[1] == set(RECORDINGS)
@@ -131,22 +131,22 @@ def test_ranks_disjoint_and_equal_steps(event_set):
 def test_bad_arguments(event_set):
     out, _ = event_set
     with pytest.raises(ValueError, match="rank"):
-        EventSequenceLoader(out, batch_size=2, window_ms=50, representation="histogram", bins=1, rank=2, world_size=2)
+        event_loader(out, batch_size=2, window_ms=50, representation="histogram", bins=1, rank=2, world_size=2)
     with pytest.raises(ValueError, match="window_ms"):
-        EventSequenceLoader(out, batch_size=2, window_ms=0, representation="histogram", bins=1)
+        event_loader(out, batch_size=2, window_ms=0, representation="histogram", bins=1)
 
 
 def test_threading_options_give_identical_steps_and_early_stop(event_set):
     out, _ = event_set
     kw = dict(batch_size=2, window_ms=120, representation="histogram", bins=1, device="cpu", seed=5)
-    plain = list(EventSequenceLoader(out, prefetch=0, num_workers=0, **kw))
-    threaded = list(EventSequenceLoader(out, prefetch=3, num_workers=2, readahead=3, **kw))
+    plain = list(event_loader(out, prefetch=0, num_workers=0, **kw))
+    threaded = list(event_loader(out, prefetch=3, num_workers=2, readahead=3, **kw))
     assert len(plain) == len(threaded) > 3
     for a, b in zip(plain, threaded):
         assert a["recording"] == b["recording"] and torch.equal(a["x"], b["x"]) and torch.equal(a["reset"], b["reset"])
     import threading
 
-    loader = EventSequenceLoader(out, prefetch=2, num_workers=2, **kw)
+    loader = event_loader(out, prefetch=2, num_workers=2, **kw)
     for i, _step in enumerate(loader):
         if i == 1:
             break  # abandoning the iterator must not leave reader threads behind
@@ -161,8 +161,8 @@ def test_threading_options_give_identical_steps_and_early_stop(event_set):
 def test_cuda_steps_match_cpu(event_set):
     out, _ = event_set
     kw = dict(batch_size=3, window_ms=100, representation="voxel_grid", bins=4, seed=1)
-    cpu = list(EventSequenceLoader(out, device="cpu", **kw))
-    gpu = list(EventSequenceLoader(out, device="cuda", **kw))
+    cpu = list(event_loader(out, device="cpu", **kw))
+    gpu = list(event_loader(out, device="cuda", **kw))
     assert len(cpu) == len(gpu)
     for a, b in zip(cpu, gpu):
         assert b["x"].is_cuda and a["recording"] == b["recording"]
@@ -176,8 +176,8 @@ def test_rvt_stacked_histogram_by_name_in_the_loader(event_set):
 
     out, originals = event_set
     kw = dict(batch_size=2, window_ms=100, bins=3, device="cpu", shuffle=False, count_cutoff=2, dtype="uint8")
-    rvt_steps = list(EventSequenceLoader(out, representation="stacked_histogram_rvt", **kw))
-    window_steps = list(EventSequenceLoader(out, representation="stacked_histogram", **kw))
+    rvt_steps = list(event_loader(out, representation="stacked_histogram_rvt", **kw))
+    window_steps = list(event_loader(out, representation="stacked_histogram", **kw))
     windows = differ = 0
     for rvt, window in zip(rvt_steps, window_steps, strict=True):
         assert rvt["x"].dtype == torch.uint8

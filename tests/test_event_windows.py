@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastvid.events import EventSequenceLoader
+from conftest import event_loader
 from fastvid.events.writing import shard_events
 from fastvid.events.windows import grid_windows, label_windows, make_windows, segments_needed
 from test_events_io import write_gen1_dat
@@ -73,7 +73,7 @@ def test_label_mode_ends_windows_at_label_times_inclusive(labelled_set):
     from fastvid.events.types import EVENT_DTYPE
 
     out, (ts, xs, ys, ps) = labelled_set
-    loader = EventSequenceLoader(out, batch_size=2, window_ms=DELTA / 1000, window_mode="labels",
+    loader = event_loader(out, batch_size=2, window_ms=DELTA / 1000, window_mode="labels",
                                  representation="stacked_histogram", bins=2, device="cpu", shuffle=False)
     assert [r.name for r in loader.recordings] == ["quiet", "rec"] and loader.rank_recording_names == ["rec"]
     steps = list(loader)
@@ -95,7 +95,7 @@ def test_label_mode_ends_windows_at_label_times_inclusive(labelled_set):
 
 def test_grid_mode_stops_at_the_last_event(labelled_set):
     out, (ts, *_rest) = labelled_set
-    loader = EventSequenceLoader(out, batch_size=1, window_ms=100, representation="histogram", bins=1, device="cpu",
+    loader = event_loader(out, batch_size=1, window_ms=100, representation="histogram", bins=1, device="cpu",
                                  shuffle=False)
     steps = [s for s in loader if s["recording"][0] == "rec"]
     last = int(ts.max())  # 1_300_000 > every box; padded segments would run to 1.5 s
@@ -108,18 +108,18 @@ def test_output_dtypes_and_count_cutoff(labelled_set):
     out, _ = labelled_set
     kw = dict(batch_size=2, window_ms=DELTA / 1000, window_mode="labels", representation="stacked_histogram", bins=2,
               device="cpu", shuffle=False)
-    full = [s["x"] for s in EventSequenceLoader(out, **kw)]
+    full = [s["x"] for s in event_loader(out, **kw)]
     assert full[0].max() >= 10  # the burst
-    cut = [s["x"] for s in EventSequenceLoader(out, count_cutoff=3, dtype="uint8", **kw)]
-    half = [s["x"] for s in EventSequenceLoader(out, dtype="float16", **kw)]
+    cut = [s["x"] for s in event_loader(out, count_cutoff=3, dtype="uint8", **kw)]
+    half = [s["x"] for s in event_loader(out, dtype="float16", **kw)]
     for f, c, h in zip(full, cut, half):
         assert c.dtype == torch.uint8 and h.dtype == torch.float16
         assert torch.equal(c, f.clamp(max=3).to(torch.uint8))
         assert torch.equal(h, f.to(torch.float16))
     with pytest.raises(ValueError, match="uint8"):
-        EventSequenceLoader(out, batch_size=1, representation="voxel_grid", dtype="uint8")
+        event_loader(out, batch_size=1, representation="voxel_grid", dtype="uint8")
     with pytest.raises(ValueError, match="window_mode"):
-        EventSequenceLoader(out, batch_size=1, window_mode="frames")
+        event_loader(out, batch_size=1, window_mode="frames")
 
 
 @pytest.mark.gpu
@@ -127,8 +127,8 @@ def test_pinned_cuda_label_windows_match_cpu(labelled_set):
     out, _ = labelled_set
     kw = dict(batch_size=2, window_ms=DELTA / 1000, window_mode="labels", representation="stacked_histogram", bins=2,
               shuffle=False, count_cutoff=4, dtype="uint8")
-    cpu = list(EventSequenceLoader(out, device="cpu", **kw))
-    gpu = list(EventSequenceLoader(out, device="cuda", pin_memory=True, **kw))
+    cpu = list(event_loader(out, device="cpu", **kw))
+    gpu = list(event_loader(out, device="cuda", pin_memory=True, **kw))
     assert len(cpu) == len(gpu)
     for a, b in zip(cpu, gpu):
         assert b["x"].is_cuda and torch.equal(a["x"], b["x"].cpu())

@@ -177,7 +177,7 @@ def _run_loader(loader, repeats: int, device: str) -> dict:
     timings, stages = [], None
     for _ in range(repeats):
         loader.stats.update(events=0, windows=0, padding_windows=0)
-        loader.stage_times.reset()
+        loader.stage_stats.reset()
         start = time.perf_counter()
         steps = 0
         shape = None
@@ -187,7 +187,7 @@ def _run_loader(loader, repeats: int, device: str) -> dict:
         _sync(device)
         seconds = time.perf_counter() - start
         if not timings or seconds < min(timings):
-            stages = loader.stage_times.snapshot()
+            stages = loader.stage_stats.seconds()
         timings.append(seconds)
     seconds = min(timings)
     ev = loader.stats["events"]
@@ -208,7 +208,7 @@ def run_benchmark(device: str = "auto", work_dir: str = "bench_work/events-io", 
                   count_cutoff: float | None = None) -> dict:
     from fastvid import _gpu
     from fastvid.benchmarks.common import device_info
-    from fastvid.events.sequence import EventSequenceLoader
+    from fastvid.events.sequence import Encoding, EventExecution, EventSequenceLoader, Windowing
     from fastvid.events.writing import shard_events
 
     device = _gpu.resolve_device(device)
@@ -245,16 +245,19 @@ def run_benchmark(device: str = "auto", work_dir: str = "bench_work/events-io", 
     result["stages"] = bench_stages(shards, repeats)
     result["decode"] = result["stages"]["decode_one_thread"]["shards"]  # (key kept for earlier result files)
 
-    kw = dict(batch_size=batch_size, window_ms=window_ms, representation=representation, bins=bins, device=device,
-              shuffle=False, dtype=dtype, count_cutoff=count_cutoff)
-    if num_workers is not None:
-        kw["num_workers"] = num_workers
-    loader = EventSequenceLoader(shards, **kw)
+    windowing = Windowing(window_ms=window_ms, shuffle=False)
+    encoding = Encoding(representation, bins=bins, dtype=dtype, count_cutoff=count_cutoff)
+
+    def loader_of(**execution):
+        return EventSequenceLoader(shards, batch_size, windowing, encoding,
+                                   EventExecution(device=device, num_workers=num_workers, **execution))
+
+    loader = loader_of()
     _warm_up(representation, bins, loader.sensor_size, device)
     result["loader"] = _run_loader(loader, repeats, device)
     result["loader_vs_gen1_real_time"] = result["loader"]["real_time_x"]
     # The same run with the device synchronized around transfer and represent: per-stage seconds.
-    result["loader_stages_synced"] = _run_loader(EventSequenceLoader(shards, sync_timing=True, **kw), 1, device)
+    result["loader_stages_synced"] = _run_loader(loader_of(sync_timing=True), 1, device)
 
     if baseline and src is not None:
         runs = [bench_baseline(src, window_ms, representation, bins, loader.sensor_size, device,

@@ -56,10 +56,37 @@ class WorkItem:
 
 
 @dataclass
+class Ragged:
+    """Rows of different lengths (the events of each window of a batch): row i is
+    `values[name][offsets[i]:offsets[i + 1]]` for every column of `values`."""
+
+    values: dict[str, torch.Tensor]
+    offsets: torch.Tensor  # (n + 1,) int64, offsets[0] == 0
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, rows: slice) -> "Ragged":
+        start, stop, _ = rows.indices(len(self))
+        a, b = int(self.offsets[start]), int(self.offsets[max(start, stop)])
+        return Ragged({k: v[a:b] for k, v in self.values.items()}, self.offsets[start:max(start, stop) + 1] - a)
+
+    @staticmethod
+    def concat(parts: list["Ragged"]) -> "Ragged":
+        shifts = torch.tensor([0] + [int(p.offsets[-1]) for p in parts[:-1]]).cumsum(0)
+        offsets = torch.cat([parts[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(parts, shifts)])
+        return Ragged({k: torch.cat([p.values[k] for p in parts]) for k in parts[0].values}, offsets)
+
+    def to(self, device, non_blocking: bool = True) -> "Ragged":
+        """The values on `device`; the offsets stay on the host (kernels take them as launch arguments)."""
+        return Ragged({k: v.to(device, non_blocking=non_blocking) for k, v in self.values.items()}, self.offsets)
+
+
+@dataclass
 class Chunk:
     """Rows of decoded samples, in work-list order. Every tensor of `data` holds one row per key on dim 0
     (video: "video" (n, 3, T, h, w), "label" (n,)); every list holds one entry per key ("clip": the grid
-    clip of each row)."""
+    clip of each row); a `Ragged` holds rows of different lengths (events: the events of each window)."""
 
     data: dict[str, Any]
     keys: list[str]
@@ -117,8 +144,12 @@ class RebatchStats:
 
 
 def _concat(values: list):
+    if len(values) == 1:
+        return values[0]
     if isinstance(values[0], torch.Tensor):
-        return torch.cat(values) if len(values) > 1 else values[0]
+        return torch.cat(values)
+    if isinstance(values[0], Ragged):
+        return Ragged.concat(values)
     return [v for value in values for v in value]
 
 

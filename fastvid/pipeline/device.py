@@ -18,7 +18,15 @@ def pins(device: str) -> bool:
 
 
 def to_device(batch: dict, device: str) -> dict:
-    """Every tensor of `batch` on `device` (non-blocking; other values as they are)."""
+    """Every tensor (and Ragged rows) of `batch` on `device` (non-blocking; other values as they are)."""
+    from fastvid.pipeline.contract import Ragged
+
     target = torch.device(device)
-    return {name: value.to(target, non_blocking=True) if isinstance(value, torch.Tensor) and value.device != target
-            else value for name, value in batch.items()}
+    out = {}
+    for name, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.device != target:
+            value = value.to(target, non_blocking=True)
+        elif isinstance(value, Ragged) and any(v.device != target for v in value.values.values()):
+            value = value.to(target)
+        out[name] = value
+    return out

@@ -28,8 +28,11 @@ def _observe(chunks: Iterable[Chunk | Failure], stats: StageStats, worker_pids: 
 def run_batches(chunks: Iterable[Chunk | Failure], *, batch_size: int, num_batches: int, device: str,
                 stage_stats: StageStats, rebatch_stats: RebatchStats, max_failures: float,
                 max_failures_in_a_row: int | None = None, where: str = "the shard set", drop_rows: int = 0,
-                finish: Callable[[dict], dict] | None = None, worker_pids: set | None = None) -> Iterator[dict]:
-    """Exactly `num_batches` batches of `batch_size` rows, on `device`, from a backend's stream."""
+                finish: Callable[[dict], dict] | None = None, worker_pids: set | None = None,
+                device_fields: set[str] | None = None) -> Iterator[dict]:
+    """Exactly `num_batches` batches of `batch_size` rows, on `device`, from a backend's stream.
+    `device_fields`: the fields moved to the device (None: every tensor); `finish` runs after the move
+    (the kind's device-side stage, which times itself)."""
     batches = rebatch(_observe(chunks, stage_stats, worker_pids), batch_size=batch_size, num_batches=num_batches,
                       drop_clips=drop_rows, stats=rebatch_stats, max_failures_in_a_row=max_failures_in_a_row,
                       max_failures=max_failures, where=where)
@@ -40,12 +43,13 @@ def run_batches(chunks: Iterable[Chunk | Failure], *, batch_size: int, num_batch
             if batch is None:
                 return
             t1 = time.perf_counter()
-            batch = to_device(batch, device)
-            if finish is not None:
-                batch = finish(batch)
+            if device_fields is None:
+                batch = to_device(batch, device)
+            else:
+                batch.update(to_device({k: batch[k] for k in device_fields}, device))
             stage_stats.add("wait", t1 - t0)
             stage_stats.add("transfer", time.perf_counter() - t1)
-            yield batch
+            yield finish(batch) if finish is not None else batch
     finally:
         batches.close()
         close = getattr(chunks, "close", None)

@@ -47,6 +47,9 @@ class DetectConfig:
     model_width: int | None = None    # channels of the first stage (tiny: 16, small: 32)
     model_kwargs: dict = field(default_factory=dict)  # extra builder arguments, e.g. {"stages": 3}
     window_ms: float = 50.0
+    window_mode: str = "labels"       # labels: each window ends at a label time (RVT) | grid: consecutive windows
+    label_times: str = "all"          # which label times get a window: all | rvt-gen1 | rvt-gen4 (RVT's selection)
+    fill_windows: bool = False        # labels mode: unlabelled windows tile the time between label windows
     representation: str = "stacked_histogram"
     bins: int = 10
     tbptt_steps: int = 10             # windows per truncated back-propagation (and per optimizer step)
@@ -94,7 +97,8 @@ def validate(cfg: DetectConfig) -> None:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     choices = {"opt": ("adamw", "sgd"), "sampling": ("stream", "random"), "amp_dtype": ("bf16", "fp16"),
-               "lr_warmup_method": ("linear", "constant"), "eval_preset": ("gen1", "gen4")}
+               "lr_warmup_method": ("linear", "constant"), "eval_preset": ("gen1", "gen4"),
+               "window_mode": ("labels", "grid"), "label_times": ("all", "rvt-gen1", "rvt-gen4")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")

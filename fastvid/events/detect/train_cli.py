@@ -57,6 +57,11 @@ def add_arguments(p) -> None:
     add("--seed", type=int, help="random seed")
     add("--grad-clip", type=float, metavar="NORM", help="clip the global gradient norm")
     add("--window-ms", type=float, help="window duration")
+    add("--window-mode", choices=["labels", "grid"], help="labels: every window ends at a label time and is supervised by "
+        "that label's boxes (RVT); grid: consecutive windows supervised by the latest label inside them")
+    add("--label-times", choices=["all", "rvt-gen1", "rvt-gen4"], help="labels mode: which label times get a window "
+        "(all, or RVT's selection: see fastvid.events.labels)")
+    add("--fill-windows", action="store_true", help="labels mode: unlabelled windows tile the time between label windows")
     add("--representation", help="event representation (fastvid.events.REPRESENTATIONS)")
     add("--bins", type=int, help="time bins of the representation")
     add("--tbptt-steps", type=int, metavar="K", help="windows per truncated back-propagation / optimizer step")

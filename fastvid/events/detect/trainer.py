@@ -46,30 +46,27 @@ class Unrolled(nn.Module):
 
 
 def build_loader(cfg: DetectConfig, info: D.DistInfo, split: str, train: bool):
-    from fastvid.events import EventSequenceLoader
+    from fastvid.events.sequence import Encoding, EventExecution, EventSequenceLoader, Windowing
 
     if not cfg.data_path:
         raise ValueError("--data-path is required: the directory holding the event shard sets (fastvid shard events)")
     path = Path(cfg.data_path) / split
     if not (path / "manifest.json").is_file():
         raise FileNotFoundError(f"{path} is not an event shard set (no manifest.json)")
-    loader = EventSequenceLoader(str(path), batch_size=cfg.batch_size, window_ms=cfg.window_ms,
-                                 representation=cfg.representation, bins=cfg.bins, device=str(info.device),
-                                 rank=info.rank, world_size=info.world_size, seed=cfg.seed, shuffle=train,
-                                 num_workers=cfg.workers)
-    if train and cfg.sampling == "random":
-        from fastvid.events.detect.data import RandomSequenceLoader
-
-        return RandomSequenceLoader(loader, cfg.seq_len)
-    return loader
+    windowing = Windowing(window_ms=cfg.window_ms, mode=cfg.window_mode, labels=cfg.label_times, fill=cfg.fill_windows,
+                          sampler=cfg.sampling if train else "stream", seq_len=cfg.seq_len, shuffle=train, train=train)
+    encoding = Encoding(cfg.representation, bins=cfg.bins)
+    execution = EventExecution(device=str(info.device), rank=info.rank, world_size=info.world_size,
+                               num_workers=cfg.workers)
+    return EventSequenceLoader(str(path), cfg.batch_size, windowing, encoding, execution, seed=cfg.seed)
 
 
 def _steps(loader):
-    return iter(loader) if hasattr(loader, "seq_len") else detection_steps(loader)
+    return detection_steps(loader)
 
 
 def _base(loader):
-    return getattr(loader, "base", loader)
+    return loader
 
 
 def class_names(cfg: DetectConfig, shard_dir: Path) -> list[str]:
