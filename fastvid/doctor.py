@@ -15,6 +15,7 @@ doctor.json and doctor.png in --out.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,18 @@ KNOBS = {
     "host-to-device": "prefetch (pinned memory, non-blocking copies) or a backend that decodes on the GPU",
     "training step": "none on the data side: the model is the limit (AMP, channels-last, --compile, batch size)",
 }
+
+
+def sig(x: float, digits: int = 3) -> str:
+    """`x` with `digits` significant digits, never in exponent form and never a rounded-off zero:
+    0.5 -> "0.5", 0.01234 -> "0.0123", 12.34 -> "12.3", 1234.7 -> "1235" (whole numbers past `digits` stay whole)."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"  # "0", "inf", "nan"
+    decimals = digits - 1 - math.floor(math.log10(abs(x)))
+    if decimals <= 0:
+        return f"{x:.0f}"
+    text = f"{x:.{decimals}f}"
+    return text.rstrip("0").rstrip(".")
 
 
 def add_arguments(p):
@@ -186,22 +199,22 @@ def diagnose(*, shards, model: str = "r3d_18", device: str = "auto", backend: st
     # CPU stages run on `workers` processes/threads at once; device stages run one at a time.
     parallel = {"tar read": workers, "demux": workers, "decode": workers, "crop/resize/normalize": workers if device == "cpu" else 1,
                 "host-to-device": 1, "training step": 1}
-    rates = {s: round(parallel[s] / per_clip[s], 1) if per_clip[s] > 0 else float("inf") for s in STAGES}
+    rates = {s: parallel[s] / per_clip[s] if per_clip[s] > 0 else float("inf") for s in STAGES}
     loader_rate, loader_stages = _loader_rate(make_loader, batches)
     bottleneck = min(STAGES, key=lambda s: rates[s])
     data_bound = loader_rate < rates["training step"]
     if not data_bound:
         bottleneck = "training step"
-    line = (f"bottleneck: {bottleneck} ({rates[bottleneck]:.0f} clips/s; loader {loader_rate:.0f} clips/s with backend "
-            f"{chosen!r}, model alone {rates['training step']:.0f} clips/s) -> knob: {KNOBS[bottleneck]}")
+    line = summary_line(bottleneck, rates, loader_rate, chosen)
     result = {
         "device_info": device_info(), "device": device, "shards": str(shards), "model": model, "backend": chosen,
         "config": {"batch_size": batch_size, "clip_len": clip_len, "frame_stride": frame_stride, "preset": preset,
                    "samples": len(work), "batches": batches, "workers": workers},
-        "stages": {s: {"ms_per_clip": round(1000 * per_clip[s], 4), "parallelism": parallel[s], "clips_per_s": rates[s]}
+        "stages": {s: {"ms_per_clip": float(sig(1000 * per_clip[s])), "parallelism": parallel[s],
+                       "clips_per_s": float(sig(rates[s]))}
                    for s in STAGES},
-        "loader_clips_per_s": round(loader_rate, 1), "loader_stage_s": {k: round(v, 4) for k, v in loader_stages.items()},
-        "replay_ceiling_clips_per_s": rates["training step"], "data_bound": data_bound,
+        "loader_clips_per_s": float(sig(loader_rate)), "loader_stage_s": {k: float(sig(v)) for k, v in loader_stages.items()},
+        "replay_ceiling_clips_per_s": float(sig(rates["training step"])), "data_bound": data_bound,
         "bottleneck": bottleneck, "knob": KNOBS[bottleneck], "summary": line,
     }
     if tune:
@@ -209,10 +222,16 @@ def diagnose(*, shards, model: str = "r3d_18", device: str = "auto", backend: st
         for threads in sorted({1, max(1, workers // 2), workers}):
             for prefetch in (2, 4):
                 rate, _ = _loader_rate(lambda t=threads, p=prefetch: make_loader(t, p), batches)
-                trials.append({"threads": threads, "prefetch": prefetch, "clips_per_s": round(rate, 1)})
+                trials.append({"threads": threads, "prefetch": prefetch, "clips_per_s": float(sig(rate))})
         best = max(trials, key=lambda t: t["clips_per_s"])
         result["tune"] = {"trials": trials, "best": best}
     return result
+
+
+def summary_line(bottleneck: str, rates: dict, loader_rate: float, backend: str) -> str:
+    """The one line that names the bottleneck, the rates behind it and the knob that moves it."""
+    return (f"bottleneck: {bottleneck} ({sig(rates[bottleneck])} clips/s; loader {sig(loader_rate)} clips/s with backend "
+            f"{backend!r}, model alone {sig(rates['training step'])} clips/s) -> knob: {KNOBS[bottleneck]}")
 
 
 def write_png(result: dict, path: Path) -> None:
@@ -227,7 +246,7 @@ def write_png(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 3.6))
     ax.barh(range(len(names)), rates, color=colors)
     for i, v in enumerate(rates):
-        ax.text(v, i, f" {v:.0f}", va="center", fontsize=8)
+        ax.text(v, i, f" {sig(v)}", va="center", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_xscale("log")
     ax.invert_yaxis()
@@ -245,12 +264,12 @@ def table(result: dict) -> str:
     rows = [f"{'stage':<24}{'ms/clip':>10}{'parallel':>10}{'clips/s':>12}"]
     for s, r in result["stages"].items():
         mark = "  <- bottleneck" if s == result["bottleneck"] else ""
-        rows.append(f"{s:<24}{r['ms_per_clip']:>10.3f}{r['parallelism']:>10}{r['clips_per_s']:>12.1f}{mark}")
-    rows.append(f"{'loader end to end':<24}{'':>10}{'':>10}{result['loader_clips_per_s']:>12.1f}")
+        rows.append(f"{s:<24}{sig(r['ms_per_clip']):>10}{r['parallelism']:>10}{sig(r['clips_per_s']):>12}{mark}")
+    rows.append(f"{'loader end to end':<24}{'':>10}{'':>10}{sig(result['loader_clips_per_s']):>12}")
     rows.append(result["summary"])
     if "tune" in result:
         best = result["tune"]["best"]
-        rows.append(f"tune: best threads={best['threads']} prefetch={best['prefetch']} ({best['clips_per_s']} clips/s)")
+        rows.append(f"tune: best threads={best['threads']} prefetch={best['prefetch']} ({sig(best['clips_per_s'])} clips/s)")
     return "\n".join(rows)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import pytest
 
 from fastvid import _gpu
@@ -14,6 +17,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def import_or_skip(name: str):
+    """`name` imported, or the test skipped when importing it fails in any way. pytest.importorskip
+    skips on ImportError only, but an installed package can fail otherwise: the registry's torchvision
+    0.28/0.29 are CUDA builds whose import raises RuntimeError ("operator torchvision::nms does not
+    exist") beside a CPU torch."""
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not usable here"
+        first_line = (str(exc).splitlines() or [""])[0]
+        pytest.skip(f"{name} is not usable here ({type(exc).__name__}: {first_line})")
+
+
+@pytest.fixture
+def torchvision():
+    """The torchvision package with its models imported; skips the test where torchvision is missing or broken."""
+    import_or_skip("torchvision.models.video")
+    return sys.modules["torchvision"]
 
 
 @pytest.fixture(scope="session")

@@ -158,8 +158,8 @@ def test_tsm_segments_interact_but_batch_items_do_not():
 
 
 @pytest.mark.parametrize("name", ["r3d_18", "mc3_18", "r2plus1d_18", "s3d"])
-def test_matches_torchvision_when_installed(name):
-    tvm = pytest.importorskip("torchvision.models.video")
+def test_matches_torchvision_when_installed(name, torchvision):
+    tvm = torchvision.models.video
     ours = get_model(name, num_classes=400).eval()
     theirs = getattr(tvm, name)(num_classes=400).eval()
     ref = theirs.state_dict()
@@ -170,8 +170,8 @@ def test_matches_torchvision_when_installed(name):
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-4)
 
 
-def test_tsm_loads_torchvision_resnet50_when_installed():
-    tvm = pytest.importorskip("torchvision.models")
+def test_tsm_loads_torchvision_resnet50_when_installed(torchvision):
+    tvm = torchvision.models
     ref = tvm.resnet50(num_classes=400).state_dict()
     model = get_model("tsm_resnet50", num_classes=400)
     model.load_state_dict(ref)

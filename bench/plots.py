@@ -1,0 +1,162 @@
+"""Plots for the documentation's benchmarks page, drawn from the committed JSON in bench/results/.
+
+Two ways in, one drawing code:
+- a MkDocs hook (mkdocs.yml `hooks:`): `on_files` adds the PNGs to the site as generated files
+  (img/bench/*.png), so the plots are redrawn from the JSON at every docs build and cannot drift
+  from the numbers;
+- a script: `python bench/plots.py OUT_DIR` writes the same PNGs to look at them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+from fastvid.doctor import sig  # the one significant-digits formatter: no figure shows as a rounded zero
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SITE_DIR = "img/bench"  # where the docs pages find the plots
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _when(result: dict) -> str:
+    info = result.get("device_info") or result.get("device") or {}
+    return f"{info.get('device', 'CPU')}, {info.get('date', '')[:10]}"
+
+
+def _loader(ax) -> None:
+    """clips/s of each loader backend against the torchvision-style baseline of the same run."""
+    runs = [("loader-cpu.json", "60 videos,\nshards 320x240"), ("loader-cpu-short128.json", "60 videos,\nshards short side 128"),
+            ("loader-cpu-short128-480.json", "480 videos,\nshards short side 128")]
+    backends = ("pyav", "dali", "baseline")
+    width = 0.8 / len(backends)
+    for i, backend in enumerate(backends):
+        rates = [_load(f)["backends"][backend]["clips_per_s"] for f, _ in runs]
+        bars = ax.bar([g + i * width for g in range(len(runs))], rates, width, label=backend)
+        for bar, (f, _) in zip(bars, runs):
+            result = _load(f)
+            ratio = result["backends"][backend]["clips_per_s"] / result["backends"]["baseline"]["clips_per_s"]
+            ax.annotate(f"{sig(ratio)}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=7)
+    ax.set_xticks([g + width for g in range(len(runs))], [label for _, label in runs], fontsize=8)
+    ax.set_ylabel("clips/s (16x112x112, batch 16)")
+    ax.legend(fontsize=8, title="backend", title_fontsize=8)
+    ax.set_title("Video loader on the CPU: ratio to the baseline of the same run above each bar\n"
+                 f"({_when(_load(runs[0][0]))} and {_when(_load(runs[-1][0]))[-10:]})", fontsize=9)
+
+
+def _event_kernels(ax) -> None:
+    """Numba event representations against numpy's np.add.at, one window and a batch of 16."""
+    speedups = _load("all-cpu-2core.json")["speedups"]
+    prefix = "events: speedup_vs_numpy_add_at/"
+    kinds = ["histogram", "stacked_histogram", "voxel_grid", "time_surface", "event_frame"]
+    for i, mode in enumerate(("single", "batched")):
+        values = [speedups[f"{prefix}{kind}_cpu_{mode}_vs_np_add_at"] for kind in kinds]
+        ax.bar([k + i * 0.4 for k in range(len(kinds))], values, 0.4, label=f"{mode} window" + ("s" if i else ""))
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.set_xticks([k + 0.2 for k in range(len(kinds))], kinds, fontsize=8)
+    ax.set_ylabel("speed-up over np.add.at")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Event representations, Numba on the CPU (33k events per window)\n({_when(_load('all-cpu-2core.json'))})",
+                 fontsize=9)
+
+
+def _event_readers(ax) -> None:
+    """Reading a 4 M-event recording: fastvid's readers against a plain numpy reader and expelliarmus."""
+    result = _load("events-read-cpu.json")
+    names = list(result["readers"])
+    rates = [result["readers"][n]["events_per_s"] / 1e6 for n in names]
+    ax.barh(range(len(names)), rates, color=["tab:blue" if n.startswith("fastvid") else "tab:gray" for n in names])
+    for i, v in enumerate(rates):
+        ax.text(v, i, f" {sig(v)}", va="center", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("million events/s")
+    ax.set_title(f"Reading a whole 4 M-event recording\n({_when(result)})", fontsize=9)
+
+
+def _event_loader_stages(ax) -> None:
+    """Where the event loader's CPU time goes (each stage timed inside the loader, synchronized)."""
+    result = _load("events-io-cpu.json")
+    stages = result["loader_stages_synced"]["stage_seconds"]
+    names = list(stages)
+    ax.barh(range(len(names)), [stages[n] for n in names], color="tab:blue")
+    for i, n in enumerate(names):
+        ax.text(stages[n], i, f" {sig(stages[n])} s", va="center", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("CPU-seconds for the run")
+    load = result.get("load_average_before")
+    ax.set_title(f"Event shards -> stacked histograms: seconds per stage\n({_when(result)}, load average "
+                 f"{sig(load[0], 2)} before)" if load else f"({_when(result)})", fontsize=9)
+
+
+def _shard_engines(ax) -> None:
+    """Sharding throughput per core: local engine, Ray tasks and Ray Data, by codec."""
+    result = _load("shard-ray-cpu.json")
+    codecs = ("copy", "h264", "vp9")
+    series = [(engine, workers) for engine in ("local", "ray", "ray-data") for workers in (1, 2)]
+    width = 0.8 / len(series)
+    for i, (engine, workers) in enumerate(series):
+        values = [next(r["clips_per_s_per_core"] for r in result["runs"]
+                       if r["engine"] == engine and r["workers"] == workers and r["codec"] == codec) for codec in codecs]
+        ax.bar([c + i * width for c in range(len(codecs))], values, width, label=f"{engine}, {workers} worker(s)")
+    ax.set_yscale("log")
+    ax.set_xticks([c + 0.4 - width / 2 for c in range(len(codecs))], codecs, fontsize=8)
+    ax.set_ylabel("clips/s per core (log scale)")
+    ax.legend(fontsize=7, ncol=3)
+    load = result["load_average_at_end"]
+    ax.set_title(f"Sharding 32-frame 320x240 clips, by engine\n({_when(result)}, shared machine: load average "
+                 f"{sig(load[0], 2)} at the end)", fontsize=9)
+
+
+PLOTS = {"loader": _loader, "event-kernels": _event_kernels, "event-readers": _event_readers,
+         "event-loader-stages": _event_loader_stages, "shard-engines": _shard_engines}
+
+
+def render(name: str) -> bytes:
+    """One plot as PNG bytes (no timestamp in the file, so the same JSON gives the same bytes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    PLOTS[name](ax)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def on_files(files, config):
+    """MkDocs hook: add every plot to the site as img/bench/NAME.png."""
+    from mkdocs.structure.files import File
+
+    for name in PLOTS:
+        files.append(File.generated(config, f"{SITE_DIR}/{name}.png", content=render(name)))
+    return files
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python bench/plots.py OUT_DIR", file=sys.stderr)
+        return 2
+    out = Path(argv[0])
+    out.mkdir(parents=True, exist_ok=True)
+    for name in PLOTS:
+        tmp = out / f"{name}.png.tmp"
+        tmp.write_bytes(render(name))
+        tmp.replace(out / f"{name}.png")
+        print(out / f"{name}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
