@@ -283,6 +283,64 @@ def test_killing_shard_videos_stops_its_encoder_processes(shard_root, tmp_path, 
     assert not list(out.glob("*.tmp-*"))  # the shard being written was removed
 
 
+@pytest.fixture(scope="module")
+def longer_raw_videos(tmp_path_factory) -> Path:
+    """24 clips of 48 frames: enough encoding (seconds) that two jobs started together overlap."""
+    from fastvid.synth import make_motion_dataset
+
+    root = tmp_path_factory.mktemp("raw_longer")
+    make_motion_dataset(root, videos_per_class=12, classes=["move_up", "move_down"], num_frames=48, height=96, width=128,
+                        fps=15, codec="libx264", seed=3)
+    return root
+
+
+def _tar_containers(out: Path) -> set[str]:
+    import tarfile
+
+    return {m.name.rsplit(".", 1)[1] for tar in out.glob("*.tar") for m in tarfile.open(tar) if m.name.endswith((".webm", ".mp4"))}
+
+
+@pytest.mark.parametrize("codecs", [("vp9", "h264"), ("vp9", "vp9")], ids=["other_codec", "same_command"])
+def test_two_shard_jobs_into_one_directory_one_refuses_naming_the_holder(longer_raw_videos, tmp_path, codecs):
+    """Two `fastvid shard videos` started together into one empty directory: one writes the set, the other
+    refuses with one line naming the directory and the holder's pid; the manifest describes the tars."""
+    out = tmp_path / "set"
+    procs = [subprocess.Popen(shard_cmd(longer_raw_videos, out, "--workers", "1", "--max-samples", "4", "--codec", codec),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env()) for codec in codecs]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert sorted(p.returncode for p in procs) == [0, 1], errs
+    winner = 0 if procs[0].returncode == 0 else 1
+    loser_err = errs[1 - winner]
+    assert "Traceback" not in loser_err and len(loser_err.strip().splitlines()) == 1, loser_err
+    assert loser_err.startswith(f"fastvid shard: error: shard directory {out} is in use by pid {procs[winner].pid} "), loser_err
+    manifest = json.loads((out / "manifest.json").read_text())
+    codec = codecs[winner]
+    assert manifest["options"]["codec"] == codec and manifest["num_samples"] == 24 and manifest["failures"] == []
+    assert _tar_containers(out) == {"webm" if codec == "vp9" else "mp4"}
+    assert not list(out.glob("*.tmp-*"))
+    from fastvid.cli import main as fastvid_main
+
+    assert fastvid_main(["inspect", str(out), "--verify"]) == 0
+
+
+def test_node_writers_share_a_directory_but_not_a_part(longer_raw_videos, tmp_path):
+    """Multi-node: the nodes of one job write into one directory at once; a second writer of the same node part,
+    or a single-node job, refuses while they run."""
+    from fastvid.locks import DirectoryInUse, lock_directory
+    from fastvid.shard.writer import _lock_writer
+
+    out = tmp_path / "set"
+    held = _lock_writer(out, "train-n0", 2)
+    held += _lock_writer(out, "train-n1", 2)  # node 1 beside node 0
+    with pytest.raises(DirectoryInUse, match=f"node part train-n0 of shard directory {out} is in use by pid {os.getpid()}"):
+        _lock_writer(out, "train-n0", 2)  # flock locks belong to open files: a second open conflicts in one process too
+    r = subprocess.run(shard_cmd(longer_raw_videos, out), capture_output=True, text=True, env=env())
+    assert r.returncode == 1 and f"shard directory {out} is in use by pid {os.getpid()}" in r.stderr, r.stderr
+    for f in held:
+        f.close()
+    lock_directory(out).close()  # released: a single-node job may now take the directory
+
+
 def test_full_disk_leaves_no_temp_files_and_names_the_path(shard_root, tmp_path):
     if os.geteuid() != 0 or sys.platform != "linux":
         pytest.skip("needs root on Linux to mount a small tmpfs")

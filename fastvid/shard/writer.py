@@ -12,7 +12,10 @@ manifest. What it guarantees:
   `overwrite`, which builds the new set beside the old one and swaps it in at the end (a killed
   rerun leaves the old set intact; rerunning it resumes the new one);
 - bad input never stops the job: an exception in `encode` becomes a manifest failure;
-- a full disk leaves no temp file, and the error names the file being written.
+- a full disk leaves no temp file, and the error names the file being written;
+- one writer per directory: a second job into the same OUT refuses, naming the holder (flock, released
+  by the kernel when the holder dies, kill -9 included); the nodes of one multi-node job share the
+  directory, one writer per node part. So the temp files that a writer clears are never a live job's.
 Encoding runs in `workers` processes that die with this one (SIGTERM/SIGINT, or its death); the
 tars are written by this process in order.
 """
@@ -269,7 +272,8 @@ def _load_done_shards(out_dir: Path, prefix: str, fingerprint: str) -> list[dict
 
 
 def _remove_leftovers(out_dir: Path, prefix: str, keep: int) -> list[str]:
-    """Delete temp files of this prefix and shards numbered >= keep (from an earlier, different run)."""
+    """Delete temp files of this prefix and shards numbered >= keep (from an earlier, different run).
+    Only called under the lock of this prefix (`_lock_writer`), so no live process is writing them."""
     removed = []
     pattern = re.compile(rf"^{re.escape(prefix)}-(\d{{6}})\.(tar|idx)(\.tmp-\d+)?$")
     for path in out_dir.iterdir():
@@ -278,6 +282,17 @@ def _remove_leftovers(out_dir: Path, prefix: str, keep: int) -> list[str]:
             path.unlink(missing_ok=True)
             removed.append(path.name)
     return removed
+
+
+def _lock_writer(out_dir: Path, prefix: str, num_nodes: int) -> list:
+    """Locks held while writing into out_dir (keep the list alive): the whole directory for a single-node job;
+    for a node of a multi-node job, the directory shared with the other nodes and its own part exclusively."""
+    from fastvid.locks import lock_directory
+
+    if num_nodes == 1:
+        return [lock_directory(out_dir, "shard directory")]
+    return [lock_directory(out_dir, "shard directory", shared=True),
+            lock_directory(out_dir, f"node part {prefix} of shard directory", name=f".fastvid-{prefix}.lock")]
 
 
 def _check_same_set(manifest_path: Path, split: str, kind: str) -> None:
@@ -382,8 +397,8 @@ def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options
         seen.add(item.key)
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     prefix = shard_prefix(split, node_rank, num_nodes)
+    locks = _lock_writer(out_dir, prefix, num_nodes)  # noqa: F841 (held until this function returns)
     manifest_path = out_dir / (partial_manifest_name(node_rank) if num_nodes > 1 else MANIFEST_NAME)
     _check_same_set(out_dir / MANIFEST_NAME, split, kind)
     mine = [items[i] for i in node_part(shuffled_order(len(items), seed), node_rank, num_nodes)]
