@@ -259,13 +259,13 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_killing_shard_videos_stops_its_encoder_processes(shard_root, tmp_path, sig):
+def _interrupt_shard_videos_while_encoding(shard_root: Path, out: Path, sig: int, to_group: bool) -> None:
+    """Start `fastvid shard videos --workers 2`, send `sig` once two encoders exist (to the job alone, or to its
+    whole process group as a terminal's Ctrl-C or a scheduler does); check it stops cleanly and leaves nothing."""
     import psutil
 
-    out = tmp_path / "set"
     proc = subprocess.Popen(shard_cmd(raw_videos(shard_root), out, "--workers", "2"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env())
+                            stderr=subprocess.PIPE, text=True, env=env(), start_new_session=to_group)
     workers: list[int] = []
 
     def encoding():
@@ -273,7 +273,10 @@ def test_killing_shard_videos_stops_its_encoder_processes(shard_root, tmp_path, 
         return len(workers) >= 2
 
     wait_for(encoding, proc, "two encoder processes")
-    proc.send_signal(sig)
+    if to_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode != 0
     assert "Traceback" not in err, err[-3000:]
@@ -281,6 +284,17 @@ def test_killing_shard_videos_stops_its_encoder_processes(shard_root, tmp_path, 
     alive = [p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == []
     assert not list(out.glob("*.tmp-*"))  # the shard being written was removed
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_killing_shard_videos_stops_its_encoder_processes(shard_root, tmp_path, sig):
+    _interrupt_shard_videos_while_encoding(shard_root, tmp_path / "set", sig, to_group=False)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_to_the_process_group_of_shard_videos_leave_the_decision_to_it(shard_root, tmp_path, sig):
+    """Encoders ignore SIGINT/SIGTERM (also while they start): the job stops them, no worker prints a traceback."""
+    _interrupt_shard_videos_while_encoding(shard_root, tmp_path / "set", sig, to_group=True)
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,14 @@ manifest. What it guarantees:
 - one writer per directory: a second job into the same OUT refuses, naming the holder (flock, released
   by the kernel when the holder dies, kill -9 included); the nodes of one multi-node job share the
   directory, one writer per node part. So the temp files that a writer clears are never a live job's.
-Encoding runs in `workers` processes that die with this one (SIGTERM/SIGINT, or its death); the
-tars are written by this process in order.
+Encoding runs in `workers` processes that leave SIGINT/SIGTERM to this one (which stops them) and die
+with it; the tars are written by this process in order.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -132,11 +133,51 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _terminate_workers(pool: ProcessPoolExecutor) -> None:
-    # The executor has no public way to stop running tasks; its process table is stable across 3.8-3.13.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def obey_parent(parent: int) -> None:
+    """Initializer of worker processes (encoders here, the PyAV loader's decoders): die with the parent, and
+    ignore SIGINT/SIGTERM. A Ctrl-C or a scheduler's SIGTERM goes to the whole process group; the parent
+    decides what it means (stop and clean up, or checkpoint and exit 75) and stops its workers itself, so a
+    worker killed first can neither print a traceback nor take the parent down with it."""
+    _die_with_parent(parent)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since its start (see _signals_deferred)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """While the pool starts encoder processes, SIGINT/SIGTERM wait until it is done.
+
+    A spawned child reads its bootstrap from a pipe the parent writes after starting it: a parent that unwinds
+    in between closes the pipe, and the child dies printing `EOFError: Ran out of input`. So the signals are
+    only noted meanwhile and delivered after. They are also blocked in this thread, and a child inherits the
+    mask through exec: a signal to the whole group cannot interrupt a child's bootstrap either (`obey_parent`
+    unblocks them, ignored). Only the main thread can change signal handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: noted.append(signum)) for sig in STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # pending signals arrive now, and are noted
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if noted:
+            signal.raise_signal(noted[0])  # the real handler runs now: KeyboardInterrupt or SystemExit
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    # Encoders ignore SIGTERM (obey_parent): SIGKILL them. The executor has no public way to stop running
+    # tasks; its process table is stable across 3.8-3.13.
     for proc in list((getattr(pool, "_processes", None) or {}).values()):
         try:
-            proc.terminate()
+            proc.kill()
         except Exception:
             pass
     pool.shutdown(wait=False, cancel_futures=True)
@@ -150,17 +191,20 @@ def _iter_encoded(encode, items, workers: int):
         return
     import multiprocessing
 
+    from multiprocessing import resource_tracker
+
     # spawn: codec libraries with threads do not survive fork reliably.
     ctx = multiprocessing.get_context("spawn")
+    resource_tracker.ensure_running()  # now: starting it later would unblock the signals _signals_deferred blocks
     window = collections.deque()
     it = iter(items)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,
-                               initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=obey_parent, initargs=(os.getpid(),))
     try:
-        for item in it:
-            window.append((item, pool.submit(_encode_one, encode, item)))
-            if len(window) >= 4 * workers:
-                break
+        with _signals_deferred():  # the pool starts its processes in these submits
+            for item in it:
+                window.append((item, pool.submit(_encode_one, encode, item)))
+                if len(window) >= 4 * workers:
+                    break
         while window:
             item, future = window.popleft()
             try:
@@ -171,10 +215,11 @@ def _iter_encoded(encode, items, workers: int):
                     "rerun the same command to resume from the last complete shard") from exc
             nxt = next(it, None)
             if nxt is not None:
-                window.append((nxt, pool.submit(_encode_one, encode, nxt)))
+                with _signals_deferred():  # a submit may start a process (one that was not needed before)
+                    window.append((nxt, pool.submit(_encode_one, encode, nxt)))
             yield item, ok, payload
     except BaseException:  # interrupted (SIGINT/SIGTERM), a write failed, or a worker died: stop encoding now
-        _terminate_workers(pool)
+        _stop_workers(pool)
         raise
     pool.shutdown(wait=True)
 
