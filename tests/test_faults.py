@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -608,3 +609,96 @@ def test_truncated_sources_become_failures_naming_them(shard_root, tmp_path):
     failures = json.loads((tmp_path / "e" / "manifest.json").read_text())["failures"]
     assert sorted(f["source"] for f in failures) == [str(ev / "b_td.dat"), str(ev / "c_td.dat")]
     assert any(str(ev / "c_bbox.npy") in f["error"] for f in failures)
+
+
+# ---- hostile sample metadata ---------------------------------------------------------------------------------
+
+def _edit_sample_json(set_dir: Path, edits: dict[str, str]) -> None:
+    """Rewrite the json of samples {key: raw JSON text of the new json} in a real shard set: the tar is rebuilt
+    in the same member order, its DALI index rewritten, the manifest's size and sha256 updated."""
+    import hashlib
+    import io
+    import tarfile
+
+    from fastvid.shard import dali_index
+
+    manifest = json.loads((set_dir / "manifest.json").read_text())
+    for record in manifest["shards"]:
+        tar_path = set_dir / record["name"]
+        buf = io.BytesIO()
+        with tarfile.open(tar_path) as src, tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as dst:
+            for member in src.getmembers():
+                data = src.extractfile(member).read()
+                key, ext = member.name.split(".", 1)
+                if ext == "json" and key in edits:
+                    data = edits[key].encode()
+                    member.size = len(data)
+                dst.addfile(member, io.BytesIO(data))
+        tar_path.write_bytes(buf.getvalue())
+        dali_index.write_index(tar_path)
+        record["bytes"], record["sha256"] = tar_path.stat().st_size, hashlib.sha256(buf.getvalue()).hexdigest()
+    (set_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+# Hostile values of a sample's json (JSON text: Python's json reads Infinity and NaN) and the field each breaks.
+HOSTILE_METADATA = [("num_frames", "3e9"), ("num_frames", "Infinity"), ("fps", "Infinity"), ("width", "100000")]
+
+
+def test_hostile_sample_metadata_is_a_bad_sample_naming_the_field(shard_root, tmp_path):
+    """`fastvid train` over a real set whose sample jsons claim 3e9 frames (22 GiB of frame indices before), an
+    infinite frame count or rate (an OverflowError traceback before) or a 100000-pixel side: each such sample is
+    skipped, counted and logged with its key and the field; nothing is allocated in proportion to the claim (the
+    run has a 6 GiB address-space limit)."""
+    import resource
+    import shutil
+    import tarfile
+
+    data = tmp_path / "data"
+    shutil.copytree(shard_root / "val", data / "val")
+    shutil.copytree(shard_root / "train", data / "train")
+    tar = next((data / "train").glob("*.tar"))
+    with tarfile.open(tar) as t:
+        jsons = {m.name.split(".", 1)[0]: json.loads(t.extractfile(m).read()) for m in t.getmembers() if m.name.endswith(".json")}
+    edits = {}
+    for (field, value), key in zip(HOSTILE_METADATA, sorted(jsons)):
+        text = json.dumps(jsons[key])
+        edits[key] = text.replace(f'"{field}": {json.dumps(jsons[key][field])}', f'"{field}": {value}')
+        assert edits[key] != text
+    _edit_sample_json(data / "train", edits)
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "fastvid", "train", *tiny_args(data, out, "--epochs", "1")], capture_output=True,
+                       text=True, timeout=300, env=env(), preexec_fn=limit_memory)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    for (field, value), key in zip(HOSTILE_METADATA, sorted(jsons)):
+        assert re.search(rf"sample {key} failed to decode and was skipped: .*{tar.name}: ValueError: sample '{key}': "
+                         rf"json field {field} is ", r.stderr), (key, field, r.stderr[-3000:])
+    assert rows(out)[0]["decode_failures"] >= len(HOSTILE_METADATA)
+
+
+@pytest.mark.parametrize("field,value", [("num_frames", 1e8), ("num_frames", float("nan")), ("num_frames", -1),
+                                         ("num_frames", 2.5), ("num_frames", True), ("height", 0), ("width", 16385),
+                                         ("height", "tall"), ("fps", 0), ("fps", -25.0), ("fps", float("inf")),
+                                         ("fps", "fast")])
+def test_metadata_out_of_bounds_is_a_value_error_naming_sample_and_field(field, value):
+    from fastvid.data.plan import metadata_fields
+
+    meta = {"num_frames": 16, "height": 48, "width": 64, "fps": 15.0, field: value}
+    with pytest.raises(ValueError, match=rf"^sample 'clip_7': json field {field} is "):
+        metadata_fields(meta, "clip_7")
+    assert metadata_fields({"num_frames": 16.0, "height": 48, "width": 64, "fps": None}, "k") == (16, None, 48, 64)
+
+
+def test_a_slow_frame_rate_claim_cannot_blow_up_the_resampled_grid():
+    """fps 1e-6 resampled to 15 fps would be 1.5e14 frames: refused (the sample is bad), not allocated."""
+    from fastvid.data import sampling
+
+    with pytest.raises(ValueError, match="more than 10000000"):
+        sampling.num_grid_clips(10, clip_len=4, fps=1e-6, frame_rate=15)
+    # A clip's frames are computed for the rows asked for, whatever the video's length.
+    rows = sampling.clip_rows(sampling.MAX_FRAMES, [0, 4_999_000], clip_len=4, frame_stride=2, fps=30, frame_rate=15)
+    assert rows.tolist() == [[0, 4, 8, 12], [9_998_000, 9_998_004, 9_998_008, 9_998_012]]

@@ -115,18 +115,22 @@ def build_loader(cfg: TrainConfig, info: D.DistInfo, split_dir: str, train: bool
 def _warn_if_clips_exceed_videos(cfg: TrainConfig, info: D.DistInfo, loader, probes: int = 16) -> None:
     """A clip longer than the videos is padded by repeating frames: say so when it is longer than every
     video of a sample spread over the set (the metadata of `probes` videos; reading all would be slow)."""
+    from fastvid.data.plan import metadata_fields
     from fastvid.data.shards import sample_metadata
 
     shard_set = loader.shard_set
     spots = [(i, j) for i, s in enumerate(shard_set.shards) for j in range(len(s))]
     longest = 0
     for i, j in spots[:: max(1, len(spots) // probes)][:probes]:
-        meta = sample_metadata(shard_set, i, j)
-        fps = meta.get("fps") or cfg.frame_rate or 1.0
+        try:
+            num_frames, fps, _, _ = metadata_fields(sample_metadata(shard_set, i, j), shard_set.shards[i].keys[j])
+        except ValueError:  # a bad sample: the loader skips and reports it
+            continue
+        fps = fps or cfg.frame_rate or 1.0
         stride = cfg.frame_stride * (fps / cfg.frame_rate if cfg.frame_rate else 1.0)
         span = (cfg.clip_len - 1) * stride + 1
-        longest = max(longest, int(meta.get("num_frames") or 0))
-        if span <= int(meta.get("num_frames") or 0):
+        longest = max(longest, num_frames)
+        if span <= num_frames:
             return
     if longest:
         log(info, f"warning: --clip-len {cfg.clip_len} x --frame-stride {cfg.frame_stride}"
