@@ -702,3 +702,36 @@ def test_a_slow_frame_rate_claim_cannot_blow_up_the_resampled_grid():
     # A clip's frames are computed for the rows asked for, whatever the video's length.
     rows = sampling.clip_rows(sampling.MAX_FRAMES, [0, 4_999_000], clip_len=4, frame_stride=2, fps=30, frame_rate=15)
     assert rows.tolist() == [[0, 4, 8, 12], [9_998_000, 9_998_004, 9_998_008, 9_998_012]]
+
+
+# ---- preemption as schedulers send it ----------------------------------------------------------------------------
+
+def test_sigterm_to_the_process_group_with_decode_workers_checkpoints_exits_75_and_resume_finishes(shard_root, tmp_path,
+                                                                                                   capsys):
+    """SIGTERM to the whole process group (`timeout`, Slurm's job-step signal, many launchers) reaches the PyAV
+    decode workers too: they ignore it, so the trainer still stops after the step, checkpoints and exits 75
+    (before: "DataLoader worker (pid ...) is killed by signal: Terminated", exit 1, no checkpoint)."""
+    import psutil
+
+    out, keys = tmp_path / "pg", tmp_path / "keys.jsonl"
+    args = tiny_args(shard_root, out, "--epochs", "1", "--print-freq", "1000")
+    args[args.index("-j") + 1] = "2"
+    proc = subprocess.Popen([sys.executable, "-m", "fastvid", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**env(), "FASTVID_DEBUG_KEYS": str(keys)},
+                            start_new_session=True)
+    wait_for_file_lines(keys, 2, proc)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) >= 2  # the decode workers are in the group the signal goes to
+    os.killpg(proc.pid, signal.SIGTERM)
+    text = proc.communicate(timeout=120)[0]
+    assert proc.returncode == PREEMPTED_EXIT_CODE, text[-3000:]
+    assert "exiting with code 75 (preempted)" in text and "Traceback" not in text
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
+    done = ckpt["resume_step"]
+    assert ckpt["resume_epoch"] == 0 and 2 <= done < 8
+    psutil.wait_procs(workers, timeout=30)
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]  # none outlives the job
+
+    rc, _, err = train_in_process([*args, "--resume", str(out / "checkpoint.pth")], capsys)
+    assert rc == 0, err[-3000:]
+    assert [g["epoch"] for g in rows(out)] == [0] and rows(out)[0]["steps"] == 8 - done

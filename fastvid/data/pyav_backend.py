@@ -189,7 +189,13 @@ def collate(items):
 
 
 def _worker_init(_):
+    from fastvid.shard.writer import obey_parent
+
     torch.set_num_threads(1)  # one decode per worker: oversubscribing cores only adds contention
+    # SIGTERM/SIGINT to the whole process group (Slurm, `timeout`, launchers, Ctrl-C) reach the workers too: they
+    # ignore both and leave the decision to the trainer (checkpoint mid-epoch, exit 75); they die with their parent
+    # (the trainer, or the fork server that dies with it). getppid: torch's own watchdog covers a parent already gone.
+    obey_parent(os.getppid())
 
 
 class _EpochTasks:
