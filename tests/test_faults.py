@@ -735,3 +735,77 @@ def test_sigterm_to_the_process_group_with_decode_workers_checkpoints_exits_75_a
     rc, _, err = train_in_process([*args, "--resume", str(out / "checkpoint.pth")], capsys)
     assert rc == 0, err[-3000:]
     assert [g["epoch"] for g in rows(out)] == [0] and rows(out)[0]["steps"] == 8 - done
+
+
+# ---- decode workers and the user's script --------------------------------------------------------------------
+
+UNGUARDED_SCRIPT = """\
+import os, sys
+from fastvid.data.loader import VideoLoader
+
+with open(os.environ["SCRIPT_RUNS"], "a") as f:  # one line each time this body runs
+    f.write(f"{os.getpid()}\\n")
+data, first = sys.argv[1], sys.argv[2]
+kw = dict(batch_size=2, clip_len=4, device="cpu", crop_size=(32, 32), resize_size=(36, 48), seed=0)
+if first == "dali":
+    print("dali clips", sum(len(b["key"]) for b in VideoLoader(data, backend="dali", **kw)))
+pyav = VideoLoader(data, backend="pyav", num_workers=2, **kw)  # never closed: the interpreter's exit stops it
+print("pyav clips", sum(len(b["key"]) for b in pyav))
+"""
+
+
+@pytest.mark.parametrize("first", ["dali", "pyav"])
+def test_a_script_without_main_guard_runs_once_with_pyav_workers(shard_root, tmp_path, first):
+    """A user's script without `if __name__ == "__main__":`: after DALI ran, the PyAV workers start from a fork
+    server, and they must not import the script again (before, each did and died: "DataLoader worker exited
+    unexpectedly"). The script leaves its loader open: its exit must not wait on the workers either."""
+    if first == "dali":
+        pytest.importorskip("nvidia.dali")
+    script, runs = tmp_path / "train_script.py", tmp_path / "runs.txt"
+    script.write_text(UNGUARDED_SCRIPT)
+    r = subprocess.run([sys.executable, str(script), str(shard_root / "train"), first], capture_output=True, text=True,
+                       timeout=300, env={**env(), "SCRIPT_RUNS": str(runs)}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "pyav clips 8" in r.stdout and ("dali clips 8" in r.stdout) == (first == "dali")
+    assert len(runs.read_text().splitlines()) == 1  # the script's body ran in this process only
+
+
+SIGTERM_AFTER_DALI_SCRIPT = """\
+import signal, sys, time
+from fastvid.data.loader import VideoLoader
+
+
+def main():
+    stop = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))  # as the trainer does: note it, go on
+    kw = dict(batch_size=2, clip_len=4, device="cpu", crop_size=(32, 32), resize_size=(36, 48), seed=0)
+    print("dali clips", sum(len(b["key"]) for b in VideoLoader(sys.argv[1], backend="dali", **kw)), flush=True)
+    seen = 0
+    for batch in VideoLoader(sys.argv[1], backend="pyav", num_workers=2, **kw):
+        if not seen:
+            print("ready", flush=True)
+            while not stop:
+                time.sleep(0.05)
+        seen += len(batch["key"])
+    print("pyav clips", seen, "after SIGTERM", bool(stop), flush=True)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_sigterm_to_the_group_spares_the_fork_server_and_its_decode_workers(shard_root, tmp_path):
+    """After DALI ran, the PyAV workers come from a fork server, which is in the process group as well: a SIGTERM
+    to the group kills neither the server nor the workers (before: "DataLoader worker ... exited unexpectedly")."""
+    pytest.importorskip("nvidia.dali")
+    script = tmp_path / "sigterm_script.py"
+    script.write_text(SIGTERM_AFTER_DALI_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(shard_root / "train")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env(), cwd=tmp_path, start_new_session=True)
+    lines: list = []
+    wait_for_line(proc, "ready", lines)
+    os.killpg(proc.pid, signal.SIGTERM)
+    text = "".join(lines) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, text[-3000:]
+    assert "pyav clips 8 after SIGTERM True" in text

@@ -16,8 +16,8 @@ manifest. What it guarantees:
 - one writer per directory: a second job into the same OUT refuses, naming the holder (flock, released
   by the kernel when the holder dies, kill -9 included); the nodes of one multi-node job share the
   directory, one writer per node part. So the temp files that a writer clears are never a live job's.
-Encoding runs in `workers` processes that leave SIGINT/SIGTERM to this one (which stops them) and die
-with it; the tars are written by this process in order.
+Encoding runs in `workers` processes that leave a SIGINT/SIGTERM to the process group to this one (which
+stops them) and die with it; the tars are written by this process in order.
 """
 
 from __future__ import annotations
@@ -136,26 +136,40 @@ def _die_with_parent(parent: int) -> None:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def obey_parent(parent: int) -> None:
-    """Initializer of worker processes (encoders here, the PyAV loader's decoders): die with the parent, and
-    ignore SIGINT/SIGTERM. A Ctrl-C or a scheduler's SIGTERM goes to the whole process group; the parent
-    decides what it means (stop and clean up, or checkpoint and exit 75) and stops its workers itself, so a
-    worker killed first can neither print a traceback nor take the parent down with it."""
+def obey_parent(parent: int, owner: int | None = None) -> None:
+    """Initializer of worker processes (encoders here, the PyAV loader's decoders): die with `parent`, ignore
+    SIGINT, and take SIGTERM only from `owner` (the process that manages this one; default: the parent).
+
+    A Ctrl-C or a scheduler's SIGTERM goes to the whole process group: the owner decides what it means (stop and
+    clean up, or checkpoint and exit 75) and stops its workers itself, so a worker killed first can neither print
+    a traceback nor take the owner down with it. The owner's own SIGTERM (multiprocessing's terminate, at its
+    exit) still ends the worker at once, as a worker that ignored it would keep the exiting owner waiting."""
     _die_with_parent(parent)
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since its start (see _signals_deferred)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM stays blocked in this thread and every thread started from now on; one thread takes it and reads
+    # who sent it (a handler cannot).
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])  # may be blocked since its start (signals_deferred)
+    threading.Thread(target=_exit_on_sigterm_from, args=(parent if owner is None else owner,), daemon=True,
+                     name="fastvid-sigterm").start()
+
+
+def _exit_on_sigterm_from(owner: int) -> None:
+    while True:
+        if signal.sigwaitinfo([signal.SIGTERM]).si_pid == owner:
+            os._exit(0)
 
 
 @contextlib.contextmanager
-def _signals_deferred():
-    """While the pool starts encoder processes, SIGINT/SIGTERM wait until it is done.
+def signals_deferred():
+    """While worker processes start (encoders here, the PyAV loader's decoders), SIGINT/SIGTERM wait until done.
 
-    A spawned child reads its bootstrap from a pipe the parent writes after starting it: a parent that unwinds
-    in between closes the pipe, and the child dies printing `EOFError: Ran out of input`. So the signals are
-    only noted meanwhile and delivered after. They are also blocked in this thread, and a child inherits the
-    mask through exec: a signal to the whole group cannot interrupt a child's bootstrap either (`obey_parent`
-    unblocks them, ignored). Only the main thread can change signal handlers; elsewhere this does nothing."""
+    A spawned or fork-server child reads its bootstrap from a pipe the parent writes after starting it: a parent
+    that unwinds in between closes the pipe, and the child dies printing `EOFError: Ran out of input`. So the
+    signals are only noted meanwhile and delivered after. They are also blocked in this thread, and a child
+    inherits the mask (through fork and exec): a signal to the whole group cannot reach a child before
+    `obey_parent` has set it up. Start multiprocessing's resource tracker before (its start unblocks them).
+    Only the main thread can change signal handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -173,7 +187,7 @@ def _signals_deferred():
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    # Encoders ignore SIGTERM (obey_parent): SIGKILL them. The executor has no public way to stop running
+    # SIGKILL: nothing of an encoder's is worth a clean exit. The executor has no public way to stop running
     # tasks; its process table is stable across 3.8-3.13.
     for proc in list((getattr(pool, "_processes", None) or {}).values()):
         try:
@@ -195,12 +209,12 @@ def _iter_encoded(encode, items, workers: int):
 
     # spawn: codec libraries with threads do not survive fork reliably.
     ctx = multiprocessing.get_context("spawn")
-    resource_tracker.ensure_running()  # now: starting it later would unblock the signals _signals_deferred blocks
+    resource_tracker.ensure_running()  # now: its start would unblock the signals that signals_deferred blocks
     window = collections.deque()
     it = iter(items)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=obey_parent, initargs=(os.getpid(),))
     try:
-        with _signals_deferred():  # the pool starts its processes in these submits
+        with signals_deferred():  # the pool starts its processes in these submits
             for item in it:
                 window.append((item, pool.submit(_encode_one, encode, item)))
                 if len(window) >= 4 * workers:
@@ -215,7 +229,7 @@ def _iter_encoded(encode, items, workers: int):
                     "rerun the same command to resume from the last complete shard") from exc
             nxt = next(it, None)
             if nxt is not None:
-                with _signals_deferred():  # a submit may start a process (one that was not needed before)
+                with signals_deferred():  # a submit may start a process (one that was not needed before)
                     window.append((nxt, pool.submit(_encode_one, encode, nxt)))
             yield item, ok, payload
     except BaseException:  # interrupted (SIGINT/SIGTERM), a write failed, or a worker died: stop encoding now
