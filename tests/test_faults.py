@@ -523,6 +523,39 @@ def test_training_mistakes_are_one_clear_line_each(shard_root, tmp_path, capsys)
     assert "spans more frames than any sampled video" in out and "(at most 16)" in out
 
 
+def test_resuming_a_checkpoint_of_another_model_is_one_line_naming_it(shard_root, tmp_path):
+    """`--resume` of weights that do not fit: one line on stderr naming the checkpoint and summing up the mismatch
+    (before: load_state_dict's dump, 102 lines for another --model-width, 8 KB for a video checkpoint given to
+    train-events), through both trainers' command lines."""
+    from fastvid.detect.synth import CLASSES, make_moving_boxes_gen1
+    from fastvid.events.shard import shard_events
+
+    out = tmp_path / "w8"
+    quick = ("--epochs", "1", "--max-steps-per-epoch", "1")
+    r = subprocess.run([sys.executable, "-m", "fastvid", "train", *tiny_args(shard_root, out, *quick)], capture_output=True,
+                       text=True, timeout=300, env=env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = out / "checkpoint.pth"
+
+    events = tmp_path / "events"
+    make_moving_boxes_gen1(events / "src" / "train", 2, duration_us=600_000, seed=1)
+    for split in ("train", "val"):
+        shard_events(events / "src" / "train", events / "shards" / split, segment_ms=500, split=split, classes=list(CLASSES))
+    runs = {
+        "train": ["train", *tiny_args(shard_root, tmp_path / "w16", *quick, "--model-width", "16", "--resume", str(ckpt))],
+        "train-events": ["train-events", "--data-path", str(events / "shards"), "--output-dir", str(tmp_path / "det"),
+                         "--device", "cpu", "--model-width", "8", "--workers", "0", "--epochs", "1", "--resume", str(ckpt)],
+    }
+    expected = {"train": rf"{re.escape(str(ckpt))}: does not fit model r3d_18 \(width 16\): \d+ tensors differ in shape, e.g. stem.0.weight "
+                         r"\[8,3,3,7,7\] in the file vs \[16,3,3,7,7\] in the model; 0 missing, 0 unexpected",
+                "train-events": rf"{re.escape(str(ckpt))}: does not fit model rnn_det_tiny \(width 8\): .*\d+ missing, \d+ unexpected"}
+    for command, argv in runs.items():
+        r = subprocess.run([sys.executable, "-m", "fastvid", *argv], capture_output=True, text=True, timeout=300, env=env())
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1, r.stderr[-3000:]
+        assert len(lines[0]) < 300 and re.fullmatch(rf"fastvid {command}: error: {expected[command]}.*", lines[0]), lines[0]
+
+
 def test_bad_box_timestamp_names_the_label_file(tmp_path):
     import numpy as np
     from test_events_io import random_events, write_gen1_dat

@@ -15,7 +15,7 @@ from fastvid.config import TrainConfig, eval_views, parse_step_range
 from fastvid.models.pretrained import resolve_weights
 from fastvid.train import distributed as D
 from fastvid.train import logs
-from fastvid.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from fastvid.train.checkpoint import load_checkpoint, load_model_state, load_weights, save_checkpoint
 from fastvid.train.engine import StepContext, evaluate, train_one_epoch
 from fastvid.train.optim import build_lr_scheduler, build_optimizer, fast_forward_schedule
 from fastvid.train.preempt import PREEMPTED_EXIT_CODE, StopFlag, StopVote
@@ -299,7 +299,7 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
         if saved_model and saved_model != cfg.model:
             raise ValueError(f"--resume {cfg.resume}: this checkpoint is {saved_model}, not {cfg.model}; "
                              f"pass --model {saved_model} (or use --weights to start {cfg.model} from compatible weights)")
-        model_without_ddp.load_state_dict(ckpt["model"])
+        load_model_state(model_without_ddp, ckpt["model"], cfg.resume, f"{cfg.model} (width {cfg.model_width or 'default'})")
         if not cfg.test_only:
             start_epoch = ckpt["epoch"] + 1
             if ckpt.get("resume_epoch") == start_epoch:
