@@ -201,36 +201,36 @@ def _worker_init(_, owner: int):
     obey_parent(os.getppid(), owner=owner)
 
 
-class _ForkServerProcessWithoutMain(multiprocessing.context.ForkServerProcess):
-    """A fork-server process that does not import the parent's __main__ again.
+if hasattr(multiprocessing.context, "ForkServerContext"):  # POSIX; Windows has spawn only (and no DALI)
+    class _ForkServerProcessWithoutMain(multiprocessing.context.ForkServerProcess):
+        """A fork-server process that does not import the parent's __main__ again.
 
-    multiprocessing tells every spawned or fork-server child to import the parent's main module first (so
-    that objects defined there unpickle). A user's script without `if __name__ == "__main__":` would then run
-    again in every decode worker, which dies ("DataLoader worker exited unexpectedly"). Decode workers only
-    need fastvid's own objects, so while one is started the parent's main module is hidden (the fork server,
-    when this starts it, is told no main module either)."""
+        multiprocessing tells every spawned or fork-server child to import the parent's main module first (so
+        that objects defined there unpickle). A user's script without `if __name__ == "__main__":` would then run
+        again in every decode worker, which dies ("DataLoader worker exited unexpectedly"). Decode workers only
+        need fastvid's own objects, so while one is started the parent's main module is hidden (the fork server,
+        when this starts it, is told no main module either)."""
 
-    @staticmethod
-    def _Popen(process_obj):
-        main = sys.modules["__main__"]
-        sys.modules["__main__"] = types.ModuleType("__main__")
-        try:
-            return multiprocessing.context.ForkServerProcess._Popen(process_obj)
-        finally:
-            sys.modules["__main__"] = main
+        @staticmethod
+        def _Popen(process_obj):
+            main = sys.modules["__main__"]
+            sys.modules["__main__"] = types.ModuleType("__main__")
+            try:
+                return multiprocessing.context.ForkServerProcess._Popen(process_obj)
+            finally:
+                sys.modules["__main__"] = main
 
+    class _ForkServerWithoutMain(multiprocessing.context.ForkServerContext):
+        """The fork server's context for decode workers. The server is in the trainer's process group too, so it must
+        survive a SIGTERM sent to the group (its workers die with it): it imports `fastvid.data.forkserver_init`
+        first, which ignores SIGTERM there (the server ends when the trainer does). Replaces any other preload list;
+        takes effect when this process starts the fork server, not on one already running."""
 
-class _ForkServerWithoutMain(multiprocessing.context.ForkServerContext):
-    """The fork server's context for decode workers. The server is in the trainer's process group too, so it must
-    survive a SIGTERM sent to the group (its workers die with it): it imports `fastvid.data.forkserver_init`
-    first, which ignores SIGTERM there (the server ends when the trainer does). Replaces any other preload list;
-    takes effect when this process starts the fork server, not on one already running."""
+        def __init__(self):
+            super().__init__()
+            self.set_forkserver_preload(["fastvid.data.forkserver_init"])
 
-    def __init__(self):
-        super().__init__()
-        self.set_forkserver_preload(["fastvid.data.forkserver_init"])
-
-    Process = _ForkServerProcessWithoutMain
+        Process = _ForkServerProcessWithoutMain
 
 
 class _EpochTasks:
@@ -266,7 +266,7 @@ class PyAVBackend:
         if self._loader is None:
             # Forking a process in which DALI pipelines (which now live as long as their loader) run threads can
             # deadlock the child on a lock held at fork time: start workers from a fork server then.
-            context = _ForkServerWithoutMain() if self.num_workers and "nvidia.dali" in sys.modules else None
+            context = _ForkServerWithoutMain() if self.num_workers and "nvidia.dali" in sys.modules else None  # noqa: F821
             self._loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=self._tasks, num_workers=self.num_workers, collate_fn=collate,
                 worker_init_fn=functools.partial(_worker_init, owner=os.getpid()) if self.num_workers else None, persistent_workers=self.num_workers > 0,

@@ -146,6 +146,8 @@ def obey_parent(parent: int, owner: int | None = None) -> None:
     exit) still ends the worker at once, as a worker that ignored it would keep the exiting owner waiting."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # not Linux: SIGTERM keeps its default
+        return
     # SIGTERM stays blocked in this thread and every thread started from now on; one thread takes it and reads
     # who sent it (a handler cannot).
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
@@ -169,8 +171,8 @@ def signals_deferred():
     signals are only noted meanwhile and delivered after. They are also blocked in this thread, and a child
     inherits the mask (through fork and exec): a signal to the whole group cannot reach a child before
     `obey_parent` has set it up. Start multiprocessing's resource tracker before (its start unblocks them).
-    Only the main thread can change signal handlers; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
+    Only the main thread can change signal handlers; elsewhere (and without signal masks: Windows) this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
     noted: list[int] = []
@@ -205,11 +207,12 @@ def _iter_encoded(encode, items, workers: int):
         return
     import multiprocessing
 
-    from multiprocessing import resource_tracker
-
     # spawn: codec libraries with threads do not survive fork reliably.
     ctx = multiprocessing.get_context("spawn")
-    resource_tracker.ensure_running()  # now: its start would unblock the signals that signals_deferred blocks
+    if os.name == "posix":
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()  # now: its start would unblock the signals that signals_deferred blocks
     window = collections.deque()
     it = iter(items)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=obey_parent, initargs=(os.getpid(),))
