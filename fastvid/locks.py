@@ -19,23 +19,28 @@ class DirectoryInUse(RuntimeError):
     pass
 
 
-def lock_directory(path: str | os.PathLike, what: str = "output directory"):
+def lock_directory(path: str | os.PathLike, what: str = "output directory", *, shared: bool = False,
+                   name: str = LOCK_NAME):
     """Take the lock of `path` (created if needed) for this process's lifetime; returns the open lock file
-    (keep a reference; closing it releases the lock). Raises DirectoryInUse when another process holds it."""
+    (keep a reference; closing it releases the lock). Raises DirectoryInUse when another process holds it.
+
+    `shared`: several holders at once (the node writers of one multi-node shard job), none while an
+    exclusive holder has it. `name`: another lock file in `path` (a lock of one part of the directory)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    lock_path = path / LOCK_NAME
+    lock_path = path / name
     f = open(lock_path, "a+")
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()
         raise DirectoryInUse(f"{what} {path} is in use by {holder}; wait for it to finish or choose another directory "
                              f"(the lock is {lock_path}; it is released when that process exits)") from None
+    # Shared holders overwrite each other's record: the file then names one of them (the latest).
     f.seek(0)
     f.truncate()
-    f.write(f"pid {os.getpid()} ({' '.join(sys.argv[:3])})\n")
+    f.write(f"pid {os.getpid()} ({' '.join(sys.argv[:3])})" + (" and possibly other node writers" if shared else "") + "\n")
     f.flush()
     return f

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -259,13 +260,13 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_killing_shard_videos_stops_its_encoder_processes(shard_root, tmp_path, sig):
+def _interrupt_shard_videos_while_encoding(shard_root: Path, out: Path, sig: int, to_group: bool) -> None:
+    """Start `fastvid shard videos --workers 2`, send `sig` once two encoders exist (to the job alone, or to its
+    whole process group as a terminal's Ctrl-C or a scheduler does); check it stops cleanly and leaves nothing."""
     import psutil
 
-    out = tmp_path / "set"
     proc = subprocess.Popen(shard_cmd(raw_videos(shard_root), out, "--workers", "2"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env())
+                            stderr=subprocess.PIPE, text=True, env=env(), start_new_session=to_group)
     workers: list[int] = []
 
     def encoding():
@@ -273,7 +274,10 @@ def test_killing_shard_videos_stops_its_encoder_processes(shard_root, tmp_path, 
         return len(workers) >= 2
 
     wait_for(encoding, proc, "two encoder processes")
-    proc.send_signal(sig)
+    if to_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode != 0
     assert "Traceback" not in err, err[-3000:]
@@ -281,6 +285,75 @@ def test_killing_shard_videos_stops_its_encoder_processes(shard_root, tmp_path, 
     alive = [p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == []
     assert not list(out.glob("*.tmp-*"))  # the shard being written was removed
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_killing_shard_videos_stops_its_encoder_processes(shard_root, tmp_path, sig):
+    _interrupt_shard_videos_while_encoding(shard_root, tmp_path / "set", sig, to_group=False)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_to_the_process_group_of_shard_videos_leave_the_decision_to_it(shard_root, tmp_path, sig):
+    """Encoders ignore SIGINT/SIGTERM (also while they start): the job stops them, no worker prints a traceback."""
+    _interrupt_shard_videos_while_encoding(shard_root, tmp_path / "set", sig, to_group=True)
+
+
+@pytest.fixture(scope="module")
+def longer_raw_videos(tmp_path_factory) -> Path:
+    """24 clips of 48 frames: enough encoding (seconds) that two jobs started together overlap."""
+    from fastvid.video.synth import make_motion_dataset
+
+    root = tmp_path_factory.mktemp("raw_longer")
+    make_motion_dataset(root, videos_per_class=12, classes=["move_up", "move_down"], num_frames=48, height=96, width=128,
+                        fps=15, codec="libx264", seed=3)
+    return root
+
+
+def _tar_containers(out: Path) -> set[str]:
+    import tarfile
+
+    return {m.name.rsplit(".", 1)[1] for tar in out.glob("*.tar") for m in tarfile.open(tar) if m.name.endswith((".webm", ".mp4"))}
+
+
+@pytest.mark.parametrize("codecs", [("vp9", "h264"), ("vp9", "vp9")], ids=["other_codec", "same_command"])
+def test_two_shard_jobs_into_one_directory_one_refuses_naming_the_holder(longer_raw_videos, tmp_path, codecs):
+    """Two `fastvid shard videos` started together into one empty directory: one writes the set, the other
+    refuses with one line naming the directory and the holder's pid; the manifest describes the tars."""
+    out = tmp_path / "set"
+    procs = [subprocess.Popen(shard_cmd(longer_raw_videos, out, "--workers", "1", "--max-samples", "4", "--codec", codec),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env()) for codec in codecs]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert sorted(p.returncode for p in procs) == [0, 1], errs
+    winner = 0 if procs[0].returncode == 0 else 1
+    loser_err = errs[1 - winner]
+    assert "Traceback" not in loser_err and len(loser_err.strip().splitlines()) == 1, loser_err
+    assert loser_err.startswith(f"fastvid shard: error: shard directory {out} is in use by pid {procs[winner].pid} "), loser_err
+    manifest = json.loads((out / "manifest.json").read_text())
+    codec = codecs[winner]
+    assert manifest["options"]["codec"] == codec and manifest["num_samples"] == 24 and manifest["failures"] == []
+    assert _tar_containers(out) == {"webm" if codec == "vp9" else "mp4"}
+    assert not list(out.glob("*.tmp-*"))
+    from fastvid.cli import main as fastvid_main
+
+    assert fastvid_main(["inspect", str(out), "--verify"]) == 0
+
+
+def test_node_writers_share_a_directory_but_not_a_part(longer_raw_videos, tmp_path):
+    """Multi-node: the nodes of one job write into one directory at once; a second writer of the same node part,
+    or a single-node job, refuses while they run."""
+    from fastvid.locks import DirectoryInUse, lock_directory
+    from fastvid.store.writer import _lock_writer
+
+    out = tmp_path / "set"
+    held = _lock_writer(out, "train-n0", 2)
+    held += _lock_writer(out, "train-n1", 2)  # node 1 beside node 0
+    with pytest.raises(DirectoryInUse, match=f"node part train-n0 of shard directory {out} is in use by pid {os.getpid()}"):
+        _lock_writer(out, "train-n0", 2)  # flock locks belong to open files: a second open conflicts in one process too
+    r = subprocess.run(shard_cmd(longer_raw_videos, out), capture_output=True, text=True, env=env())
+    assert r.returncode == 1 and f"shard directory {out} is in use by pid {os.getpid()}" in r.stderr, r.stderr
+    for f in held:
+        f.close()
+    lock_directory(out).close()  # released: a single-node job may now take the directory
 
 
 def test_full_disk_leaves_no_temp_files_and_names_the_path(shard_root, tmp_path):
@@ -450,6 +523,39 @@ def test_training_mistakes_are_one_clear_line_each(shard_root, tmp_path, capsys)
     assert "spans more frames than any sampled video" in out and "(at most 16)" in out
 
 
+def test_resuming_a_checkpoint_of_another_model_is_one_line_naming_it(shard_root, tmp_path):
+    """`--resume` of weights that do not fit: one line on stderr naming the checkpoint and summing up the mismatch
+    (before: load_state_dict's dump, 102 lines for another --model-width, 8 KB for a video checkpoint given to
+    train-events), through both trainers' command lines."""
+    from fastvid.events.detect.synth import CLASSES, make_moving_boxes_gen1
+    from fastvid.events.codec import shard_events
+
+    out = tmp_path / "w8"
+    quick = ("--epochs", "1", "--max-steps-per-epoch", "1")
+    r = subprocess.run([sys.executable, "-m", "fastvid", "train", *tiny_args(shard_root, out, *quick)], capture_output=True,
+                       text=True, timeout=300, env=env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = out / "checkpoint.pth"
+
+    events = tmp_path / "events"
+    make_moving_boxes_gen1(events / "src" / "train", 2, duration_us=600_000, seed=1)
+    for split in ("train", "val"):
+        shard_events(events / "src" / "train", events / "shards" / split, segment_ms=500, split=split, classes=list(CLASSES))
+    runs = {
+        "train": ["train", *tiny_args(shard_root, tmp_path / "w16", *quick, "--model-width", "16", "--resume", str(ckpt))],
+        "train-events": ["train-events", "--data-path", str(events / "shards"), "--output-dir", str(tmp_path / "det"),
+                         "--device", "cpu", "--model-width", "8", "--workers", "0", "--epochs", "1", "--resume", str(ckpt)],
+    }
+    expected = {"train": rf"{re.escape(str(ckpt))}: does not fit model r3d_18 \(width 16\): \d+ tensors differ in shape, e.g. stem.0.weight "
+                         r"\[8,3,3,7,7\] in the file vs \[16,3,3,7,7\] in the model; 0 missing, 0 unexpected",
+                "train-events": rf"{re.escape(str(ckpt))}: does not fit model rnn_det_tiny \(width 8\): .*\d+ missing, \d+ unexpected"}
+    for command, argv in runs.items():
+        r = subprocess.run([sys.executable, "-m", "fastvid", *argv], capture_output=True, text=True, timeout=300, env=env())
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1, r.stderr[-3000:]
+        assert len(lines[0]) < 300 and re.fullmatch(rf"fastvid {command}: error: {expected[command]}.*", lines[0]), lines[0]
+
+
 def test_bad_box_timestamp_names_the_label_file(tmp_path):
     import numpy as np
     from test_events_io import random_events, write_gen1_dat
@@ -536,3 +642,204 @@ def test_truncated_sources_become_failures_naming_them(shard_root, tmp_path):
     failures = json.loads((tmp_path / "e" / "manifest.json").read_text())["failures"]
     assert sorted(f["source"] for f in failures) == [str(ev / "b_td.dat"), str(ev / "c_td.dat")]
     assert any(str(ev / "c_bbox.npy") in f["error"] for f in failures)
+
+
+# ---- hostile sample metadata ---------------------------------------------------------------------------------
+
+def _edit_sample_json(set_dir: Path, edits: dict[str, str]) -> None:
+    """Rewrite the json of samples {key: raw JSON text of the new json} in a real shard set: the tar is rebuilt
+    in the same member order, its DALI index rewritten, the manifest's size and sha256 updated."""
+    import hashlib
+    import io
+    import tarfile
+
+    from fastvid.store import tarindex
+
+    manifest = json.loads((set_dir / "manifest.json").read_text())
+    for record in manifest["shards"]:
+        tar_path = set_dir / record["name"]
+        buf = io.BytesIO()
+        with tarfile.open(tar_path) as src, tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as dst:
+            for member in src.getmembers():
+                data = src.extractfile(member).read()
+                key, ext = member.name.split(".", 1)
+                if ext == "json" and key in edits:
+                    data = edits[key].encode()
+                    member.size = len(data)
+                dst.addfile(member, io.BytesIO(data))
+        tar_path.write_bytes(buf.getvalue())
+        tarindex.write_index(tar_path)
+        record["bytes"], record["sha256"] = tar_path.stat().st_size, hashlib.sha256(buf.getvalue()).hexdigest()
+    (set_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+# Hostile values of a sample's json (JSON text: Python's json reads Infinity and NaN) and the field each breaks.
+HOSTILE_METADATA = [("num_frames", "3e9"), ("num_frames", "Infinity"), ("fps", "Infinity"), ("width", "100000")]
+
+
+def test_hostile_sample_metadata_is_a_bad_sample_naming_the_field(shard_root, tmp_path):
+    """`fastvid train` over a real set whose sample jsons claim 3e9 frames (22 GiB of frame indices before), an
+    infinite frame count or rate (an OverflowError traceback before) or a 100000-pixel side: each such sample is
+    skipped, counted and logged with its key and the field; nothing is allocated in proportion to the claim (the
+    run has a 6 GiB address-space limit)."""
+    import resource
+    import shutil
+    import tarfile
+
+    data = tmp_path / "data"
+    shutil.copytree(shard_root / "val", data / "val")
+    shutil.copytree(shard_root / "train", data / "train")
+    tar = next((data / "train").glob("*.tar"))
+    with tarfile.open(tar) as t:
+        jsons = {m.name.split(".", 1)[0]: json.loads(t.extractfile(m).read()) for m in t.getmembers() if m.name.endswith(".json")}
+    edits = {}
+    for (field, value), key in zip(HOSTILE_METADATA, sorted(jsons)):
+        text = json.dumps(jsons[key])
+        edits[key] = text.replace(f'"{field}": {json.dumps(jsons[key][field])}', f'"{field}": {value}')
+        assert edits[key] != text
+    _edit_sample_json(data / "train", edits)
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "fastvid", "train", *tiny_args(data, out, "--epochs", "1")], capture_output=True,
+                       text=True, timeout=300, env=env(), preexec_fn=limit_memory)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    for (field, value), key in zip(HOSTILE_METADATA, sorted(jsons)):
+        assert re.search(rf"sample {key} failed to decode and was skipped: .*{tar.name}: ValueError: sample '{key}': "
+                         rf"json field {field} is ", r.stderr), (key, field, r.stderr[-3000:])
+    assert rows(out)[0]["decode_failures"] >= len(HOSTILE_METADATA)
+
+
+@pytest.mark.parametrize("field,value", [("num_frames", 1e8), ("num_frames", float("nan")), ("num_frames", -1),
+                                         ("num_frames", 2.5), ("num_frames", True), ("height", 0), ("width", 16385),
+                                         ("height", "tall"), ("fps", 0), ("fps", -25.0), ("fps", float("inf")),
+                                         ("fps", "fast")])
+def test_metadata_out_of_bounds_is_a_value_error_naming_sample_and_field(field, value):
+    from fastvid.video.plan import metadata_fields
+
+    meta = {"num_frames": 16, "height": 48, "width": 64, "fps": 15.0, field: value}
+    with pytest.raises(ValueError, match=rf"^sample 'clip_7': json field {field} is "):
+        metadata_fields(meta, "clip_7")
+    assert metadata_fields({"num_frames": 16.0, "height": 48, "width": 64, "fps": None}, "k") == (16, None, 48, 64)
+
+
+def test_a_slow_frame_rate_claim_cannot_blow_up_the_resampled_grid():
+    """fps 1e-6 resampled to 15 fps would be 1.5e14 frames: refused (the sample is bad), not allocated."""
+    from fastvid.video import sampling
+
+    with pytest.raises(ValueError, match="more than 10000000"):
+        sampling.num_grid_clips(10, clip_len=4, fps=1e-6, frame_rate=15)
+    # A clip's frames are computed for the rows asked for, whatever the video's length.
+    rows = sampling.clip_rows(sampling.MAX_FRAMES, [0, 4_999_000], clip_len=4, frame_stride=2, fps=30, frame_rate=15)
+    assert rows.tolist() == [[0, 4, 8, 12], [9_998_000, 9_998_004, 9_998_008, 9_998_012]]
+
+
+# ---- preemption as schedulers send it ----------------------------------------------------------------------------
+
+def test_sigterm_to_the_process_group_with_decode_workers_checkpoints_exits_75_and_resume_finishes(shard_root, tmp_path,
+                                                                                                   capsys):
+    """SIGTERM to the whole process group (`timeout`, Slurm's job-step signal, many launchers) reaches the PyAV
+    decode workers too: they ignore it, so the trainer still stops after the step, checkpoints and exits 75
+    (before: "DataLoader worker (pid ...) is killed by signal: Terminated", exit 1, no checkpoint)."""
+    import psutil
+
+    out, keys = tmp_path / "pg", tmp_path / "keys.jsonl"
+    args = tiny_args(shard_root, out, "--epochs", "1", "--print-freq", "1000")
+    args[args.index("-j") + 1] = "2"
+    proc = subprocess.Popen([sys.executable, "-m", "fastvid", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**env(), "FASTVID_DEBUG_KEYS": str(keys)},
+                            start_new_session=True)
+    wait_for_file_lines(keys, 2, proc)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) >= 2  # the decode workers are in the group the signal goes to
+    os.killpg(proc.pid, signal.SIGTERM)
+    text = proc.communicate(timeout=120)[0]
+    assert proc.returncode == PREEMPTED_EXIT_CODE, text[-3000:]
+    assert "exiting with code 75 (preempted)" in text and "Traceback" not in text
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
+    done = ckpt["resume_step"]
+    assert ckpt["resume_epoch"] == 0 and 2 <= done < 8
+    psutil.wait_procs(workers, timeout=30)
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]  # none outlives the job
+
+    rc, _, err = train_in_process([*args, "--resume", str(out / "checkpoint.pth")], capsys)
+    assert rc == 0, err[-3000:]
+    assert [g["epoch"] for g in rows(out)] == [0] and rows(out)[0]["steps"] == 8 - done
+
+
+# ---- decode workers and the user's script --------------------------------------------------------------------
+
+UNGUARDED_SCRIPT = """\
+import os, sys
+from fastvid.video.loader import Augmentation, ClipSampling, Execution, Output, VideoLoader
+
+with open(os.environ["SCRIPT_RUNS"], "a") as f:  # one line each time this body runs
+    f.write(f"{os.getpid()}\\n")
+data, first = sys.argv[1], sys.argv[2]
+kw = dict(augmentation=Augmentation(crop_size=(32, 32), resize_size=(36, 48)), output=Output(device="cpu"), seed=0)
+if first == "dali":
+    print("dali clips", sum(len(b["key"]) for b in VideoLoader(data, 2, ClipSampling(4), execution=Execution("dali"), **kw)))
+pyav = VideoLoader(data, 2, ClipSampling(4), execution=Execution("pyav", num_workers=2), **kw)  # never closed: the interpreter's exit stops it
+print("pyav clips", sum(len(b["key"]) for b in pyav))
+"""
+
+
+@pytest.mark.parametrize("first", ["dali", "pyav"])
+def test_a_script_without_main_guard_runs_once_with_pyav_workers(shard_root, tmp_path, first):
+    """A user's script without `if __name__ == "__main__":`: after DALI ran, the PyAV workers start from a fork
+    server, and they must not import the script again (before, each did and died: "DataLoader worker exited
+    unexpectedly"). The script leaves its loader open: its exit must not wait on the workers either."""
+    if first == "dali":
+        pytest.importorskip("nvidia.dali")
+    script, runs = tmp_path / "train_script.py", tmp_path / "runs.txt"
+    script.write_text(UNGUARDED_SCRIPT)
+    r = subprocess.run([sys.executable, str(script), str(shard_root / "train"), first], capture_output=True, text=True,
+                       timeout=300, env={**env(), "SCRIPT_RUNS": str(runs)}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "pyav clips 8" in r.stdout and ("dali clips 8" in r.stdout) == (first == "dali")
+    assert len(runs.read_text().splitlines()) == 1  # the script's body ran in this process only
+
+
+SIGTERM_AFTER_DALI_SCRIPT = """\
+import signal, sys, time
+from fastvid.video.loader import Augmentation, ClipSampling, Execution, Output, VideoLoader
+
+
+def main():
+    stop = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))  # as the trainer does: note it, go on
+    kw = dict(augmentation=Augmentation(crop_size=(32, 32), resize_size=(36, 48)), output=Output(device="cpu"), seed=0)
+    loader = VideoLoader(sys.argv[1], 2, ClipSampling(4), execution=Execution("dali"), **kw)
+    print("dali clips", sum(len(b["key"]) for b in loader), flush=True)
+    seen = 0
+    for batch in VideoLoader(sys.argv[1], 2, ClipSampling(4), execution=Execution("pyav", num_workers=2), **kw):
+        if not seen:
+            print("ready", flush=True)
+            while not stop:
+                time.sleep(0.05)
+        seen += len(batch["key"])
+    print("pyav clips", seen, "after SIGTERM", bool(stop), flush=True)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_sigterm_to_the_group_spares_the_fork_server_and_its_decode_workers(shard_root, tmp_path):
+    """After DALI ran, the PyAV workers come from a fork server, which is in the process group as well: a SIGTERM
+    to the group kills neither the server nor the workers (before: "DataLoader worker ... exited unexpectedly")."""
+    pytest.importorskip("nvidia.dali")
+    script = tmp_path / "sigterm_script.py"
+    script.write_text(SIGTERM_AFTER_DALI_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(shard_root / "train")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env(), cwd=tmp_path, start_new_session=True)
+    lines: list = []
+    wait_for_line(proc, "ready", lines)
+    os.killpg(proc.pid, signal.SIGTERM)
+    text = "".join(lines) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, text[-3000:]
+    assert "pyav clips 8 after SIGTERM True" in text

@@ -12,14 +12,18 @@ manifest. What it guarantees:
   `overwrite`, which builds the new set beside the old one and swaps it in at the end (a killed
   rerun leaves the old set intact; rerunning it resumes the new one);
 - bad input never stops the job: an exception in `encode` becomes a manifest failure;
-- a full disk leaves no temp file, and the error names the file being written.
-Encoding runs in `workers` processes that die with this one (SIGTERM/SIGINT, or its death); the
-tars are written by this process in order.
+- a full disk leaves no temp file, and the error names the file being written;
+- one writer per directory: a second job into the same OUT refuses, naming the holder (flock, released
+  by the kernel when the holder dies, kill -9 included); the nodes of one multi-node job share the
+  directory, one writer per node part. So the temp files that a writer clears are never a live job's.
+Encoding runs in `workers` processes that leave a SIGINT/SIGTERM to the process group to this one (which
+stops them) and die with it; the tars are written by this process in order.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -129,11 +133,67 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _terminate_workers(pool: ProcessPoolExecutor) -> None:
-    # The executor has no public way to stop running tasks; its process table is stable across 3.8-3.13.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def obey_parent(parent: int, owner: int | None = None) -> None:
+    """Initializer of worker processes (encoders here, the PyAV loader's decoders): die with `parent`, ignore
+    SIGINT, and take SIGTERM only from `owner` (the process that manages this one; default: the parent).
+
+    A Ctrl-C or a scheduler's SIGTERM goes to the whole process group: the owner decides what it means (stop and
+    clean up, or checkpoint and exit 75) and stops its workers itself, so a worker killed first can neither print
+    a traceback nor take the owner down with it. The owner's own SIGTERM (multiprocessing's terminate, at its
+    exit) still ends the worker at once, as a worker that ignored it would keep the exiting owner waiting."""
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # not Linux: SIGTERM keeps its default
+        return
+    # SIGTERM stays blocked in this thread and every thread started from now on; one thread takes it and reads
+    # who sent it (a handler cannot).
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])  # may be blocked since its start (signals_deferred)
+    threading.Thread(target=_exit_on_sigterm_from, args=(parent if owner is None else owner,), daemon=True,
+                     name="fastvid-sigterm").start()
+
+
+def _exit_on_sigterm_from(owner: int) -> None:
+    while True:
+        if signal.sigwaitinfo([signal.SIGTERM]).si_pid == owner:
+            os._exit(0)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """While worker processes start (encoders here, the PyAV loader's decoders), SIGINT/SIGTERM wait until done.
+
+    A spawned or fork-server child reads its bootstrap from a pipe the parent writes after starting it: a parent
+    that unwinds in between closes the pipe, and the child dies printing `EOFError: Ran out of input`. So the
+    signals are only noted meanwhile and delivered after. They are also blocked in this thread, and a child
+    inherits the mask (through fork and exec): a signal to the whole group cannot reach a child before
+    `obey_parent` has set it up. Start multiprocessing's resource tracker before (its start unblocks them).
+    Only the main thread can change signal handlers; elsewhere (and without signal masks: Windows) this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    noted: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: noted.append(signum)) for sig in STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # pending signals arrive now, and are noted
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if noted:
+            signal.raise_signal(noted[0])  # the real handler runs now: KeyboardInterrupt or SystemExit
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    # SIGKILL: nothing of an encoder's is worth a clean exit. The executor has no public way to stop running
+    # tasks; its process table is stable across 3.8-3.13.
     for proc in list((getattr(pool, "_processes", None) or {}).values()):
         try:
-            proc.terminate()
+            proc.kill()
         except Exception:
             pass
     pool.shutdown(wait=False, cancel_futures=True)
@@ -149,15 +209,19 @@ def _iter_encoded(encode, items, workers: int):
 
     # spawn: codec libraries with threads do not survive fork reliably.
     ctx = multiprocessing.get_context("spawn")
+    if os.name == "posix":
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()  # now: its start would unblock the signals that signals_deferred blocks
     window = collections.deque()
     it = iter(items)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,
-                               initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=obey_parent, initargs=(os.getpid(),))
     try:
-        for item in it:
-            window.append((item, pool.submit(_encode_one, encode, item)))
-            if len(window) >= 4 * workers:
-                break
+        with signals_deferred():  # the pool starts its processes in these submits
+            for item in it:
+                window.append((item, pool.submit(_encode_one, encode, item)))
+                if len(window) >= 4 * workers:
+                    break
         while window:
             item, future = window.popleft()
             try:
@@ -168,10 +232,11 @@ def _iter_encoded(encode, items, workers: int):
                     "rerun the same command to resume from the last complete shard") from exc
             nxt = next(it, None)
             if nxt is not None:
-                window.append((nxt, pool.submit(_encode_one, encode, nxt)))
+                with signals_deferred():  # a submit may start a process (one that was not needed before)
+                    window.append((nxt, pool.submit(_encode_one, encode, nxt)))
             yield item, ok, payload
     except BaseException:  # interrupted (SIGINT/SIGTERM), a write failed, or a worker died: stop encoding now
-        _terminate_workers(pool)
+        _stop_workers(pool)
         raise
     pool.shutdown(wait=True)
 
@@ -269,7 +334,8 @@ def _load_done_shards(out_dir: Path, prefix: str, fingerprint: str) -> list[dict
 
 
 def _remove_leftovers(out_dir: Path, prefix: str, keep: int) -> list[str]:
-    """Delete temp files of this prefix and shards numbered >= keep (from an earlier, different run)."""
+    """Delete temp files of this prefix and shards numbered >= keep (from an earlier, different run).
+    Only called under the lock of this prefix (`_lock_writer`), so no live process is writing them."""
     removed = []
     pattern = re.compile(rf"^{re.escape(prefix)}-(\d{{6}})\.(tar|idx)(\.tmp-\d+)?$")
     for path in out_dir.iterdir():
@@ -278,6 +344,17 @@ def _remove_leftovers(out_dir: Path, prefix: str, keep: int) -> list[str]:
             path.unlink(missing_ok=True)
             removed.append(path.name)
     return removed
+
+
+def _lock_writer(out_dir: Path, prefix: str, num_nodes: int) -> list:
+    """Locks held while writing into out_dir (keep the list alive): the whole directory for a single-node job;
+    for a node of a multi-node job, the directory shared with the other nodes and its own part exclusively."""
+    from fastvid.locks import lock_directory
+
+    if num_nodes == 1:
+        return [lock_directory(out_dir, "shard directory")]
+    return [lock_directory(out_dir, "shard directory", shared=True),
+            lock_directory(out_dir, f"node part {prefix} of shard directory", name=f".fastvid-{prefix}.lock")]
 
 
 def _check_same_set(manifest_path: Path, split: str, kind: str) -> None:
@@ -382,8 +459,8 @@ def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options
         seen.add(item.key)
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     prefix = shard_prefix(split, node_rank, num_nodes)
+    locks = _lock_writer(out_dir, prefix, num_nodes)  # noqa: F841 (held until this function returns)
     manifest_path = out_dir / (partial_manifest_name(node_rank) if num_nodes > 1 else MANIFEST_NAME)
     _check_same_set(out_dir / MANIFEST_NAME, split, kind)
     mine = [items[i] for i in node_part(shuffled_order(len(items), seed), node_rank, num_nodes)]

@@ -84,6 +84,42 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict:
     return ckpt
 
 
+def _shape(value) -> str:
+    return str(list(value.shape)).replace(" ", "") if hasattr(value, "shape") else type(value).__name__
+
+
+def _short(key: str, limit: int = 48) -> str:
+    return key if len(key) <= limit else "..." + key[-(limit - 3):]
+
+
+def load_model_state(model: nn.Module, state_dict, path: str | os.PathLike, description: str | None = None) -> None:
+    """`model.load_state_dict(state_dict)` (strict) for a checkpoint's weights; weights that do not fit the model
+    are one ValueError line naming the file and summing up the mismatch (load_state_dict's own error lists every
+    tensor, a hundred lines for a model of another width), e.g. "runs/x/checkpoint.pth: does not fit model
+    r3d_18 (width 8): 12 tensors differ in shape, e.g. stem.0.weight [16,3,3,7,7] in the file vs [8,3,3,7,7] in
+    the model; 3 missing, 0 unexpected". `description` names the model (default: its class)."""
+    what = description or type(model).__name__
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path}: its model weights are a {type(state_dict).__name__}, not a state_dict")
+    own = model.state_dict()
+    differ = [k for k in state_dict if k in own and _shape(state_dict[k]) != _shape(own[k])]
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if differ or missing or unexpected:
+        counts = f"{len(missing)} missing, {len(unexpected)} unexpected"
+        if differ:
+            k = differ[0]
+            detail = (f"{len(differ)} tensors differ in shape, e.g. {_short(k)} {_shape(state_dict[k])} in the file vs "
+                      f"{_shape(own[k])} in the model; {counts}")
+        else:  # no shape to show: name a key
+            detail = f"{counts} (e.g. {'missing' if missing else 'unexpected'} {_short((missing or unexpected)[0])})"
+        raise ValueError(f"{path}: does not fit model {what}: {detail}")
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:  # what the checks above do not see (e.g. a tensor of another type)
+        raise ValueError(f"{path}: does not fit model {what}: {str(exc).strip().splitlines()[-1].strip()[:150]}") from None
+
+
 def classifier_keys(model: nn.Module) -> set[str]:
     """State-dict keys of the final classifier layer (the one that depends on num_classes)."""
     last = None

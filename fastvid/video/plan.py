@@ -13,6 +13,7 @@ a backend decodes every distinct frame of the video once and cuts all views from
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,23 +61,47 @@ class ClipPlan:
     clips: np.ndarray   # (N,) the grid clip each row comes from (views of one clip repeat it)
 
 
-def metadata_fields(meta: dict, key: str) -> tuple[int, float | None, int, int]:
-    """(num_frames, fps, height, width) from a sample's json; a clear error naming the key when absent."""
+# Bounds of what a sample's json may claim (a hostile or broken json is a bad sample, never an allocation):
+MAX_SIDE = 16384  # pixels, each side (beyond every codec's limit)
+
+
+def _whole_number(meta: dict, key: str, field: str, low: int, high: int) -> int:
+    value = meta[field]
     try:
-        num_frames = int(meta["num_frames"])
-        height, width = int(meta["height"]), int(meta["width"])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"sample {key!r}: json lacks num_frames/height/width (got {sorted(meta) if isinstance(meta, dict) else meta!r})") from None
+        number = float("nan") if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = float("nan")
+    if not (math.isfinite(number) and number.is_integer() and low <= number <= high):
+        raise ValueError(f"sample {key!r}: json field {field} is {value!r}, not a whole number in [{low}, {high}]")
+    return int(number)
+
+
+def metadata_fields(meta: dict, key: str) -> tuple[int, float | None, int, int]:
+    """(num_frames, fps, height, width) from a sample's json, checked: whole numbers within bounds (num_frames
+    <= sampling.MAX_FRAMES, sides <= MAX_SIDE), fps finite and positive or absent. Anything else is a
+    ValueError naming the sample and the field (the loaders skip, count and log the sample)."""
+    if not isinstance(meta, dict) or any(f not in meta for f in ("num_frames", "height", "width")):
+        raise ValueError(f"sample {key!r}: json lacks num_frames/height/width (got {sorted(meta) if isinstance(meta, dict) else meta!r})")
+    num_frames = _whole_number(meta, key, "num_frames", 0, sampling.MAX_FRAMES)
+    height, width = (_whole_number(meta, key, side, 1, MAX_SIDE) for side in ("height", "width"))
     fps = meta.get("fps")
-    return num_frames, (float(fps) if fps else None), height, width
+    if fps is None:
+        return num_frames, None, height, width
+    try:
+        rate = float("nan") if isinstance(fps, bool) else float(fps)
+    except (TypeError, ValueError, OverflowError):
+        rate = float("nan")
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"sample {key!r}: json field fps is {fps!r}, not a finite positive number")
+    return num_frames, rate, height, width
 
 
 def grid_size(config: ClipConfig, meta: dict, key: str) -> int:
     """Number of clips in a video's grid (0: dropped); for TSN segments, the number of segment draws."""
-    num_frames = metadata_fields(meta, key)[0]
+    num_frames, fps, _, _ = metadata_fields(meta, key)
     if config.sampler == "segments":
         return config.clips_per_video if num_frames > 0 else 0
-    return len(video_grid(config, meta, key))
+    return sampling.num_grid_clips(num_frames, fps=fps, **_grid_options(config))
 
 
 def grid_sizes(shard_set, config: ClipConfig) -> list[list[int]]:
@@ -97,11 +122,15 @@ def grid_sizes(shard_set, config: ClipConfig) -> list[list[int]]:
     return out
 
 
+def _grid_options(config: ClipConfig) -> dict:
+    return dict(clip_len=config.clip_len, frame_stride=config.frame_stride, step_between_clips=config.step_between_clips,
+                frame_rate=config.frame_rate, short_videos=config.short_videos)
+
+
 def video_grid(config: ClipConfig, meta: dict, key: str) -> np.ndarray:
+    """Every clip of a video's grid (the planner itself only builds the rows it uses)."""
     num_frames, fps, _, _ = metadata_fields(meta, key)
-    return sampling.clip_grid(num_frames, clip_len=config.clip_len, frame_stride=config.frame_stride,
-                              step_between_clips=config.step_between_clips, fps=fps, frame_rate=config.frame_rate,
-                              short_videos=config.short_videos)
+    return sampling.clip_grid(num_frames, fps=fps, **_grid_options(config))
 
 
 def default_clips(config: ClipConfig, meta: dict, key: str, epoch: int) -> np.ndarray:
@@ -132,7 +161,7 @@ def _clip_rng(config: ClipConfig, epoch: int, key: str, clip: int, stream: int) 
 
 def plan_clips(config: ClipConfig, meta: dict, key: str, epoch: int, clips=None) -> ClipPlan:
     """Frames, boxes and flips of the listed grid `clips` (None: `default_clips`) of one video."""
-    num_frames, _, height, width = metadata_fields(meta, key)
+    num_frames, fps, height, width = metadata_fields(meta, key)
     if num_frames < 1:
         raise ValueError(f"sample {key!r} has no frames (num_frames={num_frames})")
     clips = default_clips(config, meta, key, epoch) if clips is None else np.asarray(clips, np.int64).reshape(-1)
@@ -142,10 +171,10 @@ def plan_clips(config: ClipConfig, meta: dict, key: str, epoch: int, clips=None)
     if config.sampler == "segments":
         frames = _segment_frames(config, num_frames, key, epoch, clips)
     else:
-        grid = video_grid(config, meta, key)
-        if clips.max() >= len(grid) or clips.min() < 0:
-            raise ValueError(f"sample {key!r}: clip {int(clips.max())} is outside its grid of {len(grid)} clips")
-        frames = grid[clips]
+        size = grid_size(config, meta, key)
+        if clips.max() >= size or clips.min() < 0:
+            raise ValueError(f"sample {key!r}: clip {int(clips.max())} is outside its grid of {size} clips")
+        frames = sampling.clip_rows(num_frames, clips, fps=fps, **_grid_options(config))
     if config.train:
         geometry = [presets_mod.clip_geometry(config.preset, height, width, True, _clip_rng(config, epoch, key, c, 1), 1)[0]
                     for c in clips]

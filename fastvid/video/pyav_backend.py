@@ -12,10 +12,13 @@ small data set pays no respawn per epoch. Each worker keeps its tar files open.
 
 from __future__ import annotations
 
+import functools
 import io
+import multiprocessing.context
 import os
 import sys
 import time
+import types
 
 import numpy as np
 import torch
@@ -188,8 +191,46 @@ def collate(items):
             "failed": [f for it in items for f in it["failed"]], "stage_s": stage_s, "pid": os.getpid()}
 
 
-def _worker_init(_):
+def _worker_init(_, owner: int):
+    from fastvid.store.writer import obey_parent
+
     torch.set_num_threads(1)  # one decode per worker: oversubscribing cores only adds contention
+    # SIGTERM/SIGINT to the whole process group (Slurm, `timeout`, launchers, Ctrl-C) reach the workers too: they
+    # leave the decision to the trainer (checkpoint mid-epoch, exit 75), taking SIGTERM from it alone; they die
+    # with their parent (the trainer, or the fork server that dies with it).
+    obey_parent(os.getppid(), owner=owner)
+
+
+if hasattr(multiprocessing.context, "ForkServerContext"):  # POSIX; Windows has spawn only (and no DALI)
+    class _ForkServerProcessWithoutMain(multiprocessing.context.ForkServerProcess):
+        """A fork-server process that does not import the parent's __main__ again.
+
+        multiprocessing tells every spawned or fork-server child to import the parent's main module first (so
+        that objects defined there unpickle). A user's script without `if __name__ == "__main__":` would then run
+        again in every decode worker, which dies ("DataLoader worker exited unexpectedly"). Decode workers only
+        need fastvid's own objects, so while one is started the parent's main module is hidden (the fork server,
+        when this starts it, is told no main module either)."""
+
+        @staticmethod
+        def _Popen(process_obj):
+            main = sys.modules["__main__"]
+            sys.modules["__main__"] = types.ModuleType("__main__")
+            try:
+                return multiprocessing.context.ForkServerProcess._Popen(process_obj)
+            finally:
+                sys.modules["__main__"] = main
+
+    class _ForkServerWithoutMain(multiprocessing.context.ForkServerContext):
+        """The fork server's context for decode workers. The server is in the trainer's process group too, so it must
+        survive a SIGTERM sent to the group (its workers die with it): it imports `fastvid.video.forkserver_init`
+        first, which ignores SIGTERM there (the server ends when the trainer does). Replaces any other preload list;
+        takes effect when this process starts the fork server, not on one already running."""
+
+        def __init__(self):
+            super().__init__()
+            self.set_forkserver_preload(["fastvid.video.forkserver_init"])
+
+        Process = _ForkServerProcessWithoutMain
 
 
 class _EpochTasks:
@@ -225,20 +266,33 @@ class PyAVBackend:
         if self._loader is None:
             # Forking a process in which DALI pipelines (which now live as long as their loader) run threads can
             # deadlock the child on a lock held at fork time: start workers from a fork server then.
-            context = "forkserver" if self.num_workers and "nvidia.dali" in sys.modules else None
+            context = _ForkServerWithoutMain() if self.num_workers and "nvidia.dali" in sys.modules else None  # noqa: F821
             self._loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=self._tasks, num_workers=self.num_workers, collate_fn=collate,
-                worker_init_fn=_worker_init if self.num_workers else None, persistent_workers=self.num_workers > 0,
+                worker_init_fn=functools.partial(_worker_init, owner=os.getpid()) if self.num_workers else None, persistent_workers=self.num_workers > 0,
                 prefetch_factor=self.prefetch if self.num_workers else None, pin_memory=str(self.device).startswith("cuda"),
                 multiprocessing_context=context)
         return self._loader
+
+    def _batches(self):
+        """An iterator over the epoch's batches; the first one starts the worker processes, with SIGINT/SIGTERM
+        deferred so that none reaches a worker before it is set up to leave them to this process."""
+        from fastvid.store.writer import signals_deferred
+
+        loader = self._dataloader()
+        if self.num_workers and loader.multiprocessing_context is not None:
+            from multiprocessing import resource_tracker
+
+            resource_tracker.ensure_running()  # the fork server's start would do it, unblocking the signals
+        with signals_deferred():
+            return iter(loader)
 
     def epoch_chunks(self, epoch: int, work: list[WorkItem]):
         n = len(work)
         # Each task lists its item and the next ones of the plan as replacements for a failing sample.
         tasks = [(int(epoch), tuple(work[(i + r) % n] for r in range(min(self.max_retries + 1, n)))) for i in range(n)]
         self._tasks.batches = [tasks[i:i + self.videos_per_chunk] for i in range(0, n, self.videos_per_chunk)]
-        for out in self._dataloader():
+        for out in self._batches():
             for key, error in out["failed"]:
                 yield Failure(key, error)
             if "frames" in out:

@@ -53,49 +53,92 @@ def epoch_rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
 
 
 # ---- clip grid (torchvision VideoClips) ---------------------------------------------------------
+# Computed from numbers, never by building a video's whole frame list or grid: a sample's json says how many
+# frames it has, and what is allocated stays proportional to the clips asked for, not to that number.
 
-def resampled_frames(num_frames: int, fps: float | None, frame_rate: float | None) -> np.ndarray:
-    """Source frame indices of a video resampled to `frame_rate` (VideoClips._resample_video_idx)."""
-    idx = np.arange(int(num_frames), dtype=np.int64)
+# Frames a video may have, before and after resampling to the frame rate (over 90 hours at 30 fps); a sample
+# whose json claims more is a bad sample (fastvid.video.plan.metadata_fields), not a 22 GiB allocation.
+MAX_FRAMES = 10**7
+
+
+def _resampling(num_frames: int, fps: float | None, frame_rate: float | None) -> tuple[int, int | float]:
+    """(length, step) of a video's frame indices resampled to `frame_rate` (VideoClips._resample_video_idx):
+    resampled frame i is source frame i * step for an integer step (a slice), else floor(i * step)."""
     if frame_rate is None or not fps or fps <= 0:
-        return idx
+        return int(num_frames), 1
     if frame_rate <= 0:
         raise ValueError(f"frame_rate must be > 0, got {frame_rate}")
     step = float(fps) / float(frame_rate)
     if step.is_integer():
-        return idx[::int(step)]
-    total = int(math.floor(num_frames * float(frame_rate) / float(fps)))
-    return np.floor(np.arange(total, dtype=np.float64) * step).astype(np.int64)
+        # A step past the end keeps frame 0 alone, as any larger one does (and stays a small integer).
+        step = min(int(step), max(int(num_frames), 1))
+        return -(-int(num_frames) // step), step
+    length = num_frames * float(frame_rate) / float(fps)
+    if not length <= MAX_FRAMES:  # NaN and inf included
+        raise ValueError(f"{num_frames} frames at {fps:g} fps resampled to {frame_rate:g} fps would be {length:g} frames, "
+                         f"more than {MAX_FRAMES}")
+    return int(math.floor(length)), step
 
 
-def unfold(values: np.ndarray, size: int, step: int, dilation: int = 1) -> np.ndarray:
-    """(K, size) windows of `values` (torchvision.datasets.video_utils.unfold): K = (n - span) // step + 1."""
-    span = dilation * (size - 1) + 1
-    k = (len(values) - span) // step + 1 if len(values) >= span else 0
-    if k <= 0:
-        return np.zeros((0, size), np.int64)
-    starts = np.arange(k) * step
-    return values[starts[:, None] + np.arange(size)[None, :] * dilation]
+def _source_frames(positions: np.ndarray, step: int | float) -> np.ndarray:
+    """Source frame indices of resampled positions (any shape)."""
+    if isinstance(step, int):
+        return positions.astype(np.int64) * step
+    return np.floor(positions.astype(np.float64) * step).astype(np.int64)
 
 
-def clip_grid(num_frames: int, *, clip_len: int, frame_stride: int = 1, step_between_clips: int = 1,
-              fps: float | None = None, frame_rate: float | None = None, short_videos: str = "drop") -> np.ndarray:
-    """(K, clip_len) int64 source frame indices of every clip of a video; K = 0 for a dropped short video."""
+def resampled_frames(num_frames: int, fps: float | None, frame_rate: float | None) -> np.ndarray:
+    """Source frame indices of a video resampled to `frame_rate` (VideoClips._resample_video_idx)."""
+    length, step = _resampling(num_frames, fps, frame_rate)
+    return _source_frames(np.arange(length, dtype=np.int64), step)
+
+
+def _check_grid_options(clip_len: int, frame_stride: int, step_between_clips: int, short_videos: str) -> None:
     if clip_len < 1 or frame_stride < 1 or step_between_clips < 1:
         raise ValueError(f"clip_len, frame_stride and step_between_clips must be >= 1 "
                          f"(got {clip_len}, {frame_stride}, {step_between_clips})")
     if short_videos not in SHORT_VIDEOS:
         raise ValueError(f"short_videos must be one of {SHORT_VIDEOS}, got {short_videos!r}")
-    frames = resampled_frames(num_frames, fps, frame_rate)
-    grid = unfold(frames, clip_len, step_between_clips, frame_stride)
-    if len(grid) == 0 and short_videos == "pad" and len(frames):
-        grid = frames[np.minimum(np.arange(clip_len) * frame_stride, len(frames) - 1)][None, :]
-    return grid
 
 
-def num_grid_clips(num_frames: int, **grid_kwargs) -> int:
-    """Size of a video's clip grid, without building it."""
-    return len(clip_grid(num_frames, **grid_kwargs))
+def _grid(num_frames, clip_len, frame_stride, step_between_clips, fps, frame_rate, short_videos):
+    """(K, resampled length, step, padded) of a video's clip grid: K windows of `clip_len` resampled frames,
+    `frame_stride` apart (unfold's dilation), starting every `step_between_clips` (torchvision's unfold)."""
+    _check_grid_options(clip_len, frame_stride, step_between_clips, short_videos)
+    length, step = _resampling(num_frames, fps, frame_rate)
+    span = frame_stride * (clip_len - 1) + 1
+    k = (length - span) // step_between_clips + 1 if length >= span else 0
+    if k == 0 and short_videos == "pad" and length:
+        return 1, length, step, True
+    return k, length, step, False
+
+
+def num_grid_clips(num_frames: int, *, clip_len: int, frame_stride: int = 1, step_between_clips: int = 1,
+                   fps: float | None = None, frame_rate: float | None = None, short_videos: str = "drop") -> int:
+    """Size of a video's clip grid (0: a dropped short video), without building it."""
+    return _grid(num_frames, clip_len, frame_stride, step_between_clips, fps, frame_rate, short_videos)[0]
+
+
+def clip_rows(num_frames: int, rows, *, clip_len: int, frame_stride: int = 1, step_between_clips: int = 1,
+              fps: float | None = None, frame_rate: float | None = None, short_videos: str = "drop") -> np.ndarray:
+    """(len(rows), clip_len) int64 source frame indices of the grid clips `rows` (rows of `clip_grid`), built
+    without the rest of the grid. A short video kept by short_videos="pad" is one clip padded with its last frame."""
+    k, length, step, padded = _grid(num_frames, clip_len, frame_stride, step_between_clips, fps, frame_rate, short_videos)
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if len(rows) and (rows.min() < 0 or rows.max() >= k):
+        raise ValueError(f"clips {rows.tolist()[:8]} are not all inside the grid of {k} clips")
+    offsets = np.arange(clip_len, dtype=np.int64) * frame_stride
+    if padded:
+        offsets = np.minimum(offsets, length - 1)
+    return _source_frames(rows[:, None] * step_between_clips + offsets[None, :], step)
+
+
+def clip_grid(num_frames: int, *, clip_len: int, frame_stride: int = 1, step_between_clips: int = 1,
+              fps: float | None = None, frame_rate: float | None = None, short_videos: str = "drop") -> np.ndarray:
+    """(K, clip_len) int64 source frame indices of every clip of a video; K = 0 for a dropped short video."""
+    kwargs = dict(clip_len=clip_len, frame_stride=frame_stride, step_between_clips=step_between_clips, fps=fps,
+                  frame_rate=frame_rate, short_videos=short_videos)
+    return clip_rows(num_frames, np.arange(num_grid_clips(num_frames, **kwargs)), **kwargs)
 
 
 def choose_clips(num_clips: int, clips_per_video: int, train: bool, rng: np.random.Generator | None = None,

@@ -17,7 +17,7 @@ from fastvid.video.models.pretrained import resolve_weights
 from fastvid.train import distributed as D
 from fastvid.train import logs
 from fastvid.train.logs import append_jsonl, log
-from fastvid.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from fastvid.train.checkpoint import load_checkpoint, load_model_state, load_weights, save_checkpoint
 from fastvid.video.engine import StepContext, evaluate, train_one_epoch
 from fastvid.train.optim import build_lr_scheduler, build_optimizer, fast_forward_schedule
 from fastvid.train.preempt import PREEMPTED_EXIT_CODE, StopFlag, StopVote
@@ -100,18 +100,22 @@ def build_loader(cfg: TrainConfig, info: D.DistInfo, split_dir: str, train: bool
 def _warn_if_clips_exceed_videos(cfg: TrainConfig, info: D.DistInfo, loader, probes: int = 16) -> None:
     """A clip longer than the videos is padded by repeating frames: say so when it is longer than every
     video of a sample spread over the set (the metadata of `probes` videos; reading all would be slow)."""
+    from fastvid.video.plan import metadata_fields
     from fastvid.video.reader import sample_metadata
 
     shard_set = loader.shard_set
     spots = [(i, j) for i, s in enumerate(shard_set.shards) for j in range(len(s))]
     longest = 0
     for i, j in spots[:: max(1, len(spots) // probes)][:probes]:
-        meta = sample_metadata(shard_set, i, j)
-        fps = meta.get("fps") or cfg.frame_rate or 1.0
+        try:
+            num_frames, fps, _, _ = metadata_fields(sample_metadata(shard_set, i, j), shard_set.shards[i].keys[j])
+        except ValueError:  # a bad sample: the loader skips and reports it
+            continue
+        fps = fps or cfg.frame_rate or 1.0
         stride = cfg.frame_stride * (fps / cfg.frame_rate if cfg.frame_rate else 1.0)
         span = (cfg.clip_len - 1) * stride + 1
-        longest = max(longest, int(meta.get("num_frames") or 0))
-        if span <= int(meta.get("num_frames") or 0):
+        longest = max(longest, num_frames)
+        if span <= num_frames:
             return
     if longest:
         log(info, f"warning: --clip-len {cfg.clip_len} x --frame-stride {cfg.frame_stride}"
@@ -274,7 +278,7 @@ def _run(cfg: TrainConfig, info: D.DistInfo, stop: StopFlag) -> int:
         if saved_model and saved_model != cfg.model:
             raise ValueError(f"--resume {cfg.resume}: this checkpoint is {saved_model}, not {cfg.model}; "
                              f"pass --model {saved_model} (or use --weights to start {cfg.model} from compatible weights)")
-        model_without_ddp.load_state_dict(ckpt["model"])
+        load_model_state(model_without_ddp, ckpt["model"], cfg.resume, f"{cfg.model} (width {cfg.model_width or 'default'})")
         if not cfg.test_only:
             start_epoch = ckpt["epoch"] + 1
             if ckpt.get("resume_epoch") == start_epoch:

@@ -24,7 +24,7 @@ from fastvid.events.detect.data import DetectionStep, detection_steps, targets_f
 from fastvid.events.detect.state import detach_state, reset_state, state_to
 from fastvid.events.io import BOX_DTYPE
 from fastvid.train import distributed as D
-from fastvid.train.checkpoint import load_checkpoint, save_checkpoint
+from fastvid.train.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from fastvid.train.logs import append_jsonl, log
 from fastvid.train.preempt import PREEMPTED_EXIT_CODE, StopFlag
 
@@ -303,7 +303,7 @@ def _run(cfg: DetectConfig, info: D.DistInfo, stop: StopFlag) -> int:
     start_epoch, resume_step, resume_state, resume_aug = cfg.start_epoch, 0, None, None
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume)
-        model.load_state_dict(ckpt["model"])
+        load_model_state(model, ckpt["model"], cfg.resume, f"{cfg.model} (width {cfg.model_width or 'default'})")
         if not cfg.test_only:
             optimizer.load_state_dict(ckpt["optimizer"])
             lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
