@@ -528,7 +528,7 @@ def test_resuming_a_checkpoint_of_another_model_is_one_line_naming_it(shard_root
     (before: load_state_dict's dump, 102 lines for another --model-width, 8 KB for a video checkpoint given to
     train-events), through both trainers' command lines."""
     from fastvid.events.detect.synth import CLASSES, make_moving_boxes_gen1
-    from fastvid.events.codec import shard_events
+    from fastvid.events.writing import shard_events
 
     out = tmp_path / "w8"
     quick = ("--epochs", "1", "--max-steps-per-epoch", "1")

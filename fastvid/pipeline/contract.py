@@ -169,7 +169,7 @@ def _fail(item: Failure, stats: RebatchStats, limit: float, where: str) -> None:
     stats.failures += 1
     stats.failed_keys.append(item.key)
     stats.last_error = item.error
-    log.warning("fastvid: sample %s failed and was skipped: %s", item.key, item.error)
+    log.warning("fastvid: sample %s failed to decode and was skipped: %s", item.key, item.error)
     if stats.failures > limit:
         names = ", ".join(repr(k) for k in stats.failed_keys[:20]) + (" ..." if len(stats.failed_keys) > 20 else "")
         raise FailureBudgetExceeded(
