@@ -9,6 +9,7 @@ BENCHMARKS = {
     "loader": ("fastvid.benchmarks.loader", "clips/s, data-wait, CPU%% and GPU util of the loaders vs a torchvision-style baseline"),
     "events": ("fastvid.benchmarks.events", "events/s of the event representations, single and batched, per device"),
     "events-io": ("fastvid.benchmarks.events_io", "events/s from event shards to device tensors"),
+    "events-shards": ("fastvid.benchmarks.events_shards", "event windows -> stacked histograms: DAT files, every shard layout, precomputed, tonic; one run"),
     "events-read": ("fastvid.benchmarks.events_read", "events/s of reading a Prophesee DAT file vs a plain numpy reader"),
     "crop": ("fastvid.benchmarks.crop", "clips/s of the fused multi-scale crop+resize+normalize"),
     "train": ("fastvid.benchmarks.train", "training clips/s and data-wait per model vs synthetic on-device input"),
