@@ -138,7 +138,8 @@ def test_tar_members_and_dali_index(gen1_dir, tmp_path):
     tar_path, idx_path = shard_files(out)[0]
     with tarfile.open(tar_path) as tar:
         names = tar.getnames()
-    assert any(n.endswith(".events.npz.zst") for n in names) and any(n.endswith(".boxes.npy") for n in names)
+    # The default layout: the block layout (events.evb, lz4); the former npz layout is one option away.
+    assert any(n.endswith(".events.evb") for n in names) and any(n.endswith(".boxes.npy") for n in names)
     header = idx_path.read_text().splitlines()[0].split()
     assert header[0].startswith("v1") and int(header[1]) == len(names) // 3
 
@@ -207,17 +208,19 @@ def test_truncated_event_shard_is_one_clear_error(gen1_dir, tmp_path):
         list(iter_segments(out))
 
 
-def test_corrupt_event_data_is_one_clear_error(gen1_dir, tmp_path):
-    """Damaged deflate data inside a sample (bit rot, bad copy) raises zlib.error deep in np.load:
-    it must come out as one ValueError naming the tar and the sample."""
+@pytest.mark.parametrize("layout,codec,ext", [("npz", "zstd", "events.npz.zst"), ("blocks", "lz4", "events.evb"),
+                                              ("blocks", "zstd", "events.evb"), ("blocks", "none", "events.evb")])
+def test_corrupt_event_data_is_one_clear_error(gen1_dir, tmp_path, layout, codec, ext):
+    """Damaged data inside a sample (bit rot, bad copy) raises deep in a decompressor (or, for lz4 and
+    stored blocks, fails the block's CRC-32): it must come out as one ValueError naming the tar and the sample."""
     from fastvid.shard.dali_index import indexed_samples
 
     src, _ = gen1_dir
     out = tmp_path / "shards"
-    evshard.shard_events(src, out, segment_ms=500, max_samples=3)
+    evshard.shard_events(src, out, segment_ms=500, max_samples=3, layout=layout, codec=codec)
     victim, idx = shard_files(out)[0]
     key, fields = indexed_samples(victim, idx)[0]
-    offset, size = fields["events.npz.zst"]
+    offset, size = fields[ext]
     data = bytearray(victim.read_bytes())
     for i in range(offset + size // 2, offset + size // 2 + 16):
         data[i] ^= 0xFF

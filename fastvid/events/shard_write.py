@@ -223,6 +223,8 @@ def shard_events(src, out_dir, *, format: str = "gen1", segment_ms: float = 500.
     from fastvid.events.shard_precompute import parse_spec
 
     specs = tuple(parse_spec(p, segment_ms) if isinstance(p, str) else p for p in precompute)
+    if codec in ("none", "stored"):  # no level to choose
+        compress_level = 0
     spec_layout = EventLayout(layout, codec, int(compress_level), float(block_ms), time_column, xy_column, specs).check()
     if spec_layout.layout == "blocks":
         from fastvid.events.shard_layout import TIME_LAYOUTS, XY_LAYOUTS
