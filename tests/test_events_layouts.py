@@ -406,3 +406,96 @@ def test_boxes_that_declare_more_than_they_hold_are_refused():
     np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": (10**9,)})
     with pytest.raises(ValueError, match="declares shape"):
         codec.decode_boxes(buf.getvalue() + bytes(64))
+
+
+# -- decoding into torch tensors (the GPU path and its CPU twin) ----------------------------------------
+
+
+def device_items():
+    """Windows of segments in every codec and column layout (aligned, unaligned, empty, whole)."""
+    t0 = 3_000_000
+    ev = bursty_events(6000, t0, seed=11)
+    t_end = int(ev["t"][-1])
+    items, expected = [], []
+    for i, (c, time, xy) in enumerate([("lz4", "delta", "split"), ("zstd", "raw", "packed"), ("none", "delta", "packed"),
+                                       ("lz4", "raw", "split"), ("zstd", "delta", "split")]):
+        data = layout.encode_blocks(ev, t0, c, 1, [1.0, 5.0, 100.0][i % 3], time, xy)
+        for a, b in [(t0 + 10_000, t0 + 60_000), (t0 + 33, t0 + 9_999), (None, None), (t_end + 1, t_end + 10), (t0, t_end // 2)]:
+            items.append((data, a, b))
+            expected.append(layout.decode_blocks(data, a, b))
+    return items, expected
+
+
+def test_device_decode_cpu_twin_equals_host_decode():
+    """decode_windows on the CPU (host decompression + the torch unpacking the GPU runs) gives the columns
+    and offsets of decode_blocks, window by window, and feeds represent_batch unchanged."""
+    from fastvid.events.representations import represent_batch
+    from fastvid.events.shard_device import decode_windows
+
+    items, expected = device_items()
+    cols, offsets = decode_windows(items, "cpu")
+    assert offsets.tolist() == np.concatenate([[0], np.cumsum([len(e["t"]) for e in expected])]).tolist()
+    for i, exp in enumerate(expected):
+        for k in "txyp":
+            got = cols[k][offsets[i]:offsets[i + 1]].numpy()
+            assert got.dtype == exp[k].dtype
+            np.testing.assert_array_equal(got, exp[k], err_msg=f"window {i} column {k}")
+    x = represent_batch(cols, offsets, "stacked_histogram", (304, 240), bins=4)
+    host = {k: np.concatenate([e[k] for e in expected]) for k in "txyp"}
+    np.testing.assert_array_equal(x.numpy(), represent_batch(host, offsets, "stacked_histogram", (304, 240), bins=4).numpy())
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        decode_windows(items[:1], "cpu", decompress="device")
+
+
+def test_device_decode_refuses_damaged_blocks_before_sending_them():
+    from fastvid.events.shard_device import decode_windows
+
+    ev = bursty_events(2000, 0, seed=12)
+    data = bytearray(layout.encode_blocks(ev, 0, "lz4", 1, 1000.0))
+    data[-10] ^= 0xFF
+    with pytest.raises(ValueError, match="CRC-32"):
+        decode_windows([(bytes(data), None, None)], "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("decompress", ["device", "host"])
+def test_gpu_decode_equals_cpu_twin(decompress):
+    """nvCOMP decompression on the GPU (or host decompression + GPU unpacking) equals the CPU twin."""
+    from fastvid.events.shard_device import decode_windows
+
+    if decompress == "device":
+        pytest.importorskip("nvidia.nvcomp")
+    items, _ = device_items()
+    cpu_cols, cpu_off = decode_windows(items, "cpu")
+    gpu_cols, gpu_off = decode_windows(items, "cuda", decompress)
+    assert gpu_off.tolist() == cpu_off.tolist()
+    for k in "txyp":
+        assert gpu_cols[k].is_cuda
+        np.testing.assert_array_equal(gpu_cols[k].cpu().numpy(), cpu_cols[k].numpy())
+
+
+@pytest.mark.gpu
+def test_gpu_shard_windows_to_representations_match_cpu(gen1_src, tmp_path):
+    """The whole GPU path on a shard set (block layout, lz4): the same stacked histograms as on the CPU."""
+    import torch
+
+    from fastvid.events.representations import represent_batch
+    from fastvid.events.shard_device import decode_windows
+    from fastvid.events.shard_write import shard_events
+
+    out = tmp_path / "gpu"
+    shard_events(gen1_src, out, segment_ms=300, layout="blocks", codec="lz4")
+    with SegmentReader() as reader:
+        items = []
+        for ref in index_segments(out):
+            fields = reader.read_fields(ref)
+            t0 = json.loads(fields["json"])["t0"]
+            items += [(fields["events.evb"], t0 + k * 50_000, t0 + (k + 1) * 50_000) for k in range(6)]
+    results = []
+    for device in ("cpu", "cuda"):
+        cols, offsets = decode_windows(items, device)
+        t0s = np.array([a for _, a, _ in items])
+        results.append(represent_batch(cols, offsets, "stacked_histogram", (64, 48), bins=5, t0=t0s, t1=t0s + 50_000,
+                                       device=device).cpu())
+    assert results[0].sum() > 0
+    torch.testing.assert_close(results[1], results[0])
