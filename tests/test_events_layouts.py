@@ -499,3 +499,42 @@ def test_gpu_shard_windows_to_representations_match_cpu(gen1_src, tmp_path):
                                        device=device).cpu())
     assert results[0].sum() > 0
     torch.testing.assert_close(results[1], results[0])
+
+
+def test_uint8_kernels_equal_float32_clamped():
+    """represent_batch(out_dtype="uint8") counts in uint8 on the CPU: the same values as float32 + clamp + cast."""
+    import torch
+
+    from fastvid.events.representations import represent_batch
+
+    ev = bursty_events(40_000, 0, seed=13, sensor=(4, 3))  # ~500 events per cell: counts past 255
+    ev["x"][::97] = 25  # some events outside the sensor
+    offsets = np.array([0, 100, 100, 25_000, 40_000])
+    t0s = np.array([0, 5, int(ev["t"][100]), int(ev["t"][25_000]) - 7])
+    for kind in ("stacked_histogram", "histogram"):
+        for clip in (None, 3.7, 1000.0):
+            ref, dropped = represent_batch(ev, offsets, kind, (4, 3), bins=3, t0=t0s, t1=t0s + 400_000, count_clip=clip,
+                                           return_dropped=True)
+            got, got_dropped = represent_batch(ev, offsets, kind, (4, 3), bins=3, t0=t0s, t1=t0s + 400_000, count_clip=clip,
+                                               return_dropped=True, out_dtype="uint8")
+            assert got.dtype == torch.uint8 and float(ref.max()) > (255 if clip != 3.7 else 3)
+            assert torch.equal(got, ref.clamp(max=255).to(torch.uint8)) and torch.equal(got_dropped, dropped)
+    with pytest.raises(ValueError, match="counts only"):
+        represent_batch(ev, offsets, "voxel_grid", (4, 3), out_dtype="uint8")
+
+
+def test_events_shards_benchmark_paths_cover_the_same_windows(tmp_path):
+    """The side-by-side benchmark, tiny: every path goes over the same windows and events as the DAT baseline."""
+    from fastvid.benchmarks.events_shards import format_table, run_benchmark
+
+    r = run_benchmark(work_dir=str(tmp_path), recordings=2, duration_s=0.3, rate_meps=0.05, repeats=1, batch=4,
+                      layouts=["npz-zstd (v1 default)", "blocks-lz4"], tonic_windows=2)
+    dat = r["paths"]["dat"]
+    assert dat["windows"] == 2 * 6 and dat["events"] == r["data"]["events"]
+    for name, row in r["paths"].items():
+        if name.startswith(("tonic", "floor")):
+            continue
+        assert (row["events"], row["windows"]) == (dat["events"], dat["windows"]), name
+        assert len(row["seconds"]) == 1 and row["x_dat"] > 0
+    assert {"shards:blocks-lz4", "windows->uint8:blocks-lz4", "precomputed (uint8 batch)"} <= set(r["paths"])
+    assert "x dat" in format_table(r)

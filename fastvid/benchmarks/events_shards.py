@@ -10,8 +10,13 @@ interleaved round-robin so that a busy machine slows them all alike), it times:
 * ``shards:<layout>``: `EventSequenceLoader` end to end over a shard set written in each layout and codec
   (events/s, windows/s, and its per-stage seconds), plus the decode of whole segments alone (one thread)
   and random 50 ms window reads through `SegmentReader.read_window` (what the block index saves);
+* ``windows->uint8:<layout>``: the read functions a pipeline builds on, `SegmentReader.read_window` per
+  window in 2 threads (only the window's blocks) + one uint8 `represent_batch` per batch (RVT's dtype);
+  ``dat (uint8 kernel)`` is the baseline with the same uint8 kernel, for a like-for-like ratio;
 * ``precomputed``: the stacked histograms stored in the shards (`--precompute`), read with
   `SegmentReader.read_representation` into a float32 (and a uint8) batch;
+* ``floor: output <dtype> batches only``: allocating and touching the (B, C, H, W) batches alone, no events:
+  no CPU path that hands out fresh batches can beat it;
 * ``gpu:<layout>`` (CUDA only): columns decompressed with nvCOMP on the GPU, then the CUDA kernels;
 * ``tonic``: tonic's `ToFrame` (n_time_bins = bins) on the DAT windows, when tonic is installed.
 
@@ -85,6 +90,52 @@ def _dat_batched(windows, window_us, bins, sensor_size, batch) -> tuple[int, int
     return events, len(windows)
 
 
+def _dat_per_window_u8(windows, window_us, bins, sensor_size) -> tuple[int, int]:
+    """The baseline with uint8 output: per window `read_dat` + the uint8 counting kernel (same dtype as the
+    uint8 shard paths, so the comparison is like for like)."""
+    from fastvid.events.io import read_dat
+    from fastvid.events.representations import represent_batch
+
+    events = 0
+    for dat, t0 in windows:
+        ev = read_dat(dat, t0, t0 + window_us)
+        represent_batch(ev, np.array([0, len(ev)]), "stacked_histogram", sensor_size, bins=bins, t0=t0, t1=t0 + window_us,
+                        out_dtype="uint8")
+        events += len(ev)
+    return events, len(windows)
+
+
+def _shard_windows_u8(shards, window_us, bins, batch, workers: int = 2) -> tuple[int, int]:
+    """What a pipeline built on the shard read functions does: `SegmentReader.read_window` per window in
+    `workers` threads (only the window's blocks are read and decompressed), one uint8 `represent_batch` per
+    `batch` windows."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastvid.events.representations import represent_batch
+    from fastvid.events.shard_codec import META_EXT
+    from fastvid.events.shard_read import SegmentReader, index_segments
+
+    events = windows = 0
+    with SegmentReader() as reader, ThreadPoolExecutor(workers) as pool:
+        todo = []
+        for ref in index_segments(shards):
+            meta = json.loads(reader.read_fields(ref, {META_EXT})[META_EXT])
+            todo.extend((ref, a) for a in range(meta["t0"], min(meta["t1"], meta["recording_t_end"]), window_us))
+        sensor = tuple(meta["sensor_size"])
+        for i in range(0, len(todo), batch):
+            part = todo[i:i + batch]
+            cols = list(pool.map(lambda item: reader.read_window(item[0], item[1], item[1] + window_us), part))
+            offsets = np.concatenate([[0], np.cumsum([len(c["t"]) for c in cols])]).astype(np.int64)
+            merged = {k: np.concatenate([c[k] for c in cols]) for k in ("t", "x", "y", "p")}
+            t0s = np.array([a for _, a in part], np.int64)
+            represent_batch(merged, offsets, "stacked_histogram", sensor, bins=bins, t0=t0s, t1=t0s + window_us,
+                            out_dtype="uint8")
+            events += int(offsets[-1])
+            windows += len(part)
+    return events, windows
+
+
 def _tonic(windows, window_us, bins, sensor_size) -> tuple[int, int]:
     import tonic.transforms
 
@@ -126,8 +177,12 @@ def _precomputed(shards, ext, batch, dtype, workers: int = 2) -> tuple[int, int]
     with SegmentReader() as reader, ThreadPoolExecutor(workers) as pool:
         todo = []
         for ref in index_segments(shards):
-            events += int(json.loads(reader.read_fields(ref, {META_EXT})[META_EXT])["num_events"])
-            todo.extend((ref, w) for w in range(len(reader.representation_index(ref, ext).sizes)))
+            meta = json.loads(reader.read_fields(ref, {META_EXT})[META_EXT])
+            events += int(meta["num_events"])
+            index = reader.representation_index(ref, ext)
+            # The grid windows the loader plays: those that start before the recording's end.
+            playable = -(-(min(meta["t1"], meta["recording_t_end"]) - meta["t0"]) // index.header["window_us"])
+            todo.extend((ref, w) for w in range(min(len(index.sizes), playable)))
         shape = reader.representation_index(todo[0][0], ext).shape
         for i in range(0, len(todo), batch):
             part = todo[i:i + batch]
@@ -228,9 +283,12 @@ def _paths(sets, windows, window_us, window_ms, bins, sensor, batch, device, dty
     from fastvid import _gpu
 
     paths = {"dat": lambda: _dat_per_window(windows, window_us, bins, sensor),
-             "dat_batched": lambda: _dat_batched(windows, window_us, bins, sensor, batch)}
+             "dat_batched": lambda: _dat_batched(windows, window_us, bins, sensor, batch),
+             "dat (uint8 kernel)": lambda: _dat_per_window_u8(windows, window_us, bins, sensor)}
     for name, s in sets.items():
         paths[f"shards:{name}"] = (lambda p=s["path"]: _loader(p, window_ms, bins, batch, device, dtype))
+        if name.startswith("blocks-") and not name.endswith(("1ms", "25ms")):
+            paths[f"windows->uint8:{name}"] = (lambda p=s["path"]: _shard_windows_u8(p, window_us, bins, batch))
         if s["precomputed"]:
             from fastvid.events.shard_precompute import parse_spec
 
@@ -296,9 +354,15 @@ def run_benchmark(work_dir="bench_work/events-shards", recordings=8, duration_s=
     result["paths"] = rows
     result["tonic"] = "measured" if has_tonic else "skipped (tonic not installed)"
     result["load_average_after"] = _load_average()
-    result["target"] = {"best shard path / dat (issue 19: >= 2)": max(r["x_dat"] for n, r in rows.items()
-                                                                       if n.startswith(("shards:", "precomputed"))),
-                        "best event-column shard path / dat": max(r["x_dat"] for n, r in rows.items() if n.startswith("shards:"))}
+    shard_rows = {n: r["x_dat"] for n, r in rows.items() if n.startswith(("shards:", "precomputed", "windows->"))}
+    best = max(shard_rows, key=shard_rows.get)
+    result["target"] = {"issue 19: best shard path >= 2x dat": {"path": best, "x_dat": shard_rows[best]},
+                        "loader (EventSequenceLoader, float32) best x dat": max(
+                            r["x_dat"] for n, r in rows.items() if n.startswith("shards:"))}
+    if "dat (uint8 kernel)" in rows:
+        u8 = rows["dat (uint8 kernel)"]["windows_per_s"]
+        result["target"]["uint8 paths x dat (uint8 kernel)"] = {
+            n: r["windows_per_s"] / u8 for n, r in rows.items() if n.startswith(("windows->", "precomputed (uint8"))}
     if not quick:
         shutil.rmtree(work, ignore_errors=True) if os.environ.get("FASTVID_BENCH_CLEAN") else None
     return result

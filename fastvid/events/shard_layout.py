@@ -274,56 +274,40 @@ class BlockIndex:
         `payload` holds the field's bytes from `payload_offset` on (at least up to the last block's end)."""
         first, last = int(self.event_offsets[k_lo]), int(self.event_offsets[k_hi])
         n = last - first
-        t = np.empty(n, np.int64)
-        x = np.empty(n, np.int16)
-        y = np.empty(n, np.int16)
-        p = np.empty(n, np.int8)
+        cols = {"t": np.empty(n, np.int64), "x": np.empty(n, np.int16), "y": np.empty(n, np.int16), "p": np.empty(n, np.int8)}
         view = memoryview(payload)
-        tsize = _time_bytes(self.time)
-        pos = 0
-        for k in range(k_lo, k_hi):
-            c = int(self.counts[k])
-            if c == 0:
-                continue
+        ks = [k for k in range(k_lo, k_hi) if self.counts[k]]
+        sizes = [block_nbytes(int(self.counts[k]), self.time, self.xy) for k in ks]
+        parts = []
+        for k, size in zip(ks, sizes):
             a = int(self.byte_offsets[k]) - payload_offset
             stored = view[a:a + int(self.sizes[k])]
             if self.crcs is not None and zlib.crc32(stored) != int(self.crcs[k]):
                 raise ValueError(f"block {k} fails its CRC-32 check (the stored bytes are damaged)")
-            raw = _decompress(self.codec, stored, block_nbytes(c, self.time, self.xy))
-            _fill(raw, c, tsize, self.time, self.xy, self.t0 + k * self.block_us, self.block_us, t[pos:pos + c],
-                  x[pos:pos + c], y[pos:pos + c], p[pos:pos + c])
-            pos += c
-        cols = {"t": t, "x": x, "y": y, "p": p}
-        if n and ((t0 is not None and t[0] < t0) or (t1 is not None and t[-1] >= t1)):
-            lo = 0 if t0 is None else int(np.searchsorted(t, t0, "left"))
-            hi = n if t1 is None else int(np.searchsorted(t, t1, "left"))
+            parts.append(_decompress(self.codec, stored, size))
+        if ks:
+            # Stored blocks are contiguous in the field already: decode them in place, without a copy.
+            raw = np.frombuffer(view[int(self.byte_offsets[ks[0]]) - payload_offset:int(self.byte_offsets[ks[-1] + 1])
+                                     - payload_offset] if self.codec == "none" else b"".join(parts), np.uint8)
+            counts = self.counts[ks].astype(np.int64)
+            raw_offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+            if self.codec == "none":  # empty blocks hold no bytes, so the stored offsets are the decoded ones
+                raw_offsets = self.byte_offsets[ks + [ks[-1] + 1]] - self.byte_offsets[ks[0]]
+            starts = self.t0 + np.asarray(ks, np.int64) * self.block_us
+            _fill_blocks()(raw, raw_offsets, counts, starts, self.block_us, _time_bytes(self.time),
+                           self.time == "raw-i64", self.xy == "packed", cols["t"], cols["x"], cols["y"], cols["p"])
+        if n and ((t0 is not None and cols["t"][0] < t0) or (t1 is not None and cols["t"][-1] >= t1)):
+            lo = 0 if t0 is None else int(np.searchsorted(cols["t"], t0, "left"))
+            hi = n if t1 is None else int(np.searchsorted(cols["t"], t1, "left"))
             cols = {k: v[lo:hi] for k, v in cols.items()}
         return cols
 
 
-def _fill(raw, c: int, tsize: int, time: str, xy: str, block_start: int, block_us: int, t, x, y, p) -> None:
-    """Decode one block's bytes into column slices (its times must stay inside the block, so that the
-    concatenated blocks are sorted and windows can be cut by binary search)."""
-    if time == "raw-i64":
-        t[:] = np.frombuffer(raw, np.int64, c)
-        if c > 1 and (np.diff(t) < 0).any():
-            raise ValueError("raw-i64 time column is not sorted")
-    else:
-        np.cumsum(np.frombuffer(raw, _DELTA_TYPES[time], c), dtype=np.int64, out=t)
-        t += block_start
-    if t[0] < block_start or t[-1] >= block_start + block_us:
-        raise ValueError(f"a block's times run outside it ({int(t[0])}..{int(t[-1])} us, block "
-                         f"[{block_start}, {block_start + block_us}))")
-    off = c * tsize
-    if xy == "packed":
-        word = np.frombuffer(raw, np.uint32, c, off)
-        x[:] = word & 0x3FFF
-        y[:] = (word >> 14) & 0x3FFF
-        p[:] = (word >> 28) & 1
-        return
-    x[:] = np.frombuffer(raw, np.int16, c, off)
-    y[:] = np.frombuffer(raw, np.int16, c, off + 2 * c)
-    p[:] = np.unpackbits(np.frombuffer(raw, np.uint8, (c + 7) // 8, off + 4 * c), count=c).view(np.int8)
+def _fill_blocks():
+    """The compiled block decoder (fastvid.kernels.blocks_numba), imported on first use."""
+    from fastvid.kernels.blocks_numba import fill_blocks
+
+    return fill_blocks
 
 
 def parse_index(data, num_events: int | None = None, segment_t0: int | None = None) -> BlockIndex:
