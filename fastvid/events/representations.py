@@ -148,7 +148,8 @@ def represent_batch(
 ):
     """N windows (events[offsets[i]:offsets[i+1]]) -> (N, C, H, W) float32 torch tensor on `device`.
 
-    out_dtype "uint8" (histogram and stacked_histogram only): counts saturating at 255 (or at floor(count_clip)),
+    out_dtype "uint8" (histogram and stacked_histogram only): counts saturating at 255 (stacked_histogram: or at
+    floor(count_clip)),
     exactly what float32 + clamp + `.to(torch.uint8)` gives; on the CPU the kernel counts in uint8 directly
     (a quarter of the output memory to write: the wall of batched CPU representations).
 
@@ -173,7 +174,8 @@ def represent_batch(
     if out_dtype == "uint8":
         if rep.name not in ("histogram", "stacked_histogram"):
             raise ValueError(f"out_dtype uint8 holds event counts only (histogram, stacked_histogram), not {rep.name!r}")
-        cap = 255.0 if count_clip is None else float(min(255.0, np.floor(float(count_clip))))
+        clip = count_clip if rep.name == "stacked_histogram" else None  # as for float32: count_clip is RVT's, stacked only
+        cap = 255.0 if clip is None else float(min(255.0, np.floor(float(clip))))
         if dev.type == "cpu":
             out, dropped = _represent_cpu(events, offsets, rep, width, height, bins, cap, t0, t1, np.uint8)
         else:
