@@ -22,6 +22,8 @@ _EXPORTS = {
     "encode_events": "fastvid.events.shard_codec",
     "decode_events": "fastvid.events.shard_codec",
     "decode_sample": "fastvid.events.shard_codec",
+    "decode_window": "fastvid.events.shard_codec",
+    "decode_windows": "fastvid.events.shard_device",
     "EventSequenceLoader": "fastvid.events.sequence",
 }
 

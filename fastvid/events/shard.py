@@ -1,6 +1,7 @@
-"""Event shards, by job: shard_codec (sample format), shard_sources (dataset layouts), shard_write
-(segmenting + writing), shard_read (index + reads). This module only re-exports their public names
-so code written against the former single module keeps working."""
+"""Event shards, by job: shard_codec (sample format), shard_layout (the block layout of the events),
+shard_precompute (stored representations), shard_sources (dataset layouts), shard_write (segmenting +
+writing), shard_read (index + reads), shard_device (decoding windows into torch tensors, GPU path). This
+module only re-exports their public names so code written against the former single module keeps working."""
 
 from fastvid.events.shard_codec import (BOXES_EXT, EVENTS_EXT, META_EXT, decode_boxes, decode_event_columns,  # noqa: F401
                                         decode_events, decode_sample, encode_boxes, encode_events, sanitize_key,

@@ -216,12 +216,12 @@ def _scatter_sparse(raw, flat: np.ndarray, zeroed: bool) -> None:
     k, m = struct.unpack_from("<BI", raw, 0)
     if k not in _GAP_TYPES or 5 + m * (k + 1) != len(raw):
         raise ValueError(f"sparse window of {len(raw)} bytes does not hold {m} cells of {k}-byte gaps")
-    idx = np.cumsum(np.frombuffer(raw, _GAP_TYPES[k], m, 5), dtype=np.int64)
-    if m and idx[-1] >= flat.size:
-        raise ValueError(f"sparse window indexes cell {int(idx[-1])} of {flat.size}")
+    from fastvid.kernels.blocks_numba import scatter_sparse
+
     if not zeroed:
         flat[:] = 0
-    flat[idx] = np.frombuffer(raw, np.uint8, m, 5 + m * k)
+    # One compiled pass (running index + store), the same for uint8 and float32 batches.
+    scatter_sparse(np.frombuffer(raw, _GAP_TYPES[k], m, 5), np.frombuffer(raw, np.uint8, m, 5 + m * k), flat)
 
 
 def decode_representation(data, windows=None, out=None, out_zeroed: bool = False) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 from fastvid.events.shard_codec import (EVENT_EXTS, EVENTS_EVB_EXT, META_EXT, decode_sample, decode_window, events_field,
                                         parse_segment_key)
 
+_INDEX_CACHE = 4096  # parsed sample tables kept by a SegmentReader
 _HEAD_BYTES = 4096  # first read of an indexed field: header + block table of a 500 ms segment in 5 ms blocks
 
 
@@ -97,7 +98,7 @@ class SegmentReader:
     def __init__(self):
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._rep_indexes: dict = {}
+        self._indexes: dict = {}  # (tar, key, ext) -> parsed BlockIndex / RepIndex
 
     def _fd(self, tar: str) -> int:
         fd = self._fds.get(tar)
@@ -154,11 +155,15 @@ class SegmentReader:
         from fastvid.events.shard_layout import BlockIndex
 
         try:
-            meta = json.loads(self.read_fields(ref, {META_EXT})[META_EXT])
             if events_field(ref.fields) != EVENTS_EVB_EXT:
                 return decode_window(self.read_fields(ref), t0, t1)
-            index = self._indexed(ref, EVENTS_EVB_EXT, BlockIndex)
-            index.check(meta.get("num_events"), meta.get("t0"))
+            key = (ref.tar, ref.key, EVENTS_EVB_EXT)
+            index = self._indexes.get(key)
+            if index is None:  # once per sample: windows of one segment share its json and block table
+                meta = json.loads(self.read_fields(ref, {META_EXT})[META_EXT])
+                index = self._indexed(ref, EVENTS_EVB_EXT, BlockIndex)
+                index.check(meta.get("num_events"), meta.get("t0"))
+                self._cache(key, index)
             k_lo, k_hi = index.block_range(t0, t1)
             a, b = index.byte_range(k_lo, k_hi)
             return index.decode(self._pread(ref, EVENTS_EVB_EXT, a, b), k_lo, k_hi, a, t0, t1)
@@ -170,16 +175,24 @@ class SegmentReader:
         from fastvid.events.shard_precompute import RepIndex
 
         key = (ref.tar, ref.key, ext)
-        index = self._rep_indexes.get(key)
+        index = self._indexes.get(key)
         if index is None:
             if ext not in ref.fields:
                 raise ValueError(f"{ref.tar}: sample {ref.key!r} has no precomputed {ext} (it has {sorted(ref.fields)}); "
                                  "shard with --precompute to add it")
             try:
-                index = self._rep_indexes[key] = self._indexed(ref, ext, RepIndex)
+                index = self._indexed(ref, ext, RepIndex)
             except _DECODE_ERRORS as exc:
                 raise _named(ref, exc) from None
+            self._cache(key, index)
         return index
+
+    def _cache(self, key, index) -> None:
+        """Keep parsed block / window tables of the most recent samples (a few KB each)."""
+        with self._lock:
+            if len(self._indexes) >= _INDEX_CACHE:
+                self._indexes.pop(next(iter(self._indexes)))
+            self._indexes[key] = index
 
     def read_representation(self, ref: SegmentRef, ext: str, windows=None, out=None, out_zeroed: bool = False):
         """(n, C, H, W) uint8 of the precomputed representation `ext` (e.g. "stacked_histogram_w50000_b10.evr")

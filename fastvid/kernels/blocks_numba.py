@@ -77,3 +77,23 @@ def fill_blocks(raw, raw_offsets, counts, starts, block_us, tsize, raw_time, pac
     if bad >= 0:
         raise ValueError(f"block {bad} of the window's blocks has times outside it or out of order "
                          f"(block [{int(starts[bad])}, {int(starts[bad]) + int(block_us)}) us)")
+
+
+@numba.njit(nogil=True, cache=True)
+def _scatter_sparse_impl(gaps, values, flat):
+    """flat[cumsum(gaps)[i]] = values[i]; returns -1, or the first position that runs past flat."""
+    pos = np.int64(0)
+    size = flat.shape[0]
+    for i in range(gaps.shape[0]):
+        pos += np.int64(gaps[i])
+        if pos >= size:
+            return i
+        flat[pos] = values[i]
+    return -1
+
+
+def scatter_sparse(gaps, values, flat) -> None:
+    """Write a sparse-coded window (fastvid.events.shard_precompute) into the 1-D view `flat` (zeroed already)."""
+    bad = _scatter_sparse_impl(gaps, values, flat)
+    if bad >= 0:
+        raise ValueError(f"sparse window indexes past its {flat.shape[0]} cells (entry {bad})")
