@@ -150,11 +150,12 @@ class EventLayout:
         """What the manifest records (and what makes a rerun with other settings a different set)."""
         if self.layout == "npz":
             codec = "stored" if self.stored else self.codec
-            return {"layout_version": 1, "layout": "npz", "events_ext": "events.npz.zst" if codec == "zstd" else "events.npz",
-                    "codec": codec, "compress_level": 0 if self.stored else int(self.level)}
-        out = {"layout_version": 2, "layout": "blocks", "events_ext": "events.evb", "codec": "none" if self.stored else self.codec,
-               "compress_level": 0 if self.stored else int(self.level), "block_ms": float(self.block_ms),
-               "time_column": self.time, "xy_column": self.xy}
+            out = {"layout_version": 1, "layout": "npz", "events_ext": "events.npz.zst" if codec == "zstd" else "events.npz",
+                   "codec": codec, "compress_level": 0 if self.stored else int(self.level)}
+        else:
+            out = {"layout_version": 2, "layout": "blocks", "events_ext": "events.evb",
+                   "codec": "none" if self.stored else self.codec, "compress_level": 0 if self.stored else int(self.level),
+                   "block_ms": float(self.block_ms), "time_column": self.time, "xy_column": self.xy}
         if self.precompute:
             out["precompute"] = [spec.describe() for spec in self.precompute]
         return out
@@ -223,8 +224,9 @@ def shard_events(src, out_dir, *, format: str = "gen1", segment_ms: float = 500.
     from fastvid.events.shard_precompute import parse_spec
 
     specs = tuple(parse_spec(p, segment_ms) if isinstance(p, str) else p for p in precompute)
-    if codec in ("none", "stored"):  # no level to choose
+    if codec in ("none", "stored"):  # no level to choose; each layout's name for "uncompressed"
         compress_level = 0
+        codec = "none" if layout == "blocks" else "stored"
     spec_layout = EventLayout(layout, codec, int(compress_level), float(block_ms), time_column, xy_column, specs).check()
     if spec_layout.layout == "blocks":
         from fastvid.events.shard_layout import TIME_LAYOUTS, XY_LAYOUTS
