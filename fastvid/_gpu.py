@@ -17,6 +17,7 @@ _HINTS = {
     "PyNvVideoCodec": "pip install 'fastvid[gpu-decoders]'  (pynvvideocodec; needs an NVIDIA driver)",
     "torchcodec.decoders": "pip install 'fastvid[gpu-decoders]'  (torchcodec matching your torch; needs FFmpeg 4-8 libraries)",
     "spdl.io": "pip install 'fastvid[gpu-decoders]'  (spdl-io; needs FFmpeg libraries)",
+    "nvidia.nvcomp": "pip install 'fastvid[gpu]'  (nvidia-nvcomp-cu13, nvCOMP's Python API: GPU decompression of event shards)",
 }
 
 
@@ -73,6 +74,10 @@ def cupy_available() -> bool:
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:
         return False
+
+
+def require_nvcomp(why: str = "decompressing event shards on the GPU"):
+    return require("nvidia.nvcomp", why)
 
 
 def dali_available() -> bool:

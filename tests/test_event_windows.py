@@ -143,6 +143,7 @@ def test_events_io_benchmark_stages_count_every_event(tmp_path):
     n = r["data"]["events"]
     assert r["stages"]["read"]["events"] == n == r["loader"]["events"] == r["loader_stages_synced"]["events"]
     decode = r["stages"]["decode_one_thread"]
-    assert set(decode) == {"shards", "zstd", "deflate", "stored"} and decode["zstd"]["events"] == n
+    assert set(decode) == {"shards", "zstd", "deflate", "stored", "blocks-lz4", "blocks-zstd", "blocks-none"}
+    assert decode["zstd"]["events"] == decode["blocks-lz4"]["events"] == n
     assert set(r["loader"]["stage_seconds"]) == {"read", "decode", "assemble", "wait", "transfer", "represent"}
     assert r["loader"]["stage_seconds"]["represent"] > 0

@@ -22,6 +22,12 @@ def _events_io():
     return events_io
 
 
+def _events_shards():
+    from fastvid.benchmarks import events_shards
+
+    return events_shards
+
+
 def _events_read():
     from fastvid.benchmarks import events_read
 
@@ -51,6 +57,7 @@ BENCHMARKS = {
     "loader": (_loader, "clips/s, data-wait, CPU%% and GPU util of the loaders vs a torchvision-style baseline"),
     "events": (_events, "events/s of the event representations, single and batched, per device"),
     "events-io": (_events_io, "events/s from event shards to device tensors"),
+    "events-shards": (_events_shards, "event windows -> stacked histograms: DAT files, every shard layout, precomputed, tonic; one run"),
     "events-read": (_events_read, "events/s of reading a Prophesee DAT file vs a plain numpy reader"),
     "crop": (_crop, "clips/s of the fused multi-scale crop+resize+normalize"),
     "train": (_train, "training clips/s and data-wait per model vs synthetic on-device input"),

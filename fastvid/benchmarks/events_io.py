@@ -4,7 +4,8 @@ Measures, at steady state (by default 32 GEN1-like recordings streamed 16 at a t
 unless --shards is given):
 * shard: `fastvid shard events` throughput (events/s written);
 * stages, each alone: read (the segments' bytes from the tars), decode (bytes -> columns, one
-  thread, per codec: the shards' own and zstd/deflate/stored re-encodings of the same segments);
+  thread, per codec: the shards' own and re-encodings of the same segments in the npz layout (zstd, deflate,
+  stored) and the block layout (lz4, zstd, none));
 * loader: `EventSequenceLoader` end to end (shards -> (B, C, H, W) tensors on the device, one
   batched representation call per step), also as a multiple of real time (GEN1 averages ~0.67 M
   events/s); then once more with the device synchronized around each stage, for the loader's own
@@ -133,7 +134,7 @@ def bench_baseline(src: Path, window_ms: float, representation: str, bins: int, 
 def bench_stages(shards, repeats: int, max_segments: int = 64) -> dict:
     """Read and decode, each alone: all segments' bytes (read), then per codec the decode of up to
     `max_segments` segments held in memory (one thread)."""
-    from fastvid.events import codec as codec
+    from fastvid.events import codec
     from fastvid.events.reading import SegmentReader, index_segments
 
     refs = index_segments(shards)
@@ -152,13 +153,15 @@ def bench_stages(shards, repeats: int, max_segments: int = 64) -> dict:
     out["read"] = {"segments": len(fields), "bytes": nbytes, "events": all_events, "seconds": round(best, 4),
                    "events_per_s": all_events / best, "bytes_per_s": nbytes / best}
     decode = {}
-    for name, level in (("shards", None), ("zstd", 1), ("deflate", 1), ("stored", 0)):
+    for name, level in (("shards", None), ("zstd", 1), ("deflate", 1), ("stored", 0), ("blocks-lz4", 1),
+                        ("blocks-zstd", 1), ("blocks-none", 0)):
         if name == "shards":
             encoded = [(codec.events_field(f), f[codec.events_field(f)], s["meta"]["t0"])
                        for f, s in zip(fields, samples)]
         else:
-            encoded = [(*codec.encode_event_field(s["events"], s["meta"]["t0"], name, level), s["meta"]["t0"])
-                       for s in samples]
+            layout, _, name_codec = name.rpartition("-")
+            encoded = [(*codec.encode_event_field(s["events"], s["meta"]["t0"], name_codec, level, layout or "npz"),
+                        s["meta"]["t0"]) for s in samples]
         timings = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -204,7 +207,7 @@ def run_benchmark(device: str = "auto", work_dir: str = "bench_work/events-io", 
                   segment_ms: float = 500.0, window_ms: float = 50.0, batch_size: int | None = None,
                   representation: str = "stacked_histogram", bins: int = 10, baseline: bool = True,
                   repeats: int | None = None, numba_threads: int | None = None, compress_level: int = 1,
-                  codec: str = "zstd", num_workers: int | None = None, dtype: str = "float32",
+                  codec: str = "lz4", num_workers: int | None = None, dtype: str = "float32",
                   count_cutoff: float | None = None) -> dict:
     from fastvid import _gpu
     from fastvid.benchmarks.common import device_info
@@ -234,7 +237,8 @@ def run_benchmark(device: str = "auto", work_dir: str = "bench_work/events-io", 
         if shards.exists():  # our own output of an earlier run: shard again so the timing is real
             shutil.rmtree(shards)
         start = time.perf_counter()
-        shard_events(src, shards, segment_ms=segment_ms, compress_level=compress_level, codec=codec)
+        shard_events(src, shards, segment_ms=segment_ms, compress_level=compress_level, codec=codec,
+                     layout="npz" if codec in ("deflate", "stored") else "blocks")
         seconds = time.perf_counter() - start
         result["shard"] = {"seconds": round(seconds, 3), "events_per_s": result["data"]["events"] / seconds}
         raw_bytes = sum(p.stat().st_size for p in src.glob("*_td.dat"))
@@ -282,7 +286,8 @@ def add_arguments(p):
     p.add_argument("--num-workers", type=int, default=None, help="loader reader threads (default: the loader's)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "uint8"], help="loader output dtype")
     p.add_argument("--count-cutoff", type=float, default=None, help="cap of the histogram counts (RVT's count_cutoff)")
-    p.add_argument("--codec", default="zstd", choices=["zstd", "deflate", "stored"], help="shard codec for generated data")
+    p.add_argument("--codec", default="lz4", choices=["lz4", "zstd", "none", "deflate", "stored"],
+                   help="shard codec for generated data (lz4, zstd, none: block layout; deflate, stored: npz layout)")
     p.add_argument("--representation", default="stacked_histogram")
     p.add_argument("--bins", type=int, default=10)
     p.add_argument("--no-baseline", action="store_true", help="skip the per-window DAT read baseline")

@@ -4,7 +4,7 @@ Registered into the core by fastvid.events.kind."""
 
 from __future__ import annotations
 
-__all__ = ['represent', 'represent_batch', 'REPRESENTATIONS', 'read_dat', 'read_boxes', 'read_events', 'read_raw', 'crop_boxes', 'BOX_DTYPE', 'EVENT_DTYPE', 'shard_events', 'list_segments', 'SOURCE_FORMATS', 'iter_segments', 'index_segments', 'SegmentReader', 'encode_events', 'decode_events', 'decode_sample', 'EventSequenceLoader']
+__all__ = ['represent', 'represent_batch', 'REPRESENTATIONS', 'read_dat', 'read_boxes', 'read_events', 'read_raw', 'crop_boxes', 'BOX_DTYPE', 'EVENT_DTYPE', 'shard_events', 'list_segments', 'SOURCE_FORMATS', 'iter_segments', 'index_segments', 'SegmentReader', 'encode_events', 'decode_events', 'decode_sample', 'decode_window', 'decode_windows', 'EventSequenceLoader']
 
 
 def __getattr__(name):
@@ -37,7 +37,11 @@ def __getattr__(name):
         from fastvid.events import reading
 
         return getattr(reading, name)
-    if name in ('encode_events', 'decode_events', 'decode_sample'):
+    if name in ('decode_windows',):
+        from fastvid.events import gpu_decode
+
+        return getattr(gpu_decode, name)
+    if name in ('encode_events', 'decode_events', 'decode_sample', 'decode_window'):
         from fastvid.events import codec
 
         return getattr(codec, name)

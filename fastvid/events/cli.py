@@ -1,6 +1,6 @@
 """`fastvid shard events SRC OUT --format gen1|gen4 --segment-ms 500`: event recordings -> event shards.
 
-fastvid/shard/cli.py delegates its `events` sub-command here (add_arguments / run).
+fastvid/store/cli.py delegates its `events` sub-command here (add_arguments / run).
 """
 
 from __future__ import annotations
@@ -17,9 +17,23 @@ def add_arguments(parser):
     parser.add_argument("--segment-ms", type=float, default=500.0, help="duration of one sample, in ms (default: 500)")
     parser.add_argument("--classes", default=None, help="comma-separated class names, index = class_id (default: the format's, GEN1 car,pedestrian)")
     parser.add_argument("--allow-missing-boxes", action="store_true", help="shard recordings without a _bbox.npy (no boxes) instead of failing them")
-    parser.add_argument("--codec", default="zstd", choices=["zstd", "deflate", "stored"],
-                        help="event column codec: zstd (default: events.npz.zst, fast to decode), deflate (events.npz as np.savez_compressed would), stored")
-    parser.add_argument("--compress-level", type=int, default=1, help="codec level: 1 (default, fast) to 19 (zstd) / 9 (deflate); 0 = uncompressed")
+    parser.add_argument("--layout", default="blocks", choices=["blocks", "npz"],
+                        help="event column layout: blocks (default: events.evb, a time index of --block-ms blocks so a window "
+                             "read decompresses only its blocks) or npz (the version-1 layout, events.npz[.zst])")
+    parser.add_argument("--codec", default=None, choices=["lz4", "zstd", "none", "deflate", "stored"],
+                        help="event column codec: blocks layout lz4 (default: fastest to decode), zstd (smallest) or none; "
+                             "npz layout zstd (default), deflate or stored")
+    parser.add_argument("--compress-level", type=int, default=1,
+                        help="codec level: 1 (default, fast) to 19 (zstd) / 12 (lz4 HC) / 9 (deflate); 0 = uncompressed")
+    parser.add_argument("--block-ms", type=float, default=5.0, help="blocks layout: duration of one indexed block, in ms (default 5)")
+    parser.add_argument("--time-column", default="delta", choices=["delta", "raw"],
+                        help="blocks layout: timestamps as deltas in the smallest unsigned type (default) or raw int64")
+    parser.add_argument("--xy-column", default="split", choices=["split", "packed"],
+                        help="blocks layout: x, y as uint16 columns + bit-packed p (default), or packed in one uint32 as in DAT files")
+    parser.add_argument("--precompute", action="append", default=[], metavar="SPEC",
+                        help="store a representation next to the events, read back as tensors without decoding events, e.g. "
+                             "stacked_histogram:window_ms=50:bins=10 (RVT's; uint8 counts; window_ms must divide --segment-ms); "
+                             "repeatable")
     add_common_arguments(parser, max_samples=None, max_shard_bytes=None, workers=1)
 
 
@@ -33,7 +47,9 @@ def run(args) -> int:
     if args.max_shard_bytes is not None:
         writer_kw["max_shard_bytes"] = args.max_shard_bytes
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    codec = args.codec or ("lz4" if args.layout == "blocks" else "zstd")
     shard_events(args.src, args.out, format=args.format, segment_ms=args.segment_ms, split=args.split,
                  classes=classes, require_boxes=not args.allow_missing_boxes,
-                 compress_level=args.compress_level, codec=args.codec, **writer_kw)
+                 compress_level=args.compress_level, codec=codec, layout=args.layout, block_ms=args.block_ms,
+                 time_column=args.time_column, xy_column=args.xy_column, precompute=args.precompute, **writer_kw)
     return 0  # the writer's summary names the failed recordings

@@ -7,13 +7,20 @@ fastvid.store.reader (the one shard-set reader), which also accepts URLs and bra
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import threading
 import zipfile
 import zlib
 from pathlib import Path
 
-from fastvid.events.codec import EVENT_EXTS, META_EXT, decode_sample, events_field, parse_segment_key
+import numpy as np
+
+from fastvid.events.codec import (EVENT_EXTS, EVENTS_EVB_EXT, META_EXT, decode_sample, decode_window, events_field,
+                                  parse_segment_key)
+
+_INDEX_CACHE = 4096  # parsed sample tables kept by a SegmentReader
+_HEAD_BYTES = 4096  # first read of an indexed field: header + block table of a 500 ms segment in 5 ms blocks
 
 
 def shard_set_files(shards) -> list[tuple[Path, Path]]:
@@ -91,6 +98,7 @@ class SegmentReader:
     def __init__(self):
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._indexes: dict = {}  # (tar, key, ext) -> parsed BlockIndex / RepIndex
 
     def _fd(self, tar: str) -> int:
         fd = self._fds.get(tar)
@@ -117,9 +125,105 @@ class SegmentReader:
     def read(self, ref: SegmentRef, columns: bool = False) -> dict:
         try:
             return decode_sample(self.read_fields(ref), columns)
-        except (KeyError, ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
-            # Corrupt deflate data / zip structure raise zlib.error / BadZipFile, not ValueError.
-            raise ValueError(f"{ref.tar}: cannot decode segment {ref.key!r} ({type(exc).__name__}: {exc})") from None
+        except _DECODE_ERRORS as exc:
+            raise _named(ref, exc) from None
+
+    def _pread(self, ref: SegmentRef, ext: str, start: int, stop: int) -> bytes:
+        """Bytes [start, stop) of one field of the sample."""
+        offset, size = ref.fields[ext]
+        stop = min(stop, size)
+        data = os.pread(self._fd(ref.tar), stop - start, offset + start)
+        if len(data) != stop - start:
+            raise ValueError(f"field {ext} at byte {offset + start} is cut short")
+        return data
+
+    def _indexed(self, ref: SegmentRef, ext: str, parse):
+        """The parsed header + table of an indexed field (block layout or representation), read by its first bytes."""
+        size = ref.fields[ext][1]
+        head = self._pread(ref, ext, 0, _HEAD_BYTES)
+        for _ in range(2):  # the table's end is known once the JSON header is in
+            need = parse.table_end(head)
+            if need <= len(head) or need > size:
+                break
+            head = self._pread(ref, ext, 0, need)
+        return parse.parse(head, size)
+
+    def read_window(self, ref: SegmentRef, t0: int | None, t1: int | None) -> dict:
+        """Columns {"t", "x", "y", "p"} of the sample's events with t0 <= t < t1. In the block layout only the
+        json, the block table and the window's blocks are read from the tar (a few percent of a segment for a
+        50 ms window); older layouts read and decode the whole field. Errors name the tar and the sample."""
+        from fastvid.events.blocks import BlockIndex
+
+        try:
+            if events_field(ref.fields) != EVENTS_EVB_EXT:
+                return decode_window(self.read_fields(ref), t0, t1)
+            key = (ref.tar, ref.key, EVENTS_EVB_EXT)
+            index = self._indexes.get(key)
+            if index is None:  # once per sample: windows of one segment share its json and block table
+                meta = json.loads(self.read_fields(ref, {META_EXT})[META_EXT])
+                index = self._indexed(ref, EVENTS_EVB_EXT, BlockIndex)
+                index.check(meta.get("num_events"), meta.get("t0"))
+                self._cache(key, index)
+            k_lo, k_hi = index.block_range(t0, t1)
+            a, b = index.byte_range(k_lo, k_hi)
+            return index.decode(self._pread(ref, EVENTS_EVB_EXT, a, b), k_lo, k_hi, a, t0, t1)
+        except _DECODE_ERRORS as exc:
+            raise _named(ref, exc) from None
+
+    def representation_index(self, ref: SegmentRef, ext: str):
+        """The window table of the precomputed field `ext` (shape, number of windows), cached per sample."""
+        from fastvid.events.precompute import RepIndex
+
+        key = (ref.tar, ref.key, ext)
+        index = self._indexes.get(key)
+        if index is None:
+            if ext not in ref.fields:
+                raise ValueError(f"{ref.tar}: sample {ref.key!r} has no precomputed {ext} (it has {sorted(ref.fields)}); "
+                                 "shard with --precompute to add it")
+            try:
+                index = self._indexed(ref, ext, RepIndex)
+            except _DECODE_ERRORS as exc:
+                raise _named(ref, exc) from None
+            self._cache(key, index)
+        return index
+
+    def _cache(self, key, index) -> None:
+        """Keep parsed block / window tables of the most recent samples (a few KB each)."""
+        with self._lock:
+            if len(self._indexes) >= _INDEX_CACHE:
+                self._indexes.pop(next(iter(self._indexes)))
+            self._indexes[key] = index
+
+    def read_representation(self, ref: SegmentRef, ext: str, windows=None, out=None, out_zeroed: bool = False):
+        """(n, C, H, W) uint8 of the precomputed representation `ext` (e.g. "stacked_histogram_w50000_b10.evr")
+        for `windows` (indices of the segment's grid windows; None: all), reading only those windows' bytes.
+        `out`: an array to write into instead (e.g. a slice of a float32 batch); out_zeroed: it is known to hold
+        zeros (np.zeros), so sparse windows only scatter their nonzero cells."""
+        index = self.representation_index(ref, ext)
+        try:
+            w = index.windows_of(windows)
+            if not len(w):
+                return index.decode(b"", w, 0, out)
+            if index.codec == "none" and index.encoding == "dense" and out is not None and out.dtype == np.uint8 and out.flags.c_contiguous:
+                return self._read_stored_windows(ref, ext, index, w, out)
+            a, b = int(index.byte_offsets[w.min()]), int(index.byte_offsets[w.max() + 1])
+            return index.decode(self._pread(ref, ext, a, b), w, a, out, out_zeroed)
+        except (*_DECODE_ERRORS, IndexError) as exc:
+            raise _named(ref, exc) from None
+
+    def _read_stored_windows(self, ref: SegmentRef, ext: str, index, w, out):
+        """Uncompressed windows straight from the tar into `out` (uint8): one read, no copy."""
+        size = int(np.prod(index.shape))
+        if out.shape != (len(w), *index.shape):
+            raise ValueError(f"out has shape {out.shape}, the windows need {(len(w), *index.shape)}")
+        offset = ref.fields[ext][0]
+        for i, k in enumerate(w):
+            if int(index.sizes[k]) != size or int(index.raw_sizes[k]) != size:
+                raise ValueError(f"stored window {int(k)} holds {int(index.sizes[k])} bytes, its shape needs {size}")
+            got = os.preadv(self._fd(ref.tar), [memoryview(out[i]).cast("B")], offset + int(index.byte_offsets[k]))
+            if got != size:
+                raise ValueError(f"field {ext} window {int(k)} is cut short")
+        return out
 
     def close(self):
         fds, self._fds = self._fds, {}
@@ -131,6 +235,15 @@ class SegmentReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# Corrupt deflate data / zip structure raise zlib.error / BadZipFile, not ValueError.
+_DECODE_ERRORS = (KeyError, ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile)
+
+
+def _named(ref: SegmentRef, exc: BaseException) -> ValueError:
+    """The one error line of a sample that cannot be decoded: the tar, the sample key, and what is wrong."""
+    return ValueError(f"{ref.tar}: cannot decode segment {ref.key!r} ({type(exc).__name__}: {exc})")
 
 
 def iter_segments(shards):

@@ -20,7 +20,8 @@ import numpy as np
 
 from fastvid.events import io as evio
 from fastvid.events import segments as seglib
-from fastvid.events.codec import BOXES_EXT, EVENT_CODECS, META_EXT, encode_boxes, encode_event_field, segment_key
+from fastvid.events.codec import (BLOCK_CODECS, BOXES_EXT, EVENT_CODECS, EVENT_LAYOUTS, META_EXT, encode_boxes,
+                                        encode_event_field, segment_key)
 from fastvid.events.layouts import find_recordings, source_format
 
 
@@ -110,10 +111,62 @@ def list_segments(src, segment_ms: float, require_boxes: bool = True, format: st
     return items
 
 
-def encode_segment(item: SegmentItem, compress_level: int = 1, codec: str = "zstd") -> dict:
-    """The webdataset fields of one segment (top-level, so worker processes can run it)."""
+@dataclasses.dataclass(frozen=True)
+class EventLayout:
+    """How a segment's events are stored (see fastvid.events.codec): the layout, its codec and level,
+    the block layout's options, and the representations precomputed into each sample."""
+
+    layout: str = "blocks"
+    codec: str = "lz4"
+    level: int = 1
+    block_ms: float = 5.0
+    time: str = "delta"
+    xy: str = "split"
+    precompute: tuple = ()  # fastvid.events.precompute.RepresentationSpec, one field each
+
+    def check(self) -> "EventLayout":
+        if self.layout not in EVENT_LAYOUTS:
+            raise ValueError(f"unknown event layout {self.layout!r}; choose one of {', '.join(EVENT_LAYOUTS)}")
+        codecs = BLOCK_CODECS if self.layout == "blocks" else EVENT_CODECS
+        if self.codec not in codecs:
+            raise ValueError(f"codec {self.codec!r} is not one of the {self.layout} layout's: {', '.join(codecs)}")
+        top = {"zstd": 19, "deflate": 9, "lz4": 12}.get(self.codec, 0)
+        if not 0 <= int(self.level) <= top:
+            raise ValueError(f"{self.codec} compress level must be 0 (stored) to {top}, got {self.level}")
+        return self
+
+    @property
+    def stored(self) -> bool:
+        return self.codec in ("stored", "none") or int(self.level) == 0
+
+    @property
+    def representation_codec(self) -> str:
+        """Precomputed representations use the events' block codec (zstd for the npz layout's deflate)."""
+        if self.stored:
+            return "none"
+        return self.codec if self.codec in BLOCK_CODECS else "zstd"
+
+    def options(self) -> dict:
+        """What the manifest records (and what makes a rerun with other settings a different set)."""
+        if self.layout == "npz":
+            codec = "stored" if self.stored else self.codec
+            out = {"layout_version": 1, "layout": "npz", "events_ext": "events.npz.zst" if codec == "zstd" else "events.npz",
+                   "codec": codec, "compress_level": 0 if self.stored else int(self.level)}
+        else:
+            out = {"layout_version": 2, "layout": "blocks", "events_ext": "events.evb",
+                   "codec": "none" if self.stored else self.codec, "compress_level": 0 if self.stored else int(self.level),
+                   "block_ms": float(self.block_ms), "time_column": self.time, "xy_column": self.xy}
+        if self.precompute:
+            out["precompute"] = [spec.describe() for spec in self.precompute]
+        return out
+
+
+def encode_segment(item: SegmentItem, compress_level: int = 1, codec: str = "zstd", layout: EventLayout | None = None) -> dict:
+    """The webdataset fields of one segment (top-level, so worker processes can run it). Without `layout`,
+    the npz layout in `codec` at `compress_level` (the former signature)."""
     if item.error:
         raise ValueError(item.error)
+    layout = layout or EventLayout("npz", codec, compress_level)
     start, stop = item.event_range
     events = source_format(item.format).read(item.events_path, start, stop)
     if len(events) and (int(events["t"][0]) < item.t0 or int(events["t"][-1]) >= item.t1):
@@ -135,49 +188,71 @@ def encode_segment(item: SegmentItem, compress_level: int = 1, codec: str = "zst
         "num_boxes": int(len(boxes)),
         "source": item.source,
         "recording_t_end": item.recording_t_end,
+        "layout_version": 2 if layout.layout == "blocks" else 1,
     }
-    ext, data = encode_event_field(events, item.t0, codec, compress_level)
-    return {ext: data, BOXES_EXT: encode_boxes(boxes), META_EXT: meta}
+    if layout.layout == "blocks":
+        ext, data = encode_event_field(events, item.t0, layout.codec, layout.level, "blocks", block_ms=layout.block_ms,
+                                       time=layout.time, xy=layout.xy)
+    else:
+        ext, data = encode_event_field(events, item.t0, layout.codec, layout.level)
+    fields = {ext: data, BOXES_EXT: encode_boxes(boxes), META_EXT: meta}
+    if layout.precompute:
+        from fastvid.events.precompute import encode_representation
+
+        for spec in layout.precompute:
+            fields[spec.ext] = encode_representation(events, item.t0, item.t1, spec, item.sensor_size,
+                                                     layout.representation_codec, max(int(layout.level), 1))
+    return fields
 
 
 def shard_events(src, out_dir, *, format: str = "gen1", segment_ms: float = 500.0, split: str = "train",
-                 classes=None, require_boxes: bool = True, compress_level: int = 1, codec: str = "zstd",
-                 **writer_kw) -> dict:
+                 classes=None, require_boxes: bool = True, compress_level: int = 1, codec: str = "lz4",
+                 layout: str = "blocks", block_ms: float = 5.0, time_column: str = "delta", xy_column: str = "split",
+                 precompute=(), **writer_kw) -> dict:
     """Shard the event recordings under `src` into `out_dir`; returns the manifest.
 
     format: a key of fastvid.events.layouts.SOURCE_FORMATS ("gen1": *_td.dat, "gen4": *_td.h5,
     "raw": Prophesee EVT 2.0/3.0 *.raw; each with *_bbox.npy).
-    codec: "zstd" (default; events.npz.zst), "deflate" or "stored" (events.npz), see shard_codec.
-    compress_level: the codec's level (zstd 1-19, deflate 1-9; 1, the default, is fast), or 0 to
-    store the columns uncompressed (largest, fastest to read).
+    layout: "blocks" (default; ``events.evb``, a time index of `block_ms` blocks, codec "lz4" (default),
+    "zstd" or "none"; time_column "delta"/"raw", xy_column "split"/"packed") or "npz" (the version-1
+    layout: codec "zstd", "deflate" or "stored"); see fastvid.events.codec and fastvid.events.blocks.
+    compress_level: the codec's level (zstd 1-19, deflate 1-9, lz4 1 fast or 2-12 HC; 1, the default, is
+    fast), or 0 to store the columns uncompressed (largest, fastest to read).
+    precompute: representations stored next to the events, as spec strings or RepresentationSpecs
+    ("stacked_histogram:window_ms=50:bins=10", see fastvid.events.precompute).
     """
-    if codec not in EVENT_CODECS:
-        raise ValueError(f"unknown event codec {codec!r}; choose one of {', '.join(EVENT_CODECS)}")
-    top = 19 if codec == "zstd" else 9
-    if not 0 <= int(compress_level) <= top:
-        raise ValueError(f"{codec} compress level must be 0 (stored) to {top}, got {compress_level}")
-    if codec == "stored":
+    from fastvid.events.precompute import parse_spec
+
+    specs = tuple(parse_spec(p, segment_ms) if isinstance(p, str) else p for p in precompute)
+    if codec in ("none", "stored"):  # no level to choose; each layout's name for "uncompressed"
         compress_level = 0
+        codec = "none" if layout == "blocks" else "stored"
+    spec_layout = EventLayout(layout, codec, int(compress_level), float(block_ms), time_column, xy_column, specs).check()
+    if spec_layout.layout == "blocks":
+        from fastvid.events.blocks import TIME_LAYOUTS, XY_LAYOUTS
+
+        if time_column not in TIME_LAYOUTS or xy_column not in XY_LAYOUTS or not block_ms > 0:
+            raise ValueError(f"time column must be one of {TIME_LAYOUTS}, xy column one of {XY_LAYOUTS} and block_ms "
+                             f"positive; got {time_column!r}, {xy_column!r}, {block_ms}")
     fmt = source_format(format)
     # Decoded copies (raw) live in the output folder, one per node, only while the job runs.
     work_dir = Path(out_dir) / f".prepared-n{int(writer_kw.get('node_rank', 0))}" if fmt.prepare else None
     try:
         items = list_segments(src, segment_ms, require_boxes=require_boxes, format=fmt.name, work_dir=work_dir)
-        return _write(items, fmt, out_dir, split, classes, segment_ms, compress_level, codec, writer_kw)
+        return _write(items, fmt, out_dir, split, classes, segment_ms, spec_layout, writer_kw)
     finally:
         if work_dir is not None:
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _write(items, fmt, out_dir, split, classes, segment_ms, compress_level, codec, writer_kw) -> dict:
+def _write(items, fmt, out_dir, split, classes, segment_ms, layout: EventLayout, writer_kw) -> dict:
     from fastvid.store.writer import write_shard_set
 
     options = {"format": fmt.name, "segment_ms": segment_ms,
                "sensor_size": list(next((i.sensor_size for i in items if not i.error), fmt.sensor_size)),
                "num_recordings": len({i.recording for i in items}),
-               "events_ext": "events.npz.zst" if codec == "zstd" and compress_level else "events.npz",
-               "boxes_ext": BOXES_EXT, "codec": codec if compress_level else "stored", "compress_level": int(compress_level)}
-    encode = functools.partial(encode_segment, compress_level=int(compress_level), codec=codec)
+               "boxes_ext": BOXES_EXT, **layout.options()}
+    encode = functools.partial(encode_segment, layout=layout)
     return write_shard_set(items, encode, out_dir, kind="events",
                            classes=list(classes or fmt.classes), options=options, split=split,
                            desc=f"shard events ({fmt.name})", **writer_kw)
