@@ -199,3 +199,23 @@ def test_a_bad_segment_is_one_failure_with_padding_in_its_place(labelled, tmp_pa
     assert {k: v[0][:3] for k, v in got.items() if k[0] == "short"} == {k: v[0][:3] for k, v in good.items() if k[0] == "short"}
     with pytest.raises(FailureBudgetExceeded, match=r"'long@5'"):
         list(event_loader(str(broken), 2, failure_budget=0, **kw))
+
+
+def test_precomputed_histograms_are_read_instead_of_events_and_equal_them(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    ts, xs, ys, ps = random_events(4000, 1_000_000, seed=7, width=SENSOR[0], height=SENSOR[1])
+    write_gen1_dat(src / "rec_td.dat", ts, xs, ys, ps, width=SENSOR[0], height=SENSOR[1])
+    write_boxes(src / "rec_bbox.npy", np.arange(50_000, 1_000_000, 50_000), seed=1, sensor=SENSOR)
+    out = tmp_path / "shards"
+    shard_events(src, out, segment_ms=500, precompute=["stacked_histogram:window_ms=50:bins=4"])
+    kw = dict(window_ms=50, representation="stacked_histogram", bins=4, dtype="uint8", device="cpu", shuffle=False)
+    stored = event_loader(out, 2, **kw)
+    computed = event_loader(out, 2, precomputed=False, **kw)
+    assert stored.precomputed is not None and computed.precomputed is None
+    assert event_loader(out, 2, **{**kw, "bins": 3}).precomputed is None  # other bins: computed from the events
+    a, b = list(stored), list(computed)
+    assert len(a) == len(b) == 20  # one recording, twenty 50 ms windows, one stream padding
+    for x, y in zip(a, b):
+        assert torch.equal(x["x"], y["x"]) and torch.equal(x["valid"], y["valid"]) and x["recording"] == y["recording"]
+        assert [bx["t"].tolist() for bx in x["boxes"]] == [bx["t"].tolist() for bx in y["boxes"]]

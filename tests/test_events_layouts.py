@@ -119,7 +119,7 @@ def test_every_layout_loads_the_same_windows(gen1_src, tmp_path):
     equals the full decode cut to the window, and the manifest and samples record the layout version."""
     import torch
 
-    from fastvid.events.sequence import EventSequenceLoader
+    from conftest import event_loader
     from fastvid.events.writing import shard_events
     from fastvid.store.manifest import read_manifest
 
@@ -129,7 +129,7 @@ def test_every_layout_loads_the_same_windows(gen1_src, tmp_path):
         manifest = shard_events(gen1_src, out, segment_ms=300, **kw)
         version = 1 if kw["layout"] == "npz" else 2
         assert read_manifest(out)["options"]["layout_version"] == version
-        loader = EventSequenceLoader(out, batch_size=2, window_ms=50, bins=3, shuffle=False, num_workers=2)
+        loader = event_loader(out, 2, window_ms=50, bins=3, shuffle=False, num_workers=2)
         steps[name] = [(b["x"], b["num_events"]) for b in loader]
         with SegmentReader() as reader:
             for ref in index_segments(out):
@@ -180,7 +180,7 @@ def test_cli_block_layout_with_precomputed_histograms_equal_the_loader(gen1_src,
     """`fastvid shard events --precompute stacked_histogram:...` stores uint8 histograms per grid window that
     equal the loader's uint8 output (window bounds as t0/t1), read whole, by window, or into a float32 batch."""
     from fastvid.cli import main as fastvid_main
-    from fastvid.events.sequence import EventSequenceLoader
+    from conftest import event_loader
     from fastvid.events.precompute import decode_representation, parse_spec
 
     out = tmp_path / "pre"
@@ -190,7 +190,7 @@ def test_cli_block_layout_with_precomputed_histograms_equal_the_loader(gen1_src,
     ext = parse_spec(spec).ext
     refs = index_segments(out)
     assert all(ext in ref.fields for ref in refs)
-    loader = EventSequenceLoader(out, batch_size=1, window_ms=50, bins=3, shuffle=False, dtype="uint8", count_cutoff=4)
+    loader = event_loader(out, 1, window_ms=50, bins=3, shuffle=False, dtype="uint8", count_cutoff=4)
     expected = {(b["recording"][0], int(b["t0"][0])): b["x"][0].numpy() for b in loader}
     with SegmentReader() as reader:
         for ref in refs:
@@ -375,7 +375,7 @@ def npz_with_columns(n_declared: int, lengths: dict, deflate: bool = False) -> b
 def test_columns_of_unequal_length_are_one_error_naming_tar_and_sample(tmp_path):
     """Issue 21: an npz whose x column is shorter than the others used to decode and fail later in the
     representation, naming no file. Now the reader and the loader refuse it, naming the tar and the key."""
-    from fastvid.events.sequence import EventSequenceLoader
+    from conftest import event_loader
 
     good = npz_with_columns(100, {})
     short_x = npz_with_columns(100, {"x": 60})
@@ -386,9 +386,13 @@ def test_columns_of_unequal_length_are_one_error_naming_tar_and_sample(tmp_path)
         assert len(reader.read(refs[0], columns=True)["events"]["t"]) == 100
         with pytest.raises(ValueError, match=r"uneven-000000.tar: cannot decode segment 'rec_s000001'.*x\.npy.*\(100,\)"):
             reader.read(refs[1], columns=True)
-    loader = EventSequenceLoader([tar], batch_size=1, window_ms=100, shuffle=False, num_workers=1)
-    with pytest.raises(ValueError, match=r"uneven-000000.tar: cannot decode segment 'rec_s000001'"):
-        list(loader)
+    # The loader's failure policy: one failure naming tar and segment, padding rows in its place; past the
+    # budget, the epoch fails with that message.
+    loader = event_loader([tar], 1, window_ms=100, shuffle=False, num_workers=1)
+    steps = list(loader)
+    assert loader.stats["failures"] == 1 and sum(int(s["valid"].sum()) for s in steps) == 5
+    with pytest.raises(RuntimeError, match=r"uneven-000000.tar: cannot decode segment 'rec_s000001'"):
+        list(event_loader([tar], 1, window_ms=100, shuffle=False, num_workers=1, failure_budget=0))
 
 
 def test_npz_members_that_inflate_past_the_declared_count_are_refused():
@@ -536,5 +540,6 @@ def test_events_shards_benchmark_paths_cover_the_same_windows(tmp_path):
             continue
         assert (row["events"], row["windows"]) == (dat["events"], dat["windows"]), name
         assert len(row["seconds"]) == 1 and row["x_dat"] > 0
-    assert {"shards:blocks-lz4", "windows->uint8:blocks-lz4", "precomputed (uint8 batch)"} <= set(r["paths"])
+    assert {"shards:blocks-lz4", "windows->uint8:blocks-lz4", "precomputed (uint8 batch)", "loader uint8: precomputed",
+            "loader uint8: events"} <= set(r["paths"])
     assert "x dat" in format_table(r)

@@ -11,7 +11,9 @@ import pytest
 
 from fastvid.cli import main as fastvid_main
 from fastvid.events import iter_segments
-from fastvid.events import codec as evshard
+from fastvid.events import codec as evcodec
+from fastvid.events import writing as evwriting
+from fastvid.events.types import EVENT_DTYPE
 from fastvid.store.manifest import read_manifest, shard_files
 from test_events_io import random_events, write_gen1_dat
 
@@ -53,17 +55,17 @@ def gen1_dir(tmp_path):
 
 def test_encode_decode_roundtrip():
     ts, xs, ys, ps = random_events(1000, 500_000, seed=9)
-    ev = np.zeros(1000, evshard.EVENT_DTYPE)
+    ev = np.zeros(1000, EVENT_DTYPE)
     ev["t"], ev["x"], ev["y"], ev["p"] = ts + 10_000_000, xs, ys, ps
-    data = evshard.encode_events(ev, 10_000_000)
-    np.testing.assert_array_equal(evshard.decode_events(data, 10_000_000), ev)
+    data = evcodec.encode_events(ev, 10_000_000)
+    np.testing.assert_array_equal(evcodec.decode_events(data, 10_000_000), ev)
     assert len(data) < ev.nbytes * 0.9  # compact: under the 16 B/event in-memory layout
-    stored = evshard.encode_events(ev, 10_000_000, compress_level=0)
-    np.testing.assert_array_equal(evshard.decode_events(stored, 10_000_000), ev)
+    stored = evcodec.encode_events(ev, 10_000_000, compress_level=0)
+    np.testing.assert_array_equal(evcodec.decode_events(stored, 10_000_000), ev)
     assert len(data) < len(stored) < ev.nbytes  # uncompressed is still delta/bit packed
-    assert len(evshard.decode_events(evshard.encode_events(ev[:0], 5), 5)) == 0
+    assert len(evcodec.decode_events(evcodec.encode_events(ev[:0], 5), 5)) == 0
     with pytest.raises(ValueError):
-        evshard.encode_events(ev, 20_000_000)
+        evcodec.encode_events(ev, 20_000_000)
 
 
 @pytest.mark.parametrize("codec,level,ext", [("zstd", 1, "events.npz.zst"), ("zstd", 9, "events.npz.zst"),
@@ -75,7 +77,7 @@ def test_event_codecs_roundtrip(codec, level, ext):
     from fastvid.events import codec as shard_codec
 
     ts, xs, ys, ps = random_events(2000, 500_000, seed=4)
-    ev = np.zeros(len(ts), evshard.EVENT_DTYPE)
+    ev = np.zeros(len(ts), EVENT_DTYPE)
     ev["t"], ev["x"], ev["y"], ev["p"] = ts + 1_000_000, xs, ys, ps
     got_ext, data = shard_codec.encode_event_field(ev, 1_000_000, codec, level)
     assert got_ext == ext
@@ -96,7 +98,7 @@ def test_event_codecs_roundtrip(codec, level, ext):
 def test_shard_and_iter_segments_preserve_everything(gen1_dir, tmp_path):
     src, recs = gen1_dir
     out = tmp_path / "shards"
-    manifest = evshard.shard_events(src, out, segment_ms=500, max_samples=3)
+    manifest = evwriting.shard_events(src, out, segment_ms=500, max_samples=3)
     assert manifest["kind"] == "events" and manifest["failures"] == []
     assert read_manifest(out)["num_samples"] == manifest["num_samples"]
     assert len(shard_files(out)) == len(manifest["shards"]) >= 2
@@ -130,7 +132,7 @@ def test_shard_and_iter_segments_preserve_everything(gen1_dir, tmp_path):
 def test_tar_members_and_dali_index(gen1_dir, tmp_path):
     src, _ = gen1_dir
     out = tmp_path / "shards"
-    evshard.shard_events(src, out, segment_ms=500, max_samples=2)
+    evwriting.shard_events(src, out, segment_ms=500, max_samples=2)
     # a plain list of tars reads the same as the shard set directory
     by_dir = [(s["meta"]["recording"], s["meta"]["segment"], len(s["events"])) for s in iter_segments(out)]
     by_list = [(s["meta"]["recording"], s["meta"]["segment"], len(s["events"])) for s in iter_segments([str(t) for t, _ in shard_files(out)])]
@@ -152,13 +154,13 @@ def test_broken_recordings_become_failures_and_resume(gen1_dir, tmp_path):
     write_boxes(src / "trunc_bbox.npy", [1], 0)
     write_gen1_dat(src / "nobox_td.dat", [1, 2], [1, 1], [1, 1], [0, 1])
     out = tmp_path / "shards"
-    manifest = evshard.shard_events(src, out, segment_ms=500, max_samples=2)
+    manifest = evwriting.shard_events(src, out, segment_ms=500, max_samples=2)
     failures = {f["source"].rsplit("/", 1)[-1]: f["error"] for f in manifest["failures"]}
     assert set(failures) == {"trunc_td.dat", "nobox_td.dat"}
     assert "truncated" in failures["trunc_td.dat"] and "byte" in failures["trunc_td.dat"]
     assert "bbox" in failures["nobox_td.dat"]
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
-    again = evshard.shard_events(src, out, segment_ms=500, max_samples=2)
+    again = evwriting.shard_events(src, out, segment_ms=500, max_samples=2)
     assert again["shards"] == manifest["shards"]
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == before  # kept, not rewritten
 
@@ -184,7 +186,7 @@ def test_inspect_counts_events_and_boxes_per_class(gen1_dir, tmp_path):
 
     src, recs = gen1_dir
     out = tmp_path / "shards"
-    evshard.shard_events(src, out, segment_ms=500, max_samples=3)
+    evwriting.shard_events(src, out, segment_ms=500, max_samples=3)
     summary = summarize(out, verify=True)
     assert summary["problems"] == []
     assert summary["num_events"] == sum(len(r[0]) for r in recs.values())
@@ -200,7 +202,7 @@ def test_inspect_counts_events_and_boxes_per_class(gen1_dir, tmp_path):
 def test_truncated_event_shard_is_one_clear_error(gen1_dir, tmp_path):
     src, _ = gen1_dir
     out = tmp_path / "shards"
-    evshard.shard_events(src, out, segment_ms=500, max_samples=3)
+    evwriting.shard_events(src, out, segment_ms=500, max_samples=3)
     victim = shard_files(out)[0][0]
     with open(victim, "r+b") as f:
         f.truncate(victim.stat().st_size // 2)
@@ -217,7 +219,7 @@ def test_corrupt_event_data_is_one_clear_error(gen1_dir, tmp_path, layout, codec
 
     src, _ = gen1_dir
     out = tmp_path / "shards"
-    evshard.shard_events(src, out, segment_ms=500, max_samples=3, layout=layout, codec=codec)
+    evwriting.shard_events(src, out, segment_ms=500, max_samples=3, layout=layout, codec=codec)
     victim, idx = shard_files(out)[0]
     key, fields = indexed_samples(victim, idx)[0]
     offset, size = fields[ext]

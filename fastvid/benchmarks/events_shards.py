@@ -153,14 +153,32 @@ def _tonic(windows, window_us, bins, sensor_size) -> tuple[int, int]:
     return events, len(windows)
 
 
-def _loader(shards, window_ms, bins, batch, device, dtype) -> tuple[int, int, dict]:
-    from fastvid.events.sequence import EventSequenceLoader
+def _loader(shards, window_ms, bins, batch, device, dtype, precomputed: bool = False) -> tuple[int, int, dict]:
+    """EventSequenceLoader over the set; `precomputed`: let it read the stored histograms (the set must hold
+    them for these windows) instead of the events. Events per window come from the shards' metadata then."""
+    from fastvid.events.sequence import Encoding, EventExecution, EventSequenceLoader, Windowing
 
-    loader = EventSequenceLoader(shards, batch_size=batch, window_ms=window_ms, representation="stacked_histogram",
-                                 bins=bins, device=device, shuffle=False, dtype=dtype)
+    loader = EventSequenceLoader(shards, batch, Windowing(window_ms=window_ms, shuffle=False),
+                                 Encoding("stacked_histogram", bins=bins, dtype=dtype, precomputed=precomputed),
+                                 EventExecution(device=device))
+    if precomputed and loader.precomputed is None:
+        raise ValueError(f"{shards}: holds no precomputed representation for these windows")
     for _ in loader:
         pass
-    return loader.stats["events"], loader.stats["windows"], loader.stage_times.snapshot()
+    # Windows read precomputed carry no event count: count the events they stand for.
+    events = _set_events(shards) if precomputed else loader.stats["events"]
+    return events, loader.stats["windows"], loader.stage_stats.seconds()
+
+
+def _set_events(shards) -> int:
+    import json
+
+    from fastvid.events.codec import META_EXT
+    from fastvid.events.reading import SegmentReader, index_segments
+
+    with SegmentReader() as reader:
+        return sum(int(json.loads(reader.read_fields(ref, {META_EXT})[META_EXT])["num_events"])
+                   for ref in index_segments(shards))
 
 
 def _precomputed(shards, ext, batch, dtype, workers: int = 2) -> tuple[int, int]:
@@ -320,6 +338,9 @@ def _paths(sets, windows, window_us, window_ms, bins, sensor, batch, device, dty
             ext = parse_spec(f"stacked_histogram:window_ms={window_ms:g}:bins={bins}").ext
             paths["precomputed (float32 batch)"] = lambda p=s["path"]: _precomputed(p, ext, batch, np.float32)
             paths["precomputed (uint8 batch)"] = lambda p=s["path"]: _precomputed(p, ext, batch, np.uint8)
+            # The same through EventSequenceLoader, against its events path at the same output dtype.
+            paths["loader uint8: precomputed"] = lambda p=s["path"]: _loader(p, window_ms, bins, batch, device, "uint8", True)
+            paths["loader uint8: events"] = lambda p=s["path"]: _loader(p, window_ms, bins, batch, device, "uint8")
         if device.startswith("cuda") and _gpu.cupy_available() and name.startswith("blocks-") and "packed" not in name:
             paths[f"gpu:{name}"] = (lambda p=s["path"]: _gpu_decode(p, window_ms, bins, batch))
     shape = (2 * bins, sensor[1], sensor[0])

@@ -173,11 +173,14 @@ class EventBackend:
     """epoch_chunks(epoch, steps) -> one Chunk per step (or Failures); see the module docstring."""
 
     def __init__(self, recordings: list[Recording], windows: list[WindowPlan], *, stats, pin: bool,
-                 num_workers: int, readahead: int = 2, prefetch: int = 2, select=None):
+                 num_workers: int, readahead: int = 2, prefetch: int = 2, select=None, precomputed=None):
         self.recordings, self.windows = recordings, windows
         self.stats, self.pin = stats, pin
         self.num_workers, self.readahead, self.prefetch = num_workers, readahead, prefetch
         self.select = select
+        # (field, (C, H, W)) of representations precomputed in the shards for exactly these grid windows:
+        # steps then read them (uint8) instead of events (fastvid.events.precompute).
+        self.precomputed = precomputed
 
     def epoch_chunks(self, epoch: int, steps):
         stop = threading.Event()
@@ -226,7 +229,10 @@ class EventBackend:
                 for s, row in enumerate(steps):
                     if stop.is_set():
                         return
-                    yield from self._step(s, row, ends, cursors, reader, pool)
+                    if self.precomputed is not None:
+                        yield from self._precomputed_step(row, reader)
+                    else:
+                        yield from self._step(s, row, ends, cursors, reader, pool)
             finally:
                 for cur in cursors:
                     if cur is not None:
@@ -261,6 +267,33 @@ class EventBackend:
             rows[b] = _Row(item, cur.recording.name, pieces, t0, t1, label, boxes)
         chunk = self._assemble(rows)
         self.stats.add("assemble", time.perf_counter() - tic)
+        yield chunk
+
+    def _precomputed_step(self, row, reader):
+        """One step from representations stored in the shards: each window's uint8 tensor read into the batch."""
+        tic = time.perf_counter()
+        field, shape = self.precomputed
+        x = host_buffer((len(row), *shape), torch.uint8, self.pin)
+        x.zero_()
+        rows = [_PaddingRow(item.stream) for item in row]
+        for b, item in enumerate(row):
+            if item.padding:
+                continue
+            rec, plan = self.recordings[item.recording], self.windows[item.recording]
+            t0, t1 = int(plan.start[item.window]), int(plan.stop[item.window])
+            k = (t0 - rec.t_begin) // rec.segment_us
+            ref = rec.segments[k]
+            try:
+                reader.read_representation(ref, field, [(t0 - rec.segment_t0(k)) // (t1 - t0)], out=x[b:b + 1].numpy(),
+                                           out_zeroed=True)
+            except (ValueError, OSError) as exc:
+                yield Failure(f"{rec.name}@{item.window}", str(exc))
+                continue
+            rows[b] = _Row(item, rec.name, [], t0, t1, int(plan.label_t[item.window]),
+                           window_boxes(rec, plan, item.window, self.select))
+        chunk = self._assemble(rows)
+        chunk.data["x"] = x
+        self.stats.add("read", time.perf_counter() - tic)
         yield chunk
 
     def _assemble(self, rows) -> Chunk:

@@ -24,7 +24,12 @@ Every step yields
   padding), ``stream``, ``window`` (index in its recording, -1 for padding), ``t0``/``t1`` (window bounds
   in us, events t0 <= t < t1), ``label_t`` (labels mode: the label time the window ends at, -1 for the
   unlabelled windows of `fill`; grid mode: the latest box time inside the window, -1 when none),
-  ``num_events``, ``step``.
+  ``num_events`` (-1 where the window was read precomputed), ``step``.
+
+Representations precomputed into the shards (`fastvid shard events --precompute ...`, RVT's practice) are
+read instead of the events when they equal what the loader would compute: grid windows of the same
+duration, representation and bins, and counts saturating where the stored uint8 ones do (dtype uint8, or
+the same count_cutoff); `Encoding(precomputed=False)` always reads the events.
 
 Scheduling is deterministic and computed identically on every rank (no communication); every rank plays
 the same number of steps (``len(loader)``), so DDP collectives stay in step. A recording plays only up
@@ -78,6 +83,7 @@ class Encoding:
     tau_us: float | None = None         # time_surface decay
     count_cutoff: float | None = None   # caps the counts of the stacked histograms (RVT's count_cutoff)
     dtype: str = "float32"              # float32 | float16 | uint8 (counts, saturating at 255; RVT stores uint8)
+    precomputed: bool = True            # read representations stored in the shards when they match these windows
 
 
 @dataclass(frozen=True)
@@ -202,9 +208,28 @@ class EventSequenceLoader:
         if windowing.mode == "labels" and windowing.labels != "all":
             def select(boxes, rule=windowing.labels, size=self.sensor_size, train=windowing.train):
                 return label_rules.supervising_boxes(boxes, rule, size, train)
+        self.precomputed = self._precomputed_field(shards) if encoding.precomputed else None
         self._backend = EventBackend(self.recordings, self.windows, stats=self.stage_stats, pin=self.pin_memory,
                                      num_workers=workers, readahead=execution.readahead, prefetch=execution.prefetch,
-                                     select=select)
+                                     select=select, precomputed=self.precomputed)
+
+    def _precomputed_field(self, shards):
+        """(field, (C, H, W)) of a representation precomputed in the shards that equals what this loader computes
+        (grid windows of the same duration, kind and bins; counts saturating where the stored uint8 ones do),
+        else None."""
+        from fastvid.events.precompute import parse_spec
+
+        e, w = self.encoding, self.windowing
+        cutoff = e.count_cutoff if e.count_cutoff is not None else (255 if e.dtype == "uint8" else None)
+        if w.mode != "grid" or cutoff is None or e.representation not in ("stacked_histogram", "histogram"):
+            return None
+        for text in shard_set_options(shards).get("precompute") or []:
+            spec = parse_spec(text)
+            if (spec.kind, spec.window_us, spec.bins, spec.count_cutoff) == (
+                    e.representation, self.window_us, e.bins if e.representation == "stacked_histogram" else 1,
+                    min(255, int(cutoff))):
+                return spec.ext, (spec.channels, self.sensor_size[1], self.sensor_size[0])
+        return None
 
     # -- schedule ---------------------------------------------------------------------------------
 
@@ -244,18 +269,25 @@ class EventSequenceLoader:
         self._sync()
         tic = time.perf_counter()
         e = self.encoding
+        if "x" in batch:  # precomputed in the shards: uint8 counts already
+            batch.pop("events")
+            x = batch["x"].to(self.device, non_blocking=True)
+            batch["x"] = x if e.dtype == "uint8" else x.to(torch.float16 if e.dtype == "float16" else torch.float32)
+            batch["num_events"] = torch.full((self.batch_size,), -1, dtype=torch.int64)  # not stored with them
+            self._sync()
+            self.stage_stats.add("represent", time.perf_counter() - tic)
+            return batch
         events = batch.pop("events")
         columns = events.values
         offsets = events.offsets.numpy()
         if not self.device.startswith("cuda"):
             columns = {k: v.numpy() for k, v in columns.items()}
         kw = {"bins": e.bins} if e.tau_us is None else {"bins": e.bins, "tau_us": e.tau_us}
-        x = represent_batch(columns, offsets, e.representation, self.sensor_size, t0=batch["t0"].cpu().numpy(),
-                            t1=batch["t1"].cpu().numpy(), device=self.device, count_clip=e.count_cutoff, **kw)
+        x = represent_batch(columns, offsets, e.representation, self.sensor_size, t0=batch["t0"].numpy(),
+                            t1=batch["t1"].numpy(), device=self.device, count_clip=e.count_cutoff,
+                            out_dtype="uint8" if e.dtype == "uint8" else "float32", **kw)
         if e.dtype == "float16":
             x = x.to(torch.float16)
-        elif e.dtype == "uint8":
-            x = x.clamp_(max=255).to(torch.uint8)
         self._sync()
         self.stage_stats.add("represent", time.perf_counter() - tic)
         batch["x"] = x
@@ -275,7 +307,7 @@ class EventSequenceLoader:
                 batch.pop("key")
                 batch["step"] = index
                 valid = int(batch["valid"].sum())
-                self.stats["events"] += int(batch["num_events"].sum())
+                self.stats["events"] += int(batch["num_events"].clamp(min=0).sum())
                 self.stats["windows"] += valid
                 self.stats["padding_windows"] += self.batch_size - valid
                 yield batch
