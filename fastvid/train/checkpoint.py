@@ -4,10 +4,16 @@
 Loading never runs code from the file unless asked: `torch.load(weights_only=True)` unpickles only
 tensors, plain containers and numbers, plus the allow-list SAFE_GLOBALS. fastvid's own checkpoints
 hold only those (the config is saved as a dict, the schedule's milestones as a Counter, which torch
-allows). Anything else (a legacy or foreign pickle) needs `--trust-checkpoint`."""
+allows); torchvision's reference scripts save their flags as an argparse.Namespace, which is allowed
+(unpickling one only sets attributes) and read like a dict (`checkpoint_args`). Anything else (a
+legacy or foreign pickle) needs `--trust-checkpoint`.
+
+`load_model_state` puts a checkpoint's weights into a model, or says in one line naming the file why
+they do not fit (another model, --model-width or --model-kwarg)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 from pathlib import Path
@@ -40,9 +46,10 @@ def save_checkpoint(state: dict, output_dir: str | os.PathLike, epoch: int | Non
     return atomic_save(state, out / "checkpoint.pth")
 
 
-# Types besides tensors/containers/numbers that a fastvid checkpoint may hold. Empty on purpose: what the
-# trainer saves is plain (see the module docstring); add a type here rather than widening the load.
-SAFE_GLOBALS: list = []
+# Types besides tensors/containers/numbers that a checkpoint may hold: what fastvid saves is plain (see the
+# module docstring); torchvision's reference saves its args as a Namespace, rebuilt by setting attributes
+# (no code runs). Add a type here rather than widening the load.
+SAFE_GLOBALS: list = [argparse.Namespace]
 
 
 class UntrustedCheckpoint(ValueError):
@@ -128,3 +135,34 @@ def load_weights(model: nn.Module, path: str | os.PathLike, trust: bool = False)
                          f"wrong shapes {few(wrong)}")
     model.load_state_dict(sd, strict=False)
     return fresh
+
+
+def checkpoint_args(ckpt: dict) -> dict:
+    """The flags a checkpoint was trained with, as a dict: fastvid saves a dict, torchvision's reference an
+    argparse.Namespace; {} when the checkpoint has none."""
+    args = ckpt.get("args")
+    if isinstance(args, argparse.Namespace):
+        return vars(args)
+    return dict(args) if isinstance(args, dict) else {}
+
+
+def _few(items: list) -> str:
+    return f"{items[:3]}{'...' if len(items) > 3 else ''}"
+
+
+def load_model_state(model: nn.Module, state_dict, path: str | os.PathLike) -> None:
+    """Load `state_dict` (from the checkpoint `path`) into `model` strictly; weights that do not fit are one
+    line naming the path and what differs (not torch's dump of every key)."""
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path}: its 'model' entry is a {type(state_dict).__name__}, not a state_dict")
+    own = model.state_dict()
+    unexpected = [k for k in state_dict if k not in own]
+    missing = [k for k in own if k not in state_dict]
+    wrong = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in state_dict
+             if k in own and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if unexpected or missing or wrong:
+        parts = [f"{label} {_few(items)}" for label, items in (("missing", missing), ("unexpected", unexpected),
+                                                               ("wrong shapes", wrong)) if items]
+        raise ValueError(f"{path} does not fit this model ({'; '.join(parts)}): it was saved by another model or "
+                         "another --model-width / --model-kwarg")
+    model.load_state_dict(state_dict)
