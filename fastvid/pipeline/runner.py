@@ -28,11 +28,13 @@ def _observe(chunks: Iterable[Chunk | Failure], stats: StageStats, worker_pids: 
 def run_batches(chunks: Iterable[Chunk | Failure], *, batch_size: int, num_batches: int, device: str,
                 stage_stats: StageStats, rebatch_stats: RebatchStats, max_failures: float,
                 max_failures_in_a_row: int | None = None, where: str = "the shard set", drop_rows: int = 0,
-                finish: Callable[[dict], dict] | None = None, worker_pids: set | None = None) -> Iterator[dict]:
-    """Exactly `num_batches` batches of `batch_size` rows, on `device`, from a backend's stream."""
+                finish: Callable[[dict], dict] | None = None, worker_pids: set | None = None,
+                last_rows: int | None = None) -> Iterator[dict]:
+    """Exactly `num_batches` batches of `batch_size` rows (the last `last_rows`, when given), on `device`,
+    from a backend's stream."""
     batches = rebatch(_observe(chunks, stage_stats, worker_pids), batch_size=batch_size, num_batches=num_batches,
                       drop_clips=drop_rows, stats=rebatch_stats, max_failures_in_a_row=max_failures_in_a_row,
-                      max_failures=max_failures, where=where)
+                      max_failures=max_failures, where=where, last_rows=last_rows)
     try:
         while True:
             t0 = time.perf_counter()
