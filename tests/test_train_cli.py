@@ -238,8 +238,8 @@ def test_torchrun_sigterm_stops_every_rank_at_the_same_step(shard_root, tmp_path
     args = tiny_args(shard_root, out, "--epochs", "50", "--print-freq", "1000", "-b", "1")  # 8 steps per epoch
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
            "-m", "fastvid", "train", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**env(), "FASTVID_DEBUG_KEYS": str(keys)})
+    proc = subprocess.Popen([*cmd, "--log-keys", str(keys)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env())
     import time
 
     while not (keys.exists() and len(keys.read_text().splitlines()) >= 2):
