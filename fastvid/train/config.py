@@ -148,11 +148,11 @@ def option(default=None, *, help: str, flags: tuple[str, ...] = (), choices=None
     choices = choices if callable(choices) or choices is None else tuple(choices)
     meta = {"flag": Flag(help, tuple(flags), choices, metavar, type, repeat, hidden)}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type_copy(d), metadata=meta)
+        return field(default_factory=lambda d=default: _copy(d), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-def type_copy(value):
+def _copy(value):
     return list(value) if isinstance(value, list) else dict(value)
 
 

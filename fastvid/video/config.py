@@ -9,7 +9,6 @@ are errors naming the file.
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +104,6 @@ class TrainConfig(TrainerConfig):
 
 
 FIELD_TYPES = typing.get_type_hints(TrainConfig)
-FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 def build_config(overrides: dict | None = None, config_path: str | Path | None = None) -> TrainConfig:

@@ -5,7 +5,6 @@ names, with the detector's defaults) plus the event detector's own; flags are ge
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 
 from fastvid.train import config as C
@@ -72,8 +71,6 @@ class DetectConfig(TrainerConfig):
         if self.window_ms <= 0 or self.max_zoom < 1 or not 0 <= self.flip_p <= 1:
             raise ValueError("window_ms must be > 0, max_zoom >= 1 and flip_p in [0, 1]")
 
-
-FIELD_TYPES = typing.get_type_hints(DetectConfig)
 
 
 def build_detect_config(overrides: dict | None = None) -> DetectConfig:
