@@ -223,7 +223,7 @@ def test_train_events_checkpoint_errors_are_one_line_naming_the_file(event_root,
     assert f"--resume {evil}: refusing to unpickle it" in err and "--trust-checkpoint" in err and not marker.exists()
     err = _last_error(capsys, ["train-events", *event_args(event_root, tmp_path / "o2", "--resume", str(evil),
                                                            "--trust-checkpoint")])
-    assert marker.exists() and f"--resume {evil} does not fit this model" in err
+    assert marker.exists() and str(evil) in err and "does not fit" in err
 
     # a video checkpoint
     video = tmp_path / "video.pth"
@@ -237,9 +237,9 @@ def test_train_events_checkpoint_errors_are_one_line_naming_the_file(event_root,
     torch.save({"model": get_model("rnn_det_tiny", in_channels=20, num_classes=2, width=8, stages=3).state_dict(),
                 "optimizer": {}, "lr_scheduler": {}, "epoch": 0, "args": {"model": "rnn_det_tiny"}}, other)
     err = _last_error(capsys, ["train-events", *event_args(event_root, tmp_path / "o4", "--resume", str(other))])
-    assert f"--resume {other} does not fit this model" in err and "wrong shapes" in err and "--model-width" in err
+    assert str(other) in err and "does not fit" in err and "shape" in err
     # ... and the same for fastvid train
     err = _last_error(capsys, ["train", "--data-path", str(shard_root), "--output-dir", str(tmp_path / "o5"), "--device",
                                "cpu", "--model", "r3d_18", "--model-width", "16", "-j", "0", "--backend", "pyav",
                                "--resume", str(video)])
-    assert f"--resume {video} does not fit this model" in err and "wrong shapes" in err
+    assert str(video) in err and "does not fit" in err and "shape" in err

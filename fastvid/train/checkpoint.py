@@ -150,9 +150,10 @@ def _few(items: list) -> str:
     return f"{items[:3]}{'...' if len(items) > 3 else ''}"
 
 
-def load_model_state(model: nn.Module, state_dict, path: str | os.PathLike) -> None:
+def load_model_state(model: nn.Module, state_dict, path: str | os.PathLike, description: str | None = None) -> None:
     """Load `state_dict` (from the checkpoint `path`) into `model` strictly; weights that do not fit are one
-    line naming the path and what differs (not torch's dump of every key)."""
+    line naming the path, the model (`description`, default "this model") and what differs (not torch's dump
+    of every key)."""
     if not isinstance(state_dict, dict):
         raise ValueError(f"{path}: its 'model' entry is a {type(state_dict).__name__}, not a state_dict")
     own = model.state_dict()
@@ -163,6 +164,6 @@ def load_model_state(model: nn.Module, state_dict, path: str | os.PathLike) -> N
     if unexpected or missing or wrong:
         parts = [f"{label} {_few(items)}" for label, items in (("missing", missing), ("unexpected", unexpected),
                                                                ("wrong shapes", wrong)) if items]
-        raise ValueError(f"{path} does not fit this model ({'; '.join(parts)}): it was saved by another model or "
-                         "another --model-width / --model-kwarg")
+        raise ValueError(f"{path} does not fit {description or 'this model'} ({'; '.join(parts)}): it was saved by "
+                         "another model or another --model-width / --model-kwarg")
     model.load_state_dict(state_dict)
