@@ -107,17 +107,9 @@ def run(args) -> int:
     train_dir.mkdir(parents=True, exist_ok=True)
     model_marker.write_text(model)
     from fastvid.train.preempt import PREEMPTED_EXIT_CODE
-    import torch
 
-    threads = torch.get_num_threads()
-    if not on_gpu:
-        # One core stays with the decoder threads. On a shared or busy machine this matters most: two
-        # OpenMP threads contending with other processes measured 4-7x slower per step than one thread.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
-    try:
-        rc = _command(train_cli, "train", train_argv)
-    finally:
-        torch.set_num_threads(threads)  # quickstart may run inside another program (tests)
+    # On CPU the trainer leaves a core to the decoders (fastvid.train.trainer.choose_cpu_threads).
+    rc = _command(train_cli, "train", train_argv)
     if rc == PREEMPTED_EXIT_CODE:
         # Not finished: no summary (it would describe a partial run). The rerun resumes the checkpoint.
         print(f"quickstart: training was preempted (SIGTERM) and checkpointed in {train_dir}; rerun the same "

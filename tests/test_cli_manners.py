@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fastvid.cli import EXIT_CODES, main
-from fastvid.video.args import parse_config
+from fastvid.video.config import parse_config
 
 
 def _fastvid(*args, **kw):

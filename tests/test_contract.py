@@ -29,6 +29,12 @@ def test_chunks_are_cut_into_exact_batches_in_order():
     assert [b["clip"] for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # list fields are cut with the rows
 
 
+def test_rebatch_cuts_a_smaller_last_batch_for_partial():
+    stream = [chunk(0, 3), chunk(3, 4)]
+    assert ids(rebatch(stream, batch_size=3, num_batches=3, last_rows=1)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert LastBatch("partial") is LastBatch.PARTIAL
+
+
 def test_rebatch_drops_leading_clips():
     # the rebatcher drops the used clips of the first item, then cuts as usual
     stream = [chunk(2, 2), chunk(4, 2), chunk(6, 2)]

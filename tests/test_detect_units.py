@@ -14,7 +14,7 @@ from fastvid.events.detect.model import ConvLSTM
 from fastvid.train.models import get_model
 from fastvid.events.detect.postprocess import nms, postprocess
 from fastvid.events.detect.state import detach_state, reset_state
-from fastvid.events.detect.trainer import Unrolled
+from fastvid.events.detect.task import Unrolled
 from fastvid.events.io import BOX_DTYPE
 
 
@@ -176,7 +176,8 @@ def test_config_yaml_and_flags(tmp_path):
     (tmp_path / "c.yaml").write_text("batch-size: 3\ntbptt_steps: 7\nmodel_kwargs: {stages: 3}\n")
     argv = ["train-events", "--config", str(tmp_path / "c.yaml"), "--tbptt-steps", "5", "--model-kwarg", "width=4"]
     cfg = config_from_args(build_parser(argv).parse_args(argv))
-    assert (cfg.batch_size, cfg.tbptt_steps, cfg.model_kwargs) == (3, 5, {"width": 4})
+    # one argument layer for both commands: --model-kwarg adds to the YAML's model_kwargs (as `fastvid train`)
+    assert (cfg.batch_size, cfg.tbptt_steps, cfg.model_kwargs) == (3, 5, {"stages": 3, "width": 4})
     (tmp_path / "bad.yaml").write_text("tbptt: 3\n")
     with pytest.raises(ValueError, match="bad.yaml.*unknown option"):
         config_from_args(build_parser(["train-events", "--config", str(tmp_path / "bad.yaml")]).parse_args(

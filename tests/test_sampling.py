@@ -9,6 +9,7 @@ floor(linspace(0, K - 1, clips_per_video)) (eval). Randomness is not comparable 
 so train draws are checked as sets/ranges and the deterministic parts exactly.
 """
 
+import collections
 import math
 
 import numpy as np
@@ -156,6 +157,27 @@ def test_rank_plans_are_disjoint_equal_and_independent_of_world_size(n, world, b
     seen = {it.sample for p in rest for it in p}
     assert len({len(p) for p in rest}) == 1 and seen.isdisjoint(range(pos))
     assert n - pos - len(seen) < (world + 1) * batch
+
+
+@pytest.mark.parametrize("n,world,batch", [(37, 2, 4), (37, 3, 2), (100, 4, 3), (16, 1, 3), (11, 2, 3), (5, 4, 4)])
+def test_partial_last_batch_plans_every_clip_as_torchvision_does(n, world, batch):
+    """LastBatch.PARTIAL: every clip of the epoch is trained; each rank gets ceil(ceil(n / world) / batch) batches
+    (torchvision: DistributedSampler pads to ceil(n / world) per rank, the DataLoader keeps the smaller last
+    batch), the last one of last_batch_rows clips on every rank, the padding repeating the epoch's first clips."""
+    items = [WorkItem(0, i, (0,)) for i in range(n)]
+    plans = [sampling.rank_train_items(items, r, world, batch, partial=True) for r in range(world)]
+    per_rank = -(-n // world)
+    steps = sampling.train_batches(n, world, batch, partial=True)
+    assert steps == -(-per_rank // batch) and {len(p) for p in plans} == {(steps - 1) * batch + sampling.last_batch_rows(n, world, batch)}
+    flat = [it.sample for p in plans for it in p]
+    assert set(flat) == set(range(n)) and len(flat) - n == world * sampling.last_batch_rows(n, world, batch) - (n % (world * batch) or world * batch)
+    twice = sorted(sample for sample, count in collections.Counter(flat).items() if count > 1)
+    assert twice == list(range(len(flat) - n))  # the padding repeats the epoch's first clips, once each
+    # a resume at a round boundary on another world size still trains exactly the rest
+    pos = world * batch if n > world * batch else 0
+    rest = {it.sample for r in range(world + 1)
+            for it in sampling.rank_train_items(items, r, world + 1, batch, start=pos, partial=True)}
+    assert rest >= set(range(pos, n))
 
 
 def test_eval_plans_wrap_to_equal_batches():

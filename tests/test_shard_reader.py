@@ -243,7 +243,7 @@ def test_train_data_path_may_be_a_url(shard_dir, http_root, tmp_path, monkeypatc
 
     from fastvid.video.config import TrainConfig
     from fastvid.train.distributed import DistInfo
-    from fastvid.video.trainer import build_loader
+    from fastvid.video.task import build_loader
 
     monkeypatch.setenv("FASTVID_CACHE_DIR", str(tmp_path / "cache"))
     cfg = TrainConfig(data_path=http_root, batch_size=2, clip_len=4, backend="pyav", workers=0)

@@ -104,6 +104,34 @@ def test_resume_continues_exactly(shard_root, tmp_path):
     assert rows(split)[1]["train_loss"] == pytest.approx(rows(straight)[1]["train_loss"], rel=1e-5)
 
 
+def test_the_last_partial_batch_is_kept_as_torchvision_does_and_cpu_threads_leave_a_core(shard_root, tmp_path):
+    """16 training clips in batches of 3: torchvision's DataLoader runs ceil(16 / 3) = 6 steps, the last with one
+    clip, and so does fastvid by default (--last-batch partial); --last-batch drop runs the 5 full batches. Run
+    without OMP_NUM_THREADS, CPU training leaves a core to the decoders (as quickstart did)."""
+    from fastvid.train.callbacks import read_key_log
+
+    out, keys = tmp_path / "tail", tmp_path / "keys.jsonl"
+    e = env()
+    e.pop("OMP_NUM_THREADS")
+    r = subprocess.run([sys.executable, "-m", "fastvid", "train", *tiny_args(shard_root, out, "--epochs", "1", "-b", "3",
+                                                                          "--log-keys", str(keys))],
+                       capture_output=True, text=True, timeout=300, env=e)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cores = len(os.sched_getaffinity(0))
+    assert f"CPU: {max(1, cores - 1)} torch thread(s), a core left to the decoders" in r.stdout
+    assert rows(out)[0]["steps"] == 6
+    taken = read_key_log(keys)
+    assert [len(row["keys"]) for row in taken] == [3, 3, 3, 3, 3, 1]
+    clips = [(k, c) for row in taken for k, c in zip(row["keys"], row["clips"])]
+    assert len(set(clips)) == 16  # every clip of the epoch once
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert ckpt["lr_scheduler"]["last_epoch"] == 6 and ckpt["loader"]["position"] == 16
+
+    r = run_train(tiny_args(shard_root, tmp_path / "drop", "--epochs", "1", "-b", "3", "--last-batch", "drop"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert rows(tmp_path / "drop")[0]["steps"] == 5 and "CPU:" not in r.stdout  # OMP_NUM_THREADS=1 is kept
+
+
 def test_nan_loss_stops_with_clear_message(shard_root, tmp_path):
     out = tmp_path / "nan"
     r = run_train(tiny_args(shard_root, out, "--epochs", "2", "--lr", "1e30", "--lr-warmup-epochs", "0"))
@@ -238,8 +266,8 @@ def test_torchrun_sigterm_stops_every_rank_at_the_same_step(shard_root, tmp_path
     args = tiny_args(shard_root, out, "--epochs", "50", "--print-freq", "1000", "-b", "1")  # 8 steps per epoch
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
            "-m", "fastvid", "train", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**env(), "FASTVID_DEBUG_KEYS": str(keys)})
+    proc = subprocess.Popen([*cmd, "--log-keys", str(keys)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env())
     import time
 
     while not (keys.exists() and len(keys.read_text().splitlines()) >= 2):

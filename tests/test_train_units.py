@@ -12,9 +12,9 @@ import torch.nn as nn
 
 from fastvid.video.config import FIELD_TYPES, build_config
 from fastvid.train.config import load_yaml
-from fastvid.video.args import parse_config
+from fastvid.video.config import parse_config
 from fastvid.train.checkpoint import atomic_save, load_checkpoint, load_weights
-from fastvid.video.engine import evaluate
+from fastvid.video.task import evaluate
 from fastvid.train.optim import build_lr_scheduler, build_optimizer
 
 
@@ -270,7 +270,7 @@ def test_tsm_recipe_has_paddlevideos_documented_values():
 
 
 def test_amp_means_fp16_with_grad_scaler_and_bf16_is_opt_in():
-    from fastvid.video.trainer import _autocast_dtype
+    from fastvid.train.trainer import autocast_dtype as _autocast_dtype
 
     assert build_config({}).amp_dtype == "fp16"
     cpu = torch.device("cpu")

@@ -53,7 +53,7 @@ from fastvid.events.codec import BOXES_EXT, META_EXT, decode_boxes
 from fastvid.events.reading import SegmentReader, index_segments, shard_set_options
 from fastvid.events.windows import WINDOW_MODES, WindowPlan, make_windows
 from fastvid.pipeline.contract import FailurePolicy, RebatchStats
-from fastvid.pipeline.runner import run_batches
+from fastvid.pipeline.runner import EpochBatches, FailureLimits, run_batches
 from fastvid.pipeline.stats import StageStats
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
@@ -298,10 +298,10 @@ class EventSequenceLoader:
         steps = self.steps()
         rebatch_stats = RebatchStats()
         limit = FailurePolicy(self.execution.failure_budget).limit(sum(len(row) for row in steps))
-        batches = run_batches(self._backend.epoch_chunks(self.epoch, steps), batch_size=self.batch_size,
-                              num_batches=len(steps), device=self.device, stage_stats=self.stage_stats,
-                              rebatch_stats=rebatch_stats, max_failures=limit, where=str(self.shards),
-                              finish=self._finish, device_fields={"events"})
+        batches = run_batches(self._backend.epoch_chunks(self.epoch, steps), EpochBatches(self.batch_size, len(steps)),
+                              FailureLimits(limit, where=str(self.shards)), device=self.device,
+                              stage_stats=self.stage_stats, rebatch_stats=rebatch_stats, finish=self._finish,
+                              device_fields={"events"})
         try:
             for index, batch in enumerate(batches):
                 batch.pop("key")

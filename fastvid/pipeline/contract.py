@@ -14,10 +14,12 @@ counted and logged (a backend whose rows must keep their place, such as the even
 batch, yields a padding row in its chunk besides the Failure); past the budget the epoch fails with
 the names of the bad samples.
 
-End-of-epoch rule (`LastBatch`, named as DALI's LastBatchPolicy): `DROP` cuts the epoch to the full
-batches of the shortest rank (training), `WRAP` pads to the longest rank by wrapping around the rank's
-own samples (evaluation: wrapped clips repeat keys, so per-key averaging is unaffected). Either way
-every rank yields the same number of batches, so DDP never waits on an uneven tail.
+End-of-epoch rule (`LastBatch`, named as DALI's LastBatchPolicy): `PARTIAL` ends the epoch with a
+smaller last batch, the same size on every rank, short ranks padded by repeating items (training as
+torchvision's DataLoader with a DistributedSampler: every sample is seen); `DROP` cuts the epoch to the
+full batches of the shortest rank (training); `WRAP` pads to the longest rank by wrapping around the
+rank's own samples (evaluation: wrapped clips repeat keys, so per-key averaging is unaffected). Either
+way every rank yields the same number of batches, so DDP never waits on an uneven tail.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ log = logging.getLogger("fastvid.pipeline")
 
 
 class LastBatch(enum.Enum):
+    PARTIAL = "partial"  # epoch = every item; the last batch may be smaller (equal on every rank, padded)
     DROP = "drop"  # epoch = full batches of the shortest rank; the ragged tail is dropped
     WRAP = "wrap"  # epoch = batches of the longest rank; shorter ranks wrap around their own samples
 
@@ -177,10 +180,16 @@ def _fail(item: Failure, stats: RebatchStats, limit: float, where: str) -> None:
             f"{names}; last error: {item.error}")
 
 
+def _rows(produced: int, num_batches: int, batch_size: int, last_rows: int | None) -> int:
+    """Rows of the next batch: batch_size, or last_rows for the last one."""
+    return last_rows if last_rows is not None and produced == num_batches - 1 else batch_size
+
+
 def rebatch(chunks: Iterable[Chunk | Failure], *, batch_size: int, num_batches: int, drop_clips: int = 0,
             stats: RebatchStats | None = None, max_failures_in_a_row: int | None = None,
-            max_failures: float = math.inf, where: str = "the shard set") -> Iterator[dict]:
-    """Exactly `num_batches` batches of `batch_size` rows from a backend's chunk stream.
+            max_failures: float = math.inf, where: str = "the shard set", last_rows: int | None = None) -> Iterator[dict]:
+    """Exactly `num_batches` batches of `batch_size` rows from a backend's chunk stream (the last of them
+    `last_rows` rows when given: LastBatch.PARTIAL).
 
     - Rows keep their order; a chunk may be split over two batches.
     - `drop_clips`: rows at the start of the stream to leave out (already used elsewhere).
@@ -226,9 +235,9 @@ def rebatch(chunks: Iterable[Chunk | Failure], *, batch_size: int, num_batches: 
             drop_clips = 0
         pending.append(item)
         pending_rows += len(item)
-        while pending_rows >= batch_size and produced < num_batches:
-            batch, pending = _cut(pending, batch_size)
-            pending_rows -= batch_size
+        while produced < num_batches and pending_rows >= (size := _rows(produced, num_batches, batch_size, last_rows)):
+            batch, pending = _cut(pending, size)
+            pending_rows -= size
             if first is None:
                 first = batch
             produced += 1

@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from fastvid.pipeline.contract import Chunk, Failure, RebatchStats, rebatch
 from fastvid.pipeline.device import to_device
@@ -25,17 +27,36 @@ def _observe(chunks: Iterable[Chunk | Failure], stats: StageStats, worker_pids: 
         yield chunk
 
 
-def run_batches(chunks: Iterable[Chunk | Failure], *, batch_size: int, num_batches: int, device: str,
-                stage_stats: StageStats, rebatch_stats: RebatchStats, max_failures: float,
-                max_failures_in_a_row: int | None = None, where: str = "the shard set", drop_rows: int = 0,
-                finish: Callable[[dict], dict] | None = None, worker_pids: set | None = None,
-                device_fields: set[str] | None = None) -> Iterator[dict]:
-    """Exactly `num_batches` batches of `batch_size` rows, on `device`, from a backend's stream.
-    `device_fields`: the fields moved to the device (None: every tensor); `finish` runs after the move
-    (the kind's device-side stage, which times itself)."""
-    batches = rebatch(_observe(chunks, stage_stats, worker_pids), batch_size=batch_size, num_batches=num_batches,
-                      drop_clips=drop_rows, stats=rebatch_stats, max_failures_in_a_row=max_failures_in_a_row,
-                      max_failures=max_failures, where=where)
+@dataclass(frozen=True)
+class EpochBatches:
+    """What an epoch yields: `num_batches` batches of `batch_size` rows (the last one `last_rows` when given),
+    after leaving out the first `drop_rows` rows of the stream (already used elsewhere)."""
+
+    batch_size: int
+    num_batches: int
+    last_rows: int | None = None
+    drop_rows: int = 0
+
+
+@dataclass(frozen=True)
+class FailureLimits:
+    """The failure policy's limits for one epoch (FailurePolicy.limit) and the name of the set for messages."""
+
+    max_failures: float = math.inf
+    max_in_a_row: int | None = None
+    where: str = "the shard set"
+
+
+def run_batches(chunks: Iterable[Chunk | Failure], epoch: EpochBatches, limits: FailureLimits, *, device: str,
+                stage_stats: StageStats, rebatch_stats: RebatchStats, finish: Callable[[dict], dict] | None = None,
+                device_fields: set[str] | None = None, worker_pids: set | None = None) -> Iterator[dict]:
+    """The epoch's batches on `device`, from a backend's stream. `device_fields`: the fields moved to the
+    device (None: every tensor); `finish` runs after the move (the kind's device-side stage, which times
+    itself); `worker_pids` collects the processes that decoded."""
+    batches = rebatch(_observe(chunks, stage_stats, worker_pids), batch_size=epoch.batch_size,
+                      num_batches=epoch.num_batches, drop_clips=epoch.drop_rows, stats=rebatch_stats,
+                      max_failures_in_a_row=limits.max_in_a_row, max_failures=limits.max_failures, where=limits.where,
+                      last_rows=epoch.last_rows)
     try:
         while True:
             t0 = time.perf_counter()

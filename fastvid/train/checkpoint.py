@@ -4,10 +4,16 @@
 Loading never runs code from the file unless asked: `torch.load(weights_only=True)` unpickles only
 tensors, plain containers and numbers, plus the allow-list SAFE_GLOBALS. fastvid's own checkpoints
 hold only those (the config is saved as a dict, the schedule's milestones as a Counter, which torch
-allows). Anything else (a legacy or foreign pickle) needs `--trust-checkpoint`."""
+allows); torchvision's reference scripts save their flags as an argparse.Namespace, which is allowed
+(unpickling one only sets attributes) and read like a dict (`checkpoint_args`). Anything else (a
+legacy or foreign pickle) needs `--trust-checkpoint`.
+
+`load_model_state` puts a checkpoint's weights into a model, or says in one line naming the file why
+they do not fit (another model, --model-width or --model-kwarg)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 from pathlib import Path
@@ -40,9 +46,10 @@ def save_checkpoint(state: dict, output_dir: str | os.PathLike, epoch: int | Non
     return atomic_save(state, out / "checkpoint.pth")
 
 
-# Types besides tensors/containers/numbers that a fastvid checkpoint may hold. Empty on purpose: what the
-# trainer saves is plain (see the module docstring); add a type here rather than widening the load.
-SAFE_GLOBALS: list = []
+# Types besides tensors/containers/numbers that a checkpoint may hold: what fastvid saves is plain (see the
+# module docstring); torchvision's reference saves its args as a Namespace, rebuilt by setting attributes
+# (no code runs). Add a type here rather than widening the load.
+SAFE_GLOBALS: list = [argparse.Namespace]
 
 
 class UntrustedCheckpoint(ValueError):
@@ -164,3 +171,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike, trust: bool = False)
                          f"wrong shapes {few(wrong)}")
     model.load_state_dict(sd, strict=False)
     return fresh
+
+
+def checkpoint_args(ckpt: dict) -> dict:
+    """The flags a checkpoint was trained with, as a dict: fastvid saves a dict, torchvision's reference an
+    argparse.Namespace; {} when the checkpoint has none."""
+    args = ckpt.get("args")
+    if isinstance(args, argparse.Namespace):
+        return vars(args)
+    return dict(args) if isinstance(args, dict) else {}

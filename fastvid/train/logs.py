@@ -1,14 +1,14 @@
 """Where training reports go: console lines that read well in a file, progress bars on a terminal,
 TensorBoard event files and (optionally) Weights & Biases.
 
-The trainer makes one `Sinks` per run and one `progress(...)` per loop (train epoch, evaluation).
-The engine only calls `set_postfix(...)` at its `print_freq` host syncs and `update(1)` per step
-(the tqdm interface), so the same engine code drives a terminal bar or plain log lines:
+The trainer (fastvid.train.trainer) makes one `Sinks` per run and one `progress(...)` per loop (train
+epoch, evaluation). It only calls `set_postfix(...)` at its `print_freq` host syncs and `update(1)` per
+optimizer step (the tqdm interface), so the same loop drives a terminal bar or plain log lines:
 
 - on a terminal (stderr is a TTY) and without `--no-progress`: a tqdm bar;
 - otherwise: a line every `--print-freq` steps, torchvision MetricLogger style, e.g.
   `Epoch: [3]  [ 40/120]  eta: 0:00:51  loss: 1.0412  lr: 0.01  clips/s: 28.1  data: 12.0%  max mem: 812 MB`
-  and never a `\\r` frame.
+  (windows/s for the event detector) and never a `\\r` frame.
 
 The same print-freq steps go to TensorBoard/W&B as per-step scalars (global step = optimizer steps),
 and every epoch's metrics.jsonl row goes there as per-epoch scalars.
@@ -22,16 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-# Scalars per epoch: metrics.jsonl key -> TensorBoard tag.
+# Scalars per epoch of every task: metrics.jsonl key -> TensorBoard tag. A task adds its own columns
+# (throughput, validation metrics) as epoch/<column> (Sinks.epoch's `extra`).
 EPOCH_TAGS = {
     "train_loss": "epoch/train_loss",
     "lr": "epoch/lr",
-    "val_acc1": "epoch/val_acc1",
-    "val_acc5": "epoch/val_acc5",
-    "val_clip_acc1": "epoch/val_clip_acc1",
-    "val_clip_acc5": "epoch/val_clip_acc5",
-    "val_loss": "epoch/val_loss",
-    "clips_per_s": "epoch/clips_per_s",
     "data_wait_frac": "epoch/data_wait_frac",
     "gpu_util_mean": "epoch/gpu_util",
     "cpu_percent": "epoch/cpu_percent",
@@ -45,7 +40,7 @@ def format_eta(seconds: float) -> str:
 
 
 def _number(text) -> float | None:
-    """A set_postfix value ('1.2345', '12.5%', 0.01) -> float; the engine formats them for tqdm."""
+    """A set_postfix value ('1.2345', '12.5%', 0.01) -> float; the trainer formats them for tqdm."""
     if isinstance(text, (int, float)):
         return float(text)
     try:
@@ -107,10 +102,12 @@ class Sinks:
         if self.wandb is not None:
             self.wandb.log(values, step=step)
 
-    def epoch(self, row: dict, step: int) -> None:
+    def epoch(self, row: dict, step: int, extra: tuple[str, ...] = ()) -> None:
         """One metrics.jsonl row; `step` is the global optimizer step at the end of the epoch, so
-        per-step and per-epoch curves share an x axis (W&B requires increasing steps)."""
-        self.scalars(step, {tag: row.get(key) for key, tag in EPOCH_TAGS.items()} | {"epoch/epoch": row.get("epoch")})
+        per-step and per-epoch curves share an x axis (W&B requires increasing steps). `extra`: more
+        columns of the row to plot (a task's own, as epoch/<column>)."""
+        tags = {**EPOCH_TAGS, **{key: f"epoch/{key}" for key in extra if key not in EPOCH_TAGS}}
+        self.scalars(step, {tag: row.get(key) for key, tag in tags.items()} | {"epoch/epoch": row.get("epoch")})
         if self.tb is not None:
             self.tb.flush()
 
@@ -137,7 +134,7 @@ def tensorboard_dir(setting: str | None, output_dir: str | Path) -> Path | None:
 
 
 def make_sinks(cfg, is_main: bool, out_dir: Path) -> Sinks:
-    """The run's sinks from its TrainConfig (tensorboard, wandb, wandb_project)."""
+    """The run's sinks from its config (tensorboard, wandb, wandb_project)."""
     if not is_main:
         return Sinks()
     run = None
@@ -158,7 +155,7 @@ def use_bars(no_progress: bool, stream=None) -> bool:
 
 
 class LineProgress:
-    """The tqdm calls the engine makes, written as one line every `print_freq` steps."""
+    """The tqdm calls the trainer makes, written as one line every `print_freq` steps."""
 
     def __init__(self, total: int, header: str, *, print_freq: int, initial: int = 0, enabled: bool = True,
                  sinks: Sinks | None = None, step_offset: int = 0, device_stats: DeviceStats | None = None,
@@ -201,10 +198,11 @@ class LineProgress:
         values = {k: _number(v) for k, v in self.postfix.items()}
         if self.sinks is not None and values:
             step = self.step_offset + self.n
+            rates = {f"{self.tag_prefix}/{key[:-2]}_per_s": v for key, v in values.items() if key.endswith("_s")}
             scalars = {
                 f"{self.tag_prefix}/loss": values.get("loss"),
                 f"{self.tag_prefix}/lr": values.get("lr"),
-                f"{self.tag_prefix}/clips_per_s": values.get("clips_s"),
+                **rates,
                 f"{self.tag_prefix}/data_wait_frac": None if values.get("wait") is None else values["wait"] / 100.0,
                 "device/gpu_util": stats.get("gpu_util"),
                 "device/gpu_mem_mib": stats.get("gpu_mem_mib"),
@@ -215,9 +213,9 @@ class LineProgress:
             return
         width = len(str(self.total))
         parts = [f"{self.header}  [{self.n:>{width}}/{self.total}]  eta: {format_eta(eta)}"]
-        for key, label in (("loss", "loss"), ("lr", "lr"), ("clips_s", "clips/s"), ("wait", "data")):
-            if key in self.postfix:
-                parts.append(f"{label}: {self.postfix[key]}")
+        for key, value in self.postfix.items():  # loss, lr, <samples>_s (a rate: clips/s, windows/s), wait
+            label = {"wait": "data"}.get(key, key[:-2] + "/s" if key.endswith("_s") else key)
+            parts.append(f"{label}: {value}")
         mem = stats.get("gpu_mem_mib", stats.get("rss_mib"))
         if mem is not None:
             parts.append(f"max mem: {mem:.0f} MB" if "gpu_mem_mib" in stats else f"rss: {mem:.0f} MB")
@@ -261,11 +259,14 @@ def progress(total: int, header: str, *, bars: bool, **kw) -> LineProgress:
     return (BarProgress if bars else LineProgress)(total, header, **kw)
 
 
-def epoch_line(row: dict, epoch: int, epochs: int, eta_s: float | None) -> str:
-    """The one summary line per epoch."""
-    acc = f"video acc@1 {row['val_acc1']:.2f} acc@5 {row['val_acc5']:.2f} | " if row.get("val_acc1") is not None else ""
+def epoch_line(row: dict, epoch: int, epochs: int, eta_s: float | None, *, throughput: str, sample: str,
+               headline: tuple = ()) -> str:
+    """The one summary line per epoch: loss, the task's headline metrics (column, label, format) where
+    evaluated, throughput (column `throughput`, in `sample`/s), data wait, lr, time and the ETA."""
+    shown = [f"{label} {fmt.format(row[key])}" for key, label, fmt in headline if row.get(key) is not None]
+    evaluated = " ".join(shown) + " | " if shown else ""
     eta = f" | eta {format_eta(eta_s)}" if eta_s is not None and epoch + 1 < epochs else ""
-    return (f"Epoch {epoch}: train_loss {row['train_loss']:.4f} | {acc}{row['clips_per_s']:.1f} clips/s | "
+    return (f"Epoch {epoch}: train_loss {row['train_loss']:.4f} | {evaluated}{row[throughput]:.1f} {sample}/s | "
             f"data wait {100 * row['data_wait_frac']:.1f}% | lr {row['lr']:.4g} | {row.get('epoch_time_s', 0):.1f} s{eta}")
 
 

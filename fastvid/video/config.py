@@ -1,142 +1,123 @@
-"""Typed configuration of `fastvid train` (video classification): dataclass defaults <- YAML file <- flags
-(the machinery is fastvid.train.config's).
+"""Typed configuration of `fastvid train` (video classification): the shared TrainerConfig fields plus the
+video task's (the machinery, flags included, is fastvid.train.config's).
 
 Field names are the `dest` names of torchvision's references/video_classification/train.py flags
-(clip_len, lr_warmup_epochs, ...), plus fastvid's own (backend, preset, amp_dtype, ...). A YAML file
-may spell keys with dashes or underscores; unknown keys and wrong types are errors naming the file.
+(clip_len, lr_warmup_epochs, ...) with the reference's defaults, plus fastvid's own (backend, preset,
+frame_stride, ...). A YAML file may spell keys with dashes or underscores; unknown keys and wrong types
+are errors naming the file.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from fastvid.train.config import coerce, load_yaml, parse_step_range
+from fastvid.train import config as C
+from fastvid.train.config import TrainerConfig, option, retune
+
+
+
+def _backend_choices() -> list[str]:
+    from fastvid.pipeline import backends
+
+    return ["auto", *backends.names("video")]
 
 
 @dataclass
-class TrainConfig:
-    # --- torchvision reference flags (same meaning; defaults as the reference unless noted) ---
-    data_path: str | None = None          # directory holding the train/val shard sets
-    train_dir: str = "train"              # shard set sub-directory (torchvision: a folder of videos)
-    val_dir: str = "val"
-    model: str = "r2plus1d_18"
-    device: str = "auto"                  # torchvision: "cuda"; "auto" = cuda when visible, else cpu
-    clip_len: int = 16
-    frame_rate: float | None = 15.0
-    clips_per_video: int = 5
-    batch_size: int = 24
-    epochs: int = 45
-    workers: int = 10
-    lr: float = 0.64
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_milestones: list[int] = field(default_factory=lambda: [20, 30, 40])
-    lr_gamma: float = 0.1
-    lr_warmup_epochs: int = 10
-    lr_warmup_method: str = "linear"
-    lr_warmup_decay: float = 0.001
-    print_freq: int = 10
-    output_dir: str = "."
-    resume: str = ""
-    start_epoch: int = 0
-    cache_dataset: bool = False
-    sync_bn: bool = False
-    test_only: bool = False
-    use_deterministic_algorithms: bool = False
-    world_size: int = 1
-    dist_url: str = "env://"
-    amp: bool = False
-    kinetics_version: str | None = None   # "400"/"600": checked against the shard set's class count
-    train_resize_size: list[int] | None = None  # None: the preset's (video_resnet: 128 171)
-    train_crop_size: list[int] | None = None    # None: the preset's (video_resnet: 112 112)
-    val_resize_size: list[int] | None = None
-    val_crop_size: list[int] | None = None
-    weights: str | None = None            # a torchvision-format checkpoint file
+class TrainConfig(TrainerConfig):
+    batch_size: int = retune(TrainerConfig, "batch_size", 24,
+                             help="clips per process; the total batch is world_size x batch_size")
+    workers: int = retune(TrainerConfig, "workers", 10, help="loader threads (DALI) / decode workers (PyAV) per process")
+    max_steps_per_epoch: int | None = retune(TrainerConfig, "max_steps_per_epoch", None, help="cut every epoch to N steps (batches)")
+    save_every_steps: int | None = retune(TrainerConfig, "save_every_steps", None,
+                                          help="also checkpoint every N training steps; resumable on another number of ranks")
+    model_width: int | None = retune(TrainerConfig, "model_width", None,
+                                     help="channel width of the first stage (torchvision: 64); same architecture, fewer channels")
+    # --- torchvision reference flags of the video task ---
+    clip_len: int = option(16, metavar="N", help="number of frames per clip")
+    frame_rate: float | None = option(15.0, type=C.optional_float,
+                                      help="sample clips as if videos ran at this frame rate (torchvision's meaning; none: "
+                                           "native rate, see --frame-stride)")
+    clips_per_video: int = option(5, metavar="N", help="clips per video (random at train, uniform at eval, averaged per video)")
+    cache_dataset: bool = option(False, help="accepted for compatibility and ignored: shards need no clip-index cache "
+                                             "(torchvision caches its VideoClips scan)")
+    world_size: int = option(1, help="number of processes (set by torchrun through WORLD_SIZE)")
+    kinetics_version: str | None = option(None, choices=("400", "600"),
+                                          help="Kinetics version: checked against the shard set's classes")
+    train_resize_size: list[int] | None = option(None, help="train resize (h w); default: the preset's")
+    train_crop_size: list[int] | None = option(None, help="train crop (h w); default: the preset's (112; 224 for --model "
+                                                          "s3d and tsm_resnet50)")
+    val_resize_size: list[int] | None = option(None, help="eval resize (h w); default: the preset's")
+    val_crop_size: list[int] | None = option(None, help="eval crop (h w); default: the preset's")
+    weights: str | None = option(None, metavar="FILE|NAME", help=(
+        "weights to start from: a torchvision-format FILE (state_dict or {'model': ...}) or torchvision's name "
+        "(R3D_18_Weights.KINETICS400_V1, MC3_18_..., R2Plus1D_18_..., S3D_Weights.KINETICS400_V1, Enum.DEFAULT or DEFAULT), "
+        "read from torchvision's download cache $TORCH_HOME/hub/checkpoints"))
     # --- fastvid additions ---
-    config: str | None = None
-    backend: str = "auto"                 # loader backend: auto | dali | pyav
-    preset: str | None = None             # augmentation preset; None: from the model (tsm, s3d, video_resnet)
-    frame_stride: int = 1                 # counted at frame_rate (native rate when frame_rate is None)
-    channels_last: bool = False
-    compile: bool = False
-    amp_dtype: str = "fp16"               # fp16 + GradScaler (torchvision's --amp) | bf16 (no scaler; fp16 where unsupported)
-    grad_clip: float | None = None        # max global grad norm
-    profile_steps: str | None = None      # "A-B": torch.profiler trace of global steps [A, B)
-    seed: int = 0
-    model_kwargs: dict = field(default_factory=dict)  # extra builder kwargs, e.g. {"width": 16}
-    model_width: int | None = None        # shorthand for model_kwargs width (channel width of the first stage)
-    max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests, benchmarks)
-    label_smoothing: float = 0.0
-    eval_every: int = 1                   # evaluate every N epochs (and after the last)
-    trust_checkpoint: bool = False        # allow full unpickling of --resume/--weights (can run code)
-    tensorboard: str = "auto"             # event-file dir; auto: OUTPUT/tb when tensorboard is installed; none: off
-    wandb: bool = False                   # log to Weights & Biases (extra `wandb`; WANDB_MODE=offline works offline)
-    wandb_project: str = "fastvid"
-    no_progress: bool = False             # log lines instead of progress bars even on a terminal
-    # --- clip sampling (fastvid.video.sampling; defaults are torchvision's) ---
-    step_between_clips: int = 1           # frames between the starts of a video's grid clips (torchvision reference: 1)
-    short_videos: str = "drop"            # drop (torchvision) | pad (repeat the last frame)
-    clip_sampling: str = "without_replacement"  # RandomClipSampler | with_replacement (fastvid's former random starts)
-    num_segments: int | None = None       # TSN sampling: one frame from each of N equal segments (clip_len = N)
-    eval_views: str | None = None         # "TxS": T uniform clips x S spatial crops (1 or 3); None = clips_per_video x 1
-    save_every_steps: int | None = None   # also checkpoint every N training steps (mid-epoch, resumable on any world size)
+    backend: str = option("auto", type=str.lower, choices=_backend_choices,
+                          help="loader backend (auto: the fastest that can decode the shards here)")
+    preset: str | None = option(None, type=str.lower, choices=("video_resnet", "s3d", "tsm"), help=(
+        "augmentation preset; default follows the model (s3d -> s3d: resize 256x256, crop 224, where torchvision's "
+        "reference crops 112 unless given --train-crop-size; tsm_resnet50 -> tsm; others -> video_resnet: resize "
+        "128x171, crop 112)"))
+    frame_stride: int = option(1, help="distance between a clip's frames, counted at --frame-rate (source frames: N x fps / "
+                                       "frame-rate), or at the native rate when --frame-rate is none")
+    label_smoothing: float = option(0.0, help="cross-entropy label smoothing")
+    step_between_clips: int = option(1, metavar="N", help="frames (at --frame-rate) between the starts of a video's grid "
+                                                          "clips, torchvision's step_between_clips")
+    short_videos: str = option("drop", choices=("drop", "pad"),
+                               help="videos shorter than one clip: drop (torchvision) or pad with the last frame")
+    clip_sampling: str = option("without_replacement", choices=("without_replacement", "with_replacement"), help=(
+        "training clips per video: drawn from the clip grid without replacement (torchvision's RandomClipSampler) or with"))
+    num_segments: int | None = option(None, metavar="N", help=(
+        "TSN sampling (PaddleVideo TSM): one frame from each of N equal segments (random offset in training, centre in "
+        "evaluation); sets the clip length to N"))
+    eval_views: str | None = option(None, metavar="TxS", help=(
+        "evaluation views per video: T uniform clips x S crops (1 centre; 3 along the long side), decoded once per video; "
+        "default: --clips-per-video x 1 (torchvision's)"))
+    last_batch: str = option("partial", choices=("partial", "drop"), help=(
+        "the epoch's last training batch: partial (torchvision: the last batch may be smaller, the same size on every "
+        "rank, short ranks padded by repeating clips) or drop (only full rounds of world_size x batch_size clips)"))
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def validate(self) -> None:
+        super().validate()
+        if self.short_videos not in ("drop", "pad"):
+            raise ValueError(f"short_videos must be drop or pad, got {self.short_videos!r}")
+        if self.clip_sampling not in ("without_replacement", "with_replacement"):
+            raise ValueError(f"clip_sampling must be without_replacement or with_replacement, got {self.clip_sampling!r}")
+        if self.last_batch not in ("partial", "drop"):
+            raise ValueError(f"last_batch must be partial or drop, got {self.last_batch!r}")
+        if self.num_segments is not None and self.num_segments < 1:
+            raise ValueError(f"num_segments must be >= 1, got {self.num_segments}")
+        if self.eval_views is not None:
+            parse_views(self.eval_views)
+        for name in ("clip_len", "clips_per_video", "frame_stride", "step_between_clips"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.frame_rate is not None and self.frame_rate <= 0:
+            raise ValueError(f"frame_rate must be > 0 (or none for the native rate), got {self.frame_rate}")
+        for name in ("train_resize_size", "train_crop_size", "val_resize_size", "val_crop_size"):
+            v = getattr(self, name)
+            if v is not None and len(v) not in (1, 2):
+                raise ValueError(f"{name} takes 1 or 2 integers (h w), got {v}")
 
 
 FIELD_TYPES = typing.get_type_hints(TrainConfig)
-FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 def build_config(overrides: dict | None = None, config_path: str | Path | None = None) -> TrainConfig:
     """TrainConfig from defaults, then the YAML file (if any), then explicit `overrides`."""
-    overrides = dict(overrides or {})
-    config_path = overrides.get("config", config_path)
-    values = load_yaml(config_path, FIELD_TYPES) if config_path else {}
-    for name, value in overrides.items():
-        if name not in FIELD_TYPES:
-            raise ValueError(f"unknown training option {name!r}")
-        values[name] = coerce(name, value, "command line", FIELD_TYPES)
-    if config_path:
-        from fastvid.configs import resolve
-
-        values["config"] = str(resolve(config_path))
-    cfg = TrainConfig(**values)
-    cfg.lr_warmup_method = cfg.lr_warmup_method.lower()  # torchvision lower-cases it ("Linear" works there)
-    validate(cfg)
-    return cfg
+    return C.build_config(TrainConfig, overrides, config_path)
 
 
-def validate(cfg: TrainConfig) -> None:
-    if cfg.short_videos not in ("drop", "pad"):
-        raise ValueError(f"short_videos must be drop or pad, got {cfg.short_videos!r}")
-    if cfg.clip_sampling not in ("without_replacement", "with_replacement"):
-        raise ValueError(f"clip_sampling must be without_replacement or with_replacement, got {cfg.clip_sampling!r}")
-    if cfg.num_segments is not None and cfg.num_segments < 1:
-        raise ValueError(f"num_segments must be >= 1, got {cfg.num_segments}")
-    if cfg.save_every_steps is not None and cfg.save_every_steps < 1:
-        raise ValueError(f"save_every_steps must be >= 1, got {cfg.save_every_steps}")
-    if cfg.eval_views is not None:
-        parse_views(cfg.eval_views)
-    if cfg.amp_dtype not in ("bf16", "fp16"):
-        raise ValueError(f"amp_dtype must be bf16 or fp16, got {cfg.amp_dtype!r}")
-    if cfg.lr_warmup_method not in ("linear", "constant"):
-        raise ValueError(f"Invalid warmup lr method '{cfg.lr_warmup_method}'. Only linear and constant are supported.")
-    for name in ("clip_len", "batch_size", "clips_per_video", "frame_stride", "print_freq", "eval_every", "step_between_clips"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.frame_rate is not None and cfg.frame_rate <= 0:
-        raise ValueError(f"frame_rate must be > 0 (or none for the native rate), got {cfg.frame_rate}")
-    for name in ("train_resize_size", "train_crop_size", "val_resize_size", "val_crop_size"):
-        v = getattr(cfg, name)
-        if v is not None and len(v) not in (1, 2):
-            raise ValueError(f"{name} takes 1 or 2 integers (h w), got {v}")
-    if cfg.profile_steps is not None:
-        parse_step_range(cfg.profile_steps)
+def parse_config(argv: list[str]) -> TrainConfig:
+    """The TrainConfig of `fastvid train ARGV` (the flags fastvid.video.train_cli adds)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="fastvid train")
+    C.add_arguments(parser, TrainConfig, "video classification options")
+    return C.config_from_args(parser.parse_args(argv), TrainConfig)
 
 
 def parse_views(text: str) -> tuple[int, int]:

@@ -27,7 +27,7 @@ grid.
 
 The loader keeps one backend for its lifetime (DALI pipeline, worker processes, decoder threads
 persist across epochs) and turns its Chunk | Failure stream into batches with
-fastvid.pipeline.runner (`LastBatch.DROP` for training, `LastBatch.WRAP` for evaluation) under the
+fastvid.pipeline.runner (`LastBatch.DROP` or `PARTIAL` for training, `LastBatch.WRAP` for evaluation) under the
 pipeline's failure policy: a sample that fails is skipped, counted in `stats["decode_failures"]` and its
 key logged, its place filled by the next sample; past `Execution.failure_budget` the epoch fails naming
 the bad samples. Stage times are in `stage_stats` (fastvid.pipeline.stats).
@@ -42,7 +42,7 @@ import torch
 from fastvid import _gpu
 from fastvid.pipeline import backends
 from fastvid.pipeline.contract import FailurePolicy, LastBatch, RebatchStats, WorkItem
-from fastvid.pipeline.runner import run_batches
+from fastvid.pipeline.runner import EpochBatches, FailureLimits, run_batches
 from fastvid.pipeline.stats import StageStats
 from fastvid.video import plan as epoch_plan
 from fastvid.video import sampling
@@ -83,7 +83,7 @@ class Output:
     device: str = "cuda"
     dtype: torch.dtype = torch.float32
     channels_last: bool = False
-    last_batch: LastBatch | None = None   # None: DROP in training, WRAP in evaluation
+    last_batch: LastBatch | None = None   # None: DROP in training, WRAP in evaluation; PARTIAL: torchvision's tail
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,9 @@ class VideoLoader:
         self.train = train
         self.last_batch = LastBatch(o.last_batch) if o.last_batch is not None else LastBatch.from_drop_last(train)
         self.drop_last = self.last_batch is LastBatch.DROP
+        # Training plans rounds of world x batch clips (DROP, PARTIAL); evaluation (and training with WRAP) wraps.
+        self._rounds = train and self.last_batch in (LastBatch.DROP, LastBatch.PARTIAL)
+        self._partial = self.last_batch is LastBatch.PARTIAL
         self.dtype = o.dtype
         self.channels_last = o.channels_last
         self.failure_policy = FailurePolicy(x.failure_budget)
@@ -184,8 +187,8 @@ class VideoLoader:
         return self._num_batches
 
     def _batches_from(self, start: int) -> int:
-        if self.train and self.drop_last:
-            return sampling.train_batches(self._num_items, self.world_size, self.batch_size, start)
+        if self._rounds:
+            return sampling.train_batches(self._num_items, self.world_size, self.batch_size, start, self._partial)
         return sampling.eval_batches(self._num_items, self.world_size, self.batch_size, self.clips_per_item)
 
     def set_epoch(self, epoch: int) -> None:
@@ -200,7 +203,7 @@ class VideoLoader:
 
     def state_dict(self) -> dict:
         """Where this epoch stands, independent of the world size: the global clip position reached."""
-        position = self._start + self._batches_done * self.world_size * self.batch_size
+        position = min(self._start + self._batches_done * self.world_size * self.batch_size, self._num_items)
         return {"epoch": self.epoch, "position": position, "seed": self.seed, "batches_done": self._batches_done,
                 "world_size": self.world_size, "batch_size": self.batch_size}
 
@@ -218,11 +221,11 @@ class VideoLoader:
         """This rank's WorkItems for the current epoch from the current position (fastvid.video.sampling):
         what every backend executes."""
         epoch = self.epoch if epoch is None else int(epoch)
-        if self.train and self.drop_last:
+        if self._rounds:
             items = sampling.train_items(self._grid_sizes, [s.keys for s in self.shard_set.shards],
                                          clips_per_video=self.config.clips_per_video, seed=self.seed, epoch=epoch,
                                          clip_sampling=self.config.clip_sampling)
-            return sampling.rank_train_items(items, self.rank, self.world_size, self.batch_size, self._start)
+            return sampling.rank_train_items(items, self.rank, self.world_size, self.batch_size, self._start, self._partial)
         if self.train:  # training without dropping the tail (drop_last=False): the last batches wrap around
             items = sampling.train_items(self._grid_sizes, [s.keys for s in self.shard_set.shards],
                                          clips_per_video=self.config.clips_per_video, seed=self.seed, epoch=epoch,
@@ -247,11 +250,11 @@ class VideoLoader:
         stats = RebatchStats()
         synced = [0, 0, 0]
         work = self.epoch_work()
-        batches = run_batches(self._impl.epoch_chunks(self.epoch, work), batch_size=self.batch_size,
-                              num_batches=self.remaining_batches, device=self.device, stage_stats=self.stage_stats,
-                              rebatch_stats=stats, max_failures=self.failure_policy.limit(len(work)),
-                              max_failures_in_a_row=self.shard_set.num_samples,
-                              where=str(self.shard_set.shards[0].tar.parent), finish=self._finish,
+        epoch = EpochBatches(self.batch_size, self.remaining_batches, last_rows=self._last_rows())
+        limits = FailureLimits(self.failure_policy.limit(len(work)), max_in_a_row=self.shard_set.num_samples,
+                               where=str(self.shard_set.shards[0].tar.parent))
+        batches = run_batches(self._impl.epoch_chunks(self.epoch, work), epoch, limits, device=self.device,
+                              stage_stats=self.stage_stats, rebatch_stats=stats, finish=self._finish,
                               worker_pids=self.stats["worker_pids"])
         try:
             for batch in batches:
@@ -264,6 +267,12 @@ class VideoLoader:
         # A full pass ends the resumed part of the epoch: another pass over it starts from its beginning.
         self._batches_done = 0
         self._start = 0
+
+    def _last_rows(self) -> int | None:
+        """Rows of the epoch's last batch where it may be smaller (PARTIAL), else None (all batch_size)."""
+        if not (self._rounds and self._partial):
+            return None
+        return sampling.last_batch_rows(self._num_items, self.world_size, self.batch_size, self._start)
 
     def _sync_stats(self, stats: RebatchStats, synced: list[int]) -> None:
         """Add what `stats` counted since the last call (synced = [failures, batches, clips] already added)."""

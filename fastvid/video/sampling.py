@@ -257,17 +257,29 @@ def eval_items(grid_sizes: list[list[int]], clips_per_video: int) -> list[WorkIt
             for s, sizes in enumerate(grid_sizes) for i, k in enumerate(sizes) if k > 0]
 
 
-def train_batches(num_items: int, world_size: int, batch_size: int, start: int = 0) -> int:
-    """Equal batches per rank for the clips [start, num_items) of an epoch: whole rounds of world_size x batch_size."""
-    return max(num_items - start, 0) // (world_size * batch_size)
+def train_batches(num_items: int, world_size: int, batch_size: int, start: int = 0, partial: bool = False) -> int:
+    """Equal batches per rank for the clips [start, num_items) of an epoch: whole rounds of world_size x batch_size,
+    plus (`partial`) one smaller round for the tail."""
+    rounds, tail = divmod(max(num_items - start, 0), world_size * batch_size)
+    return rounds + (1 if partial and tail else 0)
 
 
-def rank_train_items(items: list[WorkItem], rank: int, world_size: int, batch_size: int, start: int = 0) -> list[WorkItem]:
+def last_batch_rows(num_items: int, world_size: int, batch_size: int, start: int = 0) -> int:
+    """Rows of each rank's last batch with a partial tail round: the tail split evenly over the ranks
+    (rounded up, as DistributedSampler pads its list to a multiple of the world size); batch_size without a tail."""
+    tail = max(num_items - start, 0) % (world_size * batch_size)
+    return -(-tail // world_size) if tail else batch_size
+
+
+def rank_train_items(items: list[WorkItem], rank: int, world_size: int, batch_size: int, start: int = 0,
+                     partial: bool = False) -> list[WorkItem]:
     """Rank `rank`'s clips from global position `start` on: round j gives it items[start + j*W*B + r*B : ... + B].
 
     A step consumes W*B consecutive clips of the global list on any world size, so a checkpoint only
-    needs the global position (clips consumed) to resume on another number of ranks; the tail shorter
-    than one round is dropped (torchvision's DataLoader drop_last on every rank).
+    needs the global position (clips consumed) to resume on another number of ranks. The tail shorter
+    than one round is dropped (drop_last on every rank) or, with `partial`, dealt as one last round of
+    last_batch_rows clips per rank, padded by repeating the epoch's first clips (torchvision's
+    DistributedSampler pads the same way; DataLoader keeps the smaller last batch).
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
@@ -276,6 +288,11 @@ def rank_train_items(items: list[WorkItem], rank: int, world_size: int, batch_si
     for j in range(rounds):
         base = start + j * world_size * batch_size + rank * batch_size
         out.extend(items[base:base + batch_size])
+    tail = items[start + rounds * world_size * batch_size:]
+    if partial and tail:
+        per = last_batch_rows(len(items), world_size, batch_size, start)
+        padded = tail + [items[i % len(items)] for i in range(world_size * per - len(tail))]
+        out.extend(padded[rank * per:(rank + 1) * per])
     return out
 
 

@@ -1,20 +1,31 @@
-"""`fastvid train`: parse torchvision-reference flags (+ --config YAML) and run the trainer.
+"""`fastvid train`: video classification with torchvision-reference flags (+ --config YAML), run by the one
+Trainer (fastvid.train.trainer) with the video task (fastvid.video.task).
 
 Works run directly (one process) and under `torchrun --nproc_per_node=N -m fastvid train ...`
-(or `torchrun $(which fastvid) train ...`): torchrun's env:// variables select DDP.
+(or `torchrun $(which fastvid) train ...`): torchrun's env:// variables select DDP. The flags are
+generated from fastvid.video.config.TrainConfig.
 """
 
 from __future__ import annotations
 
-from fastvid.video.args import add_arguments as _add_arguments
-from fastvid.video.args import config_from_args
+from fastvid.train import config as C
+from fastvid.video.config import TrainConfig
+
+EPILOG = ("Exit status: 0 done; 1 error; 75 (EX_TEMPFAIL) preempted: SIGTERM stopped training after the current "
+          "step, skipped evaluation and saved OUTPUT/checkpoint.pth; rerun with --resume OUTPUT/checkpoint.pth to continue.")
 
 
 def add_arguments(parser) -> None:
-    _add_arguments(parser)
+    parser.epilog = EPILOG
+    C.add_arguments(parser, TrainConfig, "video classification options")
+
+
+def config_from_args(args) -> TrainConfig:
+    return C.config_from_args(args, TrainConfig)
 
 
 def run(args) -> int:
-    from fastvid.video.trainer import run_training
+    from fastvid.train.trainer import Trainer
+    from fastvid.video.task import VideoClassification
 
-    return run_training(config_from_args(args))
+    return Trainer(VideoClassification(config_from_args(args))).run()

@@ -1,106 +1,83 @@
-"""Typed configuration of `fastvid train-events`: dataclass defaults <- YAML (--config) <- flags.
-
-Names follow torchvision's reference flags where one applies (batch_size, lr, lr_milestones, ...,
-resume, sync_bn, amp, output_dir); the rest are the event detector's own.
+"""Typed configuration of `fastvid train-events`: the shared TrainerConfig fields (torchvision's reference
+names, with the detector's defaults) plus the event detector's own; flags are generated from the fields
+(fastvid.train.config), values come from defaults <- YAML (--config) <- flags.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from fastvid.train import config as C
+from fastvid.train.config import TrainerConfig, option, retune
 
 
 @dataclass
-class DetectConfig:
-    # --- as torchvision's reference flags ---
-    data_path: str | None = None      # directory holding the event shard sets
-    train_dir: str = "train"
-    val_dir: str = "val"
-    model: str = "rnn_det_tiny"
-    device: str = "auto"
-    batch_size: int = 8               # streams (recordings played in parallel) per process
-    epochs: int = 30
-    workers: int = 4                  # segment reader threads per loader
-    lr: float = 2e-4
-    momentum: float = 0.9             # SGD only
-    weight_decay: float = 1e-4
-    lr_milestones: list[int] = field(default_factory=lambda: [20, 25])
-    lr_gamma: float = 0.1
-    lr_warmup_epochs: int = 1
-    lr_warmup_method: str = "linear"
-    lr_warmup_decay: float = 0.01
-    print_freq: int = 10
-    output_dir: str = "."
-    resume: str = ""
-    start_epoch: int = 0
-    sync_bn: bool = False
-    test_only: bool = False
-    amp: bool = False
-    amp_dtype: str = "bf16"
-    dist_url: str = "env://"
-    seed: int = 0
-    grad_clip: float | None = 10.0
+class DetectConfig(TrainerConfig):
+    # --- shared fields, the detector's defaults ---
+    data_path: str | None = retune(TrainerConfig, "data_path", None,
+                                   help="directory holding the event shard sets (--train-dir and --val-dir inside)")
+    model: str = retune(TrainerConfig, "model", "rnn_det_tiny", help="detector (rnn_det_tiny, rnn_det_small)")
+    batch_size: int = retune(TrainerConfig, "batch_size", 8,
+                             help="streams per process (recordings or sequences played in parallel)")
+    epochs: int = retune(TrainerConfig, "epochs", 30)
+    workers: int = retune(TrainerConfig, "workers", 4, help="segment reader threads")
+    lr: float = retune(TrainerConfig, "lr", 2e-4)
+    lr_milestones: list[int] = retune(TrainerConfig, "lr_milestones", [20, 25])
+    lr_warmup_epochs: int = retune(TrainerConfig, "lr_warmup_epochs", 1)
+    lr_warmup_decay: float = retune(TrainerConfig, "lr_warmup_decay", 0.01)
+    output_dir: str = retune(TrainerConfig, "output_dir", ".",
+                             help="checkpoints, metrics.jsonl and val detections go here (one run at a time: it is locked)")
+    test_only: bool = retune(TrainerConfig, "test_only", False, help="only evaluate (with --resume)")
+    amp: bool = retune(TrainerConfig, "amp", False, help="mixed precision (bf16 unless --amp-dtype fp16; fp16 uses a GradScaler)")
+    amp_dtype: str = retune(TrainerConfig, "amp_dtype", "bf16")
+    grad_clip: float | None = retune(TrainerConfig, "grad_clip", 10.0)
+    model_width: int | None = retune(TrainerConfig, "model_width", None, help="channels of the first stage")
+    model_kwargs: dict = retune(TrainerConfig, "model_kwargs", {}, help=(
+        "extra detector argument, repeatable (e.g. stages=3 for strides 4/8/16 on small sensors)"))
+    max_steps_per_epoch: int | None = retune(TrainerConfig, "max_steps_per_epoch", None, help="cut every epoch to N windows")
+    save_every_steps: int | None = retune(TrainerConfig, "save_every_steps", None, help=(
+        "also checkpoint every N optimizer steps (TBPTT chunks); resumable on the same number of ranks"))
     # --- detector and event data ---
-    config: str | None = None
-    opt: str = "adamw"                # adamw | sgd (fastvid.train.optim's fused SGD)
-    model_width: int | None = None    # channels of the first stage (tiny: 16, small: 32)
-    model_kwargs: dict = field(default_factory=dict)  # extra builder arguments, e.g. {"stages": 3}
-    window_ms: float = 50.0
-    window_mode: str = "labels"       # labels: each window ends at a label time (RVT) | grid: consecutive windows
-    label_times: str = "all"          # which label times get a window: all | rvt-gen1 | rvt-gen4 (RVT's selection)
-    fill_windows: bool = False        # labels mode: unlabelled windows tile the time between label windows
-    representation: str = "stacked_histogram"
-    bins: int = 10
-    tbptt_steps: int = 10             # windows per truncated back-propagation (and per optimizer step)
-    sampling: str = "stream"          # stream: whole recordings in order | random: RVT-style labelled sequences
-    seq_len: int = 20                 # windows per random sequence
-    flip_p: float = 0.5
-    max_zoom: float = 1.0             # zoom-in up to this factor (1: off), drawn per sequence
-    classes: str | None = None        # comma-separated; default: the shard set's classes
-    max_steps_per_epoch: int | None = None
-    eval_every: int = 1
-    speed_test: bool = False          # with --test-only: report inference windows/s only
+    opt: str = option("adamw", choices=("adamw", "sgd"), help="optimizer (sgd: torch's fused SGD, as fastvid train)")
+    window_ms: float = option(50.0, help="window duration")
+    window_mode: str = option("labels", choices=("labels", "grid"), help=(
+        "labels: every window ends at a label time T, holds the events of [T - window, T] and is supervised by T's "
+        "boxes (RVT); grid: consecutive windows supervised by the latest label inside them"))
+    label_times: str = option("all", choices=("all", "rvt-gen1", "rvt-gen4"), help=(
+        "labels mode: which label times get a window: all, or RVT's selection (see fastvid.events.labels)"))
+    fill_windows: bool = option(False, help="labels mode: unlabelled windows tile the time between label windows")
+    representation: str = option("stacked_histogram", help="event representation (fastvid.events.REPRESENTATIONS)")
+    bins: int = option(10, help="time bins of the representation")
+    tbptt_steps: int = option(10, metavar="K", help="windows per truncated back-propagation / optimizer step")
+    sampling: str = option("stream", choices=("stream", "random"),
+                           help="whole recordings streamed, or random labelled sequences (RVT)")
+    seq_len: int = option(20, help="windows per random sequence")
+    flip_p: float = option(0.5, help="horizontal flip probability per sequence")
+    max_zoom: float = option(1.0, help="zoom-in up to this factor per sequence (1: off)")
+    classes: str | None = option(None, help="comma-separated class names (default: the shard set's)")
+    speed_test: bool = option(False, help="with --test-only: measure inference windows/s")
     # --- evaluation (Prophesee protocol) ---
-    eval_preset: str = "gen1"
-    skip_ms: float | None = None
-    min_box_diag: float | None = None
-    min_box_side: float | None = None
-    time_tol_ms: float | None = None
-    score_threshold: float = 0.05
-    nms_iou: float = 0.5
+    eval_preset: str = option("gen1", choices=("gen1", "gen4"), help="Prophesee box filter thresholds")
+    skip_ms: float | None = option(None, help="evaluation ignores boxes up to this time")
+    min_box_diag: float | None = option(None, help="evaluation's minimum box diagonal (px)")
+    min_box_side: float | None = option(None, help="evaluation's minimum box side (px)")
+    time_tol_ms: float | None = option(None, help="evaluation's label/detection time tolerance")
+    score_threshold: float = option(0.05, help="minimum detection score kept")
+    nms_iou: float = option(0.5, help="NMS IoU threshold")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def validate(self) -> None:
+        super().validate()
+        for name in ("epochs", "tbptt_steps", "seq_len", "bins"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        choices = {"opt": ("adamw", "sgd"), "sampling": ("stream", "random"), "eval_preset": ("gen1", "gen4")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.window_ms <= 0 or self.max_zoom < 1 or not 0 <= self.flip_p <= 1:
+            raise ValueError("window_ms must be > 0, max_zoom >= 1 and flip_p in [0, 1]")
 
-
-FIELD_TYPES = typing.get_type_hints(DetectConfig)
 
 
 def build_detect_config(overrides: dict | None = None) -> DetectConfig:
-    from fastvid.train.config import coerce, load_yaml
-
-    overrides = dict(overrides or {})
-    path = overrides.get("config")
-    values = load_yaml(path, FIELD_TYPES) if path else {}
-    for name, value in overrides.items():
-        if name not in FIELD_TYPES:
-            raise ValueError(f"unknown train-events option {name!r}")
-        values[name] = coerce(name, value, "command line", FIELD_TYPES)
-    cfg = DetectConfig(**values)
-    validate(cfg)
-    return cfg
-
-
-def validate(cfg: DetectConfig) -> None:
-    for name in ("batch_size", "epochs", "tbptt_steps", "seq_len", "bins", "print_freq", "eval_every"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    choices = {"opt": ("adamw", "sgd"), "sampling": ("stream", "random"), "amp_dtype": ("bf16", "fp16"),
-               "lr_warmup_method": ("linear", "constant"), "eval_preset": ("gen1", "gen4"),
-               "window_mode": ("labels", "grid"), "label_times": ("all", "rvt-gen1", "rvt-gen4")}
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
-    if cfg.window_ms <= 0 or cfg.max_zoom < 1 or not 0 <= cfg.flip_p <= 1:
-        raise ValueError("window_ms must be > 0, max_zoom >= 1 and flip_p in [0, 1]")
+    return C.build_config(DetectConfig, overrides)
