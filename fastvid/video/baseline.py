@@ -10,9 +10,7 @@ loaders, so both read the same amount of video per clip.
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -140,5 +138,5 @@ def baseline_loader(videos, *, batch_size: int, clip_len: int, frame_stride: int
     generator = torch.Generator().manual_seed(seed + epoch)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator,
                                        num_workers=num_workers, drop_last=True, persistent_workers=num_workers > 0,
-                                       worker_init_fn=functools.partial(_worker_init, owner=os.getpid()) if num_workers else None,
+                                       worker_init_fn=_worker_init if num_workers else None,
                                        prefetch_factor=2 if num_workers else None)

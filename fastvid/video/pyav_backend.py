@@ -191,13 +191,13 @@ def collate(items):
             "failed": [f for it in items for f in it["failed"]], "stage_s": stage_s, "pid": os.getpid()}
 
 
-def _worker_init(_, owner: int):
+def _worker_init(_, owner: int | None = None):
     from fastvid.store.writer import obey_parent
 
     torch.set_num_threads(1)  # one decode per worker: oversubscribing cores only adds contention
     # SIGTERM/SIGINT to the whole process group (Slurm, `timeout`, launchers, Ctrl-C) reach the workers too: they
     # leave the decision to the trainer (checkpoint mid-epoch, exit 75), taking SIGTERM from it alone; they die
-    # with their parent (the trainer, or the fork server that dies with it).
+    # with their parent (the trainer, or the fork server that dies with it). owner None: the parent.
     obey_parent(os.getppid(), owner=owner)
 
 
