@@ -576,3 +576,19 @@ def test_eval_views_through_other_backends_match_pyav(data, backend):
         assert p["key"] == d["key"] and p["clip"] == d["clip"]
         assert clip_frames(p["video"]) == clip_frames(d["video"])
         assert (p["video"] - d["video"]).abs().mean().item() < 0.05
+
+
+def test_pyav_first_epoch_starts_in_process_and_matches_the_workers(data):
+    """The first epoch's first chunk is decoded in this process while the workers start (time to first batch);
+    it gives the same clips as the workers would, and later chunks come from the workers."""
+    inline = loader(data.h264, "pyav", batch_size=2, num_workers=2)
+    plain = loader(data.h264, "pyav", batch_size=2, num_workers=0)
+    try:
+        got, want = collect(inline, epoch=0), collect(plain, epoch=0)
+        assert [b["key"] for b in got] == [b["key"] for b in want]
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a["video"], b["video"])
+        assert os.getpid() not in inline.stats["worker_pids"] and len(inline.stats["worker_pids"]) == 2
+    finally:
+        inline.close()
+        plain.close()

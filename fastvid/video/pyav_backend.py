@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import multiprocessing.context
 import os
 import sys
@@ -291,8 +292,15 @@ class PyAVBackend:
         n = len(work)
         # Each task lists its item and the next ones of the plan as replacements for a failing sample.
         tasks = [(int(epoch), tuple(work[(i + r) % n] for r in range(min(self.max_retries + 1, n)))) for i in range(n)]
-        self._tasks.batches = [tasks[i:i + self.videos_per_chunk] for i in range(0, n, self.videos_per_chunk)]
-        for out in self._batches():
+        chunks = [tasks[i:i + self.videos_per_chunk] for i in range(0, n, self.videos_per_chunk)]
+        inline = []
+        if self.num_workers and self._loader is None and len(chunks) > 1:
+            # First epoch: while the worker processes start (from a fork server, each imports torch: seconds),
+            # this process decodes the first chunk itself, so the first batch does not wait for them.
+            inline, chunks = chunks[:1], chunks[1:]
+        self._tasks.batches = chunks
+        workers = self._batches()
+        for out in itertools.chain((self._inline(chunk) for chunk in inline), workers):
             for key, error in out["failed"]:
                 yield Failure(key, error)
             if "frames" in out:
@@ -305,6 +313,12 @@ class PyAVBackend:
             video = pixels.normalize_clips(clips, self.scale, self.shift, self.device, self.dtype, self.channels_last)
             yield Chunk({"video": video, "label": out["label"], "clip": out["clip"]}, out["key"], stage_s=out["stage_s"],
                         worker_pid=out["pid"])
+
+    def _inline(self, chunk) -> dict:
+        """A chunk decoded in this process (not by a worker: no worker pid)."""
+        out = collate([self.dataset[task] for task in chunk])
+        out["pid"] = None
+        return out
 
     def close(self):
         """Stops the worker processes now (they otherwise live as long as the loader)."""
