@@ -160,7 +160,7 @@ def _loader_rate(make_loader, batches: int) -> tuple[float, dict]:
             n += b["video"].shape[0]
         rate = n / (time.perf_counter() - t0)
         it.close()
-        return rate, dict(loader.stats["stage_s"])
+        return rate, loader.stage_stats.seconds()
     finally:
         loader.close()
 

@@ -81,6 +81,8 @@ def test_single_process_trains_checkpoints_profiles(shard_root, tmp_path):
     assert ckpt["epoch"] == 1 and ckpt["args"]["cache_dataset"] is True and ckpt["lr_scheduler"]["last_epoch"] == 16
     assert "fc.weight" in ckpt["model"] and ckpt["model"]["fc.weight"].shape == (2, 64)  # width 8 -> 64 features
     assert got[0]["backend"] == "pyav" and got[0]["decode_failures"] == 0
+    # the pipeline's stage statistics reach the metrics: seconds per loader stage this epoch
+    assert got[0]["loader_stage_s"]["decode"] > 0 and got[0]["loader_stage_s"]["wait"] > 0
     trace = json.loads((out / "profile" / "trace_rank0.json").read_text())
     names = {e.get("name", "") for e in trace["traceEvents"]}
     assert any("conv" in n for n in names)

@@ -448,7 +448,7 @@ def _streams(factories: dict, device: str, quick: bool):
                 loader.set_epoch(epoch)
                 return iter(loader)
 
-            streams[backend] = (make_iter, lambda b: b["video"].shape[0], lambda loader=loader: loader.stats["stage_s"])
+            streams[backend] = (make_iter, lambda b: b["video"].shape[0], lambda loader=loader: loader.stage_stats.seconds())
     return streams, loaders
 
 

@@ -57,6 +57,7 @@ class EpochResult:
     wait_s: float = 0.0
     preempted: bool = False
     usage: dict = field(default_factory=dict)
+    loader_stage_s: dict = field(default_factory=dict)  # the training loader's seconds per stage this epoch
 
     @property
     def loss(self) -> float:
@@ -366,7 +367,9 @@ class Trainer:
             # Seeding per (seed, epoch, rank) makes dropout etc. identical after a resume.
             torch.manual_seed(cfg.seed + 1000 * epoch + info.rank)
             self.loaders.train.set_epoch(epoch)
+            stages = self._loader_stages()
             res = self._train_epoch(epoch, resume_step)
+            res.loader_stage_s = {k: v - stages.get(k, 0.0) for k, v in self._loader_stages().items()}
             if res.preempted:
                 return self._preempted(epoch, resume_step + res.steps)
             resume_step = 0
@@ -392,6 +395,11 @@ class Trainer:
                 return PREEMPTED_EXIT_CODE
         log(info, f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - t_train))}; metrics in {metrics_path}")
         return 0
+
+    def _loader_stages(self) -> dict:
+        """The training loader's stage seconds so far (the pipeline's StageStats, the hook doctor and bench read)."""
+        stats = getattr(self.loaders.train, "stage_stats", None)
+        return stats.seconds() if stats is not None else {}
 
     def _preempted(self, epoch: int, step: int) -> int:
         """Mid-epoch stop: the checkpoint says "epoch-1 done, continue `epoch` at `step`"."""
@@ -529,7 +537,9 @@ class Trainer:
         row.update({columns.throughput: round(rate, 2), "data_wait_frac": round(wait, 4),
                     "gpu_util_mean": round(gpu, 1) if usage["gpu_util_mean"] is not None else None,
                     "cpu_percent": round(cpu, 1), "max_mem": round(mem, 1), "world_size": n,
-                    "epoch_time_s": round(res.wall_s, 2)})
+                    "epoch_time_s": round(res.wall_s, 2),
+                    # rank 0's loader, seconds per stage summed over its threads and processes
+                    "loader_stage_s": {k: round(v, 3) for k, v in res.loader_stage_s.items()}})
         row.update(self.task.epoch_columns(self.loaders))
         return row
 
