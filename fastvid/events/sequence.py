@@ -328,8 +328,10 @@ class EventSequenceLoader:
                 if indices != list(range(indices[0], indices[0] + len(indices))):
                     raise ValueError(f"{shards}: recording {name!r} has missing segments (has {indices[:10]}...); "
                                      "reshard it or pass every shard of the set")
-                # One small json read per recording: the first segment gives the clock, duration and end.
-                first = json.loads(reader.read_fields(segs[0], {META_EXT})[META_EXT])
+                # The first segment gives the clock, duration and end: from the per-shard metadata read at
+                # open, or (a segment without it) one small json read.
+                first = segs[0].meta if segs[0].meta and "t0" in segs[0].meta and "t1" in segs[0].meta else \
+                    json.loads(reader.read_fields(segs[0], {META_EXT})[META_EXT])
                 duration = int(first["t1"]) - int(first["t0"])
                 if duration <= 0:
                     raise ValueError(f"{segs[0].tar}: segment {segs[0].key!r} has t1 <= t0")
@@ -348,6 +350,9 @@ class EventSequenceLoader:
         times = []
         for ref in segs:
             if BOXES_EXT not in ref.fields:
+                continue
+            if ref.meta is not None and "label_times" in ref.meta:  # from the per-shard metadata: no read
+                times.append(np.asarray(ref.meta["label_times"], np.int64))
                 continue
             try:
                 times.append(decode_boxes(reader.read_fields(ref, {BOXES_EXT})[BOXES_EXT])["t"])
