@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastvid.store import kinds, remote, shardmeta, tarindex
+from fastvid.store.atomic import write_text_atomic
 from fastvid.store.format import MANIFEST_NAME, index_name_for, meta_name_for
 
 REMOTE_OPEN_THREADS = 16  # small files fetched at once when a remote set opens
@@ -357,8 +358,11 @@ class _MetadataLoader:
             return None
         if not remote.is_remote(f.address):
             tar = Path(remote.local_path(f.address))
-            if os.access(tar.parent, os.W_OK):
+            if _writable(tar.parent):
                 return tar.with_name(name)
+        return self._cache_path(f, name)
+
+    def _cache_path(self, f: ShardFile, name: str) -> Path:
         cache = self.opened.cache if self.opened.cache is not None else _cache_for(None)
         ident = hashlib.sha1(f"{f.address}|{f.sha256 or f.tag or _stamp(f.tar)}".encode()).hexdigest()[:16]
         return cache.side_path(f"{ident}-{name}")
@@ -370,17 +374,32 @@ class _MetadataLoader:
             read_ranges = lambda spans: remote.read_ranges(str(f.tar), spans)  # noqa: E731
         records = shardmeta.compute_records(self.reader, f.index, read_ranges, f.address)
         doc = shardmeta.build(self.kind, remote.basename(f.address), records)
-        if kept is not None:
-            from fastvid.store.atomic import write_text_atomic
-
+        text = shardmeta.dumps(doc)
+        places = [kept] if kept is not None else []
+        if kept is not None and kept.parent != self._cache_path(f, kept.name).parent:
+            places.append(self._cache_path(f, kept.name))  # the set's directory refused the write (read-only)
+        for place in places:
             try:
-                write_text_atomic(shardmeta.dumps(doc), kept)
-                self.computed.append(str(kept.parent))
+                write_text_atomic(text, place)
+                self.computed.append(str(place.parent))
+                break
             except OSError:
-                self.computed.append("memory only (the directory is not writable)")
+                continue
         else:
-            self.computed.append("memory only (a pipe: command)")
+            self.computed.append("memory only (nowhere writable)" if places else "memory only (a pipe: command)")
         return shardmeta.ShardMeta(doc["keys"], doc["columns"])
+
+
+def _writable(directory: Path) -> bool:
+    """Whether files can be created in `directory`: a probe write answers what os.access cannot (read-only
+    mounts, network file systems, root)."""
+    probe = directory / f".fastvid-write-probe-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+        return True
+    except OSError:
+        return False
 
 
 def _stamp(path: Path) -> str:

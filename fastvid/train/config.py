@@ -9,6 +9,7 @@ dataclasses; `field_types(cls)` gives the types `coerce` and `load_yaml` check a
 from __future__ import annotations
 
 import argparse
+import os
 import typing
 from pathlib import Path
 
@@ -71,9 +72,28 @@ def _type_name(t) -> str:
     return getattr(t, "__name__", str(t))
 
 
+PIPE_OPT_IN = "FASTVID_ALLOW_PIPE"
+
+
+def allow_pipe() -> None:
+    """Let recipes name `pipe:` commands in this process (what --allow-pipe does)."""
+    os.environ[PIPE_OPT_IN] = "1"
+
+
+def _check_no_pipe(name: str, value, path) -> None:
+    """A recipe is a file anyone may hand over: a `pipe:` data address in it would run a shell command, so it
+    needs an opt-in outside the file (--allow-pipe or FASTVID_ALLOW_PIPE=1)."""
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, str) and v.lstrip().startswith("pipe:") and os.environ.get(PIPE_OPT_IN) != "1":
+            raise ValueError(f"config file {path}: {name} is a pipe: command ({v[:60]!r}), which would run a shell "
+                             f"command; a recipe runs none unless allowed outside it: pass --allow-pipe or set "
+                             f"{PIPE_OPT_IN}=1")
+
+
 def load_yaml(path: str | Path, types: dict) -> dict:
     """Read a YAML config into {field: value} (for a config whose field types are `types`) with dashed
-    keys normalized; clear errors on bad files."""
+    keys normalized; clear errors on bad files. A `pipe:` value is refused unless FASTVID_ALLOW_PIPE=1."""
     import yaml
 
     from fastvid.configs import resolve
@@ -92,6 +112,7 @@ def load_yaml(path: str | Path, types: dict) -> dict:
             name = "weight_decay"
         if name not in types:
             raise ValueError(f"config file {path}: unknown option {key!r}")
+        _check_no_pipe(name, value, path)
         out[name] = coerce(name, value, f"config file {path}", types)
     return out
 

@@ -106,11 +106,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--eval-views", metavar="TxS", help="evaluation views per video: T uniform clips x S crops (1 centre; 3 along the long "
         "side), decoded once per video; default: --clips-per-video x 1 (torchvision's)")
     add("--save-every-steps", type=int, metavar="N", help="also checkpoint every N training steps; resumable on another number of ranks")
+    add("--stream-window", type=int, metavar="N", help="remote (streamed) sets: shards each rank holds in the local cache at "
+        "once (the block it reads and the next); FASTVID_CACHE_SIZE must hold N shards per rank of the node")
+    p.add_argument("--allow-pipe", action="store_true", default=S,
+                   help="let a --config recipe name pipe: commands as data paths (they run shell commands; same as "
+                        "FASTVID_ALLOW_PIPE=1)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig for parsed flags: defaults <- --config YAML <- flags given."""
     given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command",)}
+    if given.pop("allow_pipe", False):
+        from fastvid.train.config import allow_pipe
+
+        allow_pipe()
     if "model_kwargs" in given:
         given["model_kwargs"] = dict(given["model_kwargs"])
     cfg = build_config(given)

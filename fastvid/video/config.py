@@ -83,6 +83,7 @@ class TrainConfig:
     num_segments: int | None = None       # TSN sampling: one frame from each of N equal segments (clip_len = N)
     eval_views: str | None = None         # "TxS": T uniform clips x S spatial crops (1 or 3); None = clips_per_video x 1
     save_every_steps: int | None = None   # also checkpoint every N training steps (mid-epoch, resumable on any world size)
+    stream_window: int = 8                # remote (streamed) sets: shards each rank holds locally at once
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -126,7 +127,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"amp_dtype must be bf16 or fp16, got {cfg.amp_dtype!r}")
     if cfg.lr_warmup_method not in ("linear", "constant"):
         raise ValueError(f"Invalid warmup lr method '{cfg.lr_warmup_method}'. Only linear and constant are supported.")
-    for name in ("clip_len", "batch_size", "clips_per_video", "frame_stride", "print_freq", "eval_every", "step_between_clips"):
+    for name in ("clip_len", "batch_size", "clips_per_video", "frame_stride", "print_freq", "eval_every", "step_between_clips",
+                 "stream_window"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.frame_rate is not None and cfg.frame_rate <= 0:

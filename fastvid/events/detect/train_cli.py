@@ -24,6 +24,9 @@ def add_arguments(p) -> None:
         p.add_argument(*flags, default=S, **kw)
 
     add("--config", metavar="FILE.yaml", help="YAML file of options; flags given here override it")
+    p.add_argument("--allow-pipe", action="store_true", default=S,
+                   help="let a --config file name pipe: commands as data paths (they run shell commands; same as "
+                        "FASTVID_ALLOW_PIPE=1)")
     add("--data-path", help="directory holding the event shard sets (train-dir and val-dir inside)")
     add("--train-dir", help="training shard set under --data-path")
     add("--val-dir", help="validation shard set under --data-path")
@@ -78,6 +81,10 @@ def add_arguments(p) -> None:
 
 def config_from_args(args) -> DetectConfig:
     given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
+    if given.pop("allow_pipe", False):
+        from fastvid.train.config import allow_pipe
+
+        allow_pipe()
     if "model_kwargs" in given:
         given["model_kwargs"] = dict(given["model_kwargs"])
     return build_detect_config(given)
