@@ -56,7 +56,11 @@ def default_cache() -> "ShardCache":
 
     root = os.environ.get("FASTVID_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fastvid", "shards")
     size = os.environ.get("FASTVID_CACHE_SIZE")
-    return ShardCache(root, parse_size(size) if size else DEFAULT_MAX_BYTES)
+    try:
+        max_bytes = parse_size(size) if size else DEFAULT_MAX_BYTES
+    except Exception as exc:  # argparse's error type: say which variable
+        raise ValueError(f"FASTVID_CACHE_SIZE: {exc}") from None
+    return ShardCache(root, max_bytes)
 
 
 def entry_name(address: str, tag: str | None = None) -> str:

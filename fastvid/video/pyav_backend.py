@@ -121,10 +121,7 @@ class ClipDataset(torch.utils.data.Dataset):
         (workers never fetch: the main process's ShardStream does, and says where the file is)."""
         if not self.shard_set.streamed:
             return self._handles.get(shard_index)
-        where = paths.get(shard_index)
-        if where is None:
-            raise ValueError(f"{self.shard_set.shards[shard_index].address}: not fetched yet (a replacement candidate "
-                             "beyond the rank's prefetch window)")
+        where = paths[shard_index]
         if isinstance(where, str):  # the fetch failed: its message
             raise ValueError(where)
         return self._handles.get(shard_index, where)
@@ -165,7 +162,9 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, task):
         epoch, candidates, paths = task if len(task) == 3 else (*task, {})
         failed = []
-        for item in candidates:
+        for n, item in enumerate(candidates):
+            if n and self.shard_set.streamed and item.shard not in paths:
+                continue  # a replacement whose shard is not local yet: it is decoded in its own task later
             try:
                 out = self.load(item, epoch, paths)
                 out["failed"] = failed
