@@ -10,6 +10,7 @@ Transport is fsspec's (HTTP through aiohttp, S3 through s3fs); whole objects are
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import selectors
@@ -237,7 +238,7 @@ def describe(exc: BaseException) -> str:
             return f"{code}" + (f" (HTTP {http})" if http else "")
     for e in _chain(exc):
         name = type(e).__name__
-        if isinstance(e, ConnectionRefusedError) or "ConnectionRefused" in name:
+        if isinstance(e, ConnectionRefusedError) or "ConnectionRefused" in name or getattr(e, "errno", None) == errno.ECONNREFUSED:
             return "connection refused (is the server running?)"
         if "Timeout" in name or isinstance(e, TimeoutError):
             return f"timed out (no data for {timeout_s():g} s; FASTVID_REMOTE_TIMEOUT sets the wait)"
