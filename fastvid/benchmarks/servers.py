@@ -62,21 +62,15 @@ def client_rank(port: int) -> str:
 
 
 class Ledger:
-    """Bytes and requests served, per (rank, path)."""
+    """Bytes and requests served, per (rank, path). A connection's rank is looked up when it opens, while
+    its client is surely alive (a `curl` child may be gone by the time its bytes are counted)."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.bytes: dict[tuple[str, str], int] = defaultdict(int)
         self.gets: dict[str, int] = defaultdict(int)
-        self._ranks: dict[int, str] = {}
 
-    def rank_of(self, port: int) -> str:
-        if port not in self._ranks:
-            self._ranks[port] = client_rank(port)
-        return self._ranks[port]
-
-    def add(self, port: int, path: str, n: int) -> None:
-        rank = self.rank_of(port)
+    def add(self, rank: str, path: str, n: int) -> None:
         with self.lock:
             self.bytes[(rank, path)] += n
 
@@ -122,6 +116,10 @@ def http_server(root: Path, ledger: Ledger | None = None, behaviour: Behaviour |
 
         def log_message(self, *args):
             pass
+
+        def setup(self):
+            super().setup()
+            self.rank = client_rank(self.client_address[1])
 
         def do_HEAD(self):
             self._serve(head=True)
@@ -178,7 +176,7 @@ def http_server(root: Path, ledger: Ledger | None = None, behaviour: Behaviour |
                         time.sleep(0.05)
                 except OSError:
                     return
-                ledger.add(self.client_address[1], path, len(body[i:i + step]))
+                ledger.add(self.rank, path, len(body[i:i + step]))
 
         def _reply(self, status, body, ctype, head):
             self.send_response(status)
@@ -215,11 +213,13 @@ def s3_server(ledger: Ledger):
         def __call__(self, environ, start_response):
             port = int(environ.get("REMOTE_PORT") or 0)
             path = environ.get("PATH_INFO", "")
-            if environ.get("REQUEST_METHOD") == "GET":
+            get = environ.get("REQUEST_METHOD") == "GET"
+            rank = client_rank(port) if get and port else "?"
+            if get:
                 ledger.count(path)
             for chunk in self.app(environ, start_response):
-                if environ.get("REQUEST_METHOD") == "GET" and port:
-                    ledger.add(port, path, len(chunk))
+                if get:
+                    ledger.add(rank, path, len(chunk))
                 yield chunk
 
     class Server(ThreadedMotoServer):
