@@ -92,9 +92,9 @@ def test_truncated_index_is_refused_and_never_kept(site, listed):
         (root / "set" / MANIFEST_NAME).write_text(json.dumps(manifest))
     behaviour.modes["/set/" + index_name_for("train-000001.tar")] = "truncate"
     problem = "sha256 .* does not match" if listed else "header says 2 samples, found 1"
-    with pytest.raises(remote.ShardSourceError, match=rf"{base}/set/train-000001.idx: .*{problem}.*downloaded twice"):
+    with pytest.raises(remote.ShardSourceError, match=rf"{base}/set/train-000001.idx: .*{problem}.*read twice; not used"):
         reader.open_files(f"{base}/set", cache)
-    assert not [n for n in entries(cache) if n.endswith("train-000001.idx")]
+    assert ledger.gets["/set/train-000001.idx"] == 2 and not [n for n in entries(cache) if n.endswith(".idx")]
     behaviour.modes.clear()
     assert [f.samples for f in reader.open_files(f"{base}/set", cache).files] == [2, 2, 2]
 
@@ -102,8 +102,9 @@ def test_truncated_index_is_refused_and_never_kept(site, listed):
 def test_damaged_metadata_file_is_refused(site):
     root, base, ledger, behaviour, cache = site
     behaviour.modes["/set/train-000002.meta.json"] = "truncate"
-    with pytest.raises(remote.ShardSourceError, match=rf"{base}/set/train-000002.meta.json: sha256 .*downloaded twice"):
+    with pytest.raises(remote.ShardSourceError, match=rf"{base}/set/train-000002.meta.json: sha256 .*read twice; not used"):
         reader.open_files(f"{base}/set", cache)
+    assert ledger.gets["/set/train-000002.meta.json"] == 2
 
 
 def test_tar_lists_are_revalidated(site):

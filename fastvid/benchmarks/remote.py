@@ -5,9 +5,9 @@ For each set size (number of shards) a set of real H.264 clips is written (each 
 `--pad-kb` of extra bytes, so the shards weigh what real ones do relative to the clips decoded), served,
 and read by `--ranks` rank processes (each its own cache directory, as on separate nodes, limited to an
 eighth of the set or the prefetch window, whichever is larger) through `VideoLoader` (PyAV, training
-plan). Per rank it records: seconds to open the set and to the first batch, bytes downloaded before the
-first batch (the small per-shard files and the tars apart), and over the epoch: bytes, clips/s after the
-first batch, the most shards held at once. What must stay flat as the set grows: the tar bytes before
+plan). Per rank it records: seconds to open the set and to the first batch, tar bytes downloaded before
+the first batch, the bytes and requests of the small per-shard files (counted by the server), and over
+the epoch: bytes, clips/s after the first batch, the most shards held at once. What must stay flat as the set grows: the tar bytes before
 the first batch (at most the prefetch window), and each rank's share of the epoch's bytes (1/ranks).
 """
 
@@ -74,7 +74,7 @@ def rank_main(url: str, rank: int, world: int, window: int, batch_size: int) -> 
                                              stream_window=window))
     cache = loader.shard_set.extra["opened"].cache
     opened_s = time.perf_counter() - t0
-    small_bytes = cache.stats["downloaded_bytes"]
+    small_bytes = cache.stats["downloaded_bytes"]  # 0: indexes and metadata are read into memory, not cached
     batches = iter(loader)
     next(batches)
     first_s = time.perf_counter() - t0
@@ -86,7 +86,7 @@ def rank_main(url: str, rank: int, world: int, window: int, batch_size: int) -> 
     stats = loader.stream_stats
     loader.close()
     return {"rank": rank, "open_s": round(opened_s, 3), "first_batch_s": round(first_s, 3),
-            "small_file_bytes": small_bytes, "tar_bytes_before_first_batch": at_first - small_bytes,
+            "tar_bytes_before_first_batch": at_first - small_bytes,
             "shards_fetched_at_first_read": stream["held_at_first_path"],
             "epoch_bytes": cache.stats["downloaded_bytes"], "epoch_tar_shards": len(stats["fetched_shards"]),
             "clips_per_s_after_first_batch": round(clips / steady_s, 1) if steady_s else None,
@@ -94,7 +94,8 @@ def rank_main(url: str, rank: int, world: int, window: int, batch_size: int) -> 
 
 
 def _run_rank(url: str, rank: int, world: int, window: int, batch_size: int, cache_dir: Path, cache_bytes: int) -> subprocess.Popen:
-    env = dict(os.environ, FASTVID_CACHE_DIR=str(cache_dir), FASTVID_CACHE_SIZE=str(cache_bytes), OMP_NUM_THREADS="1")
+    env = dict(os.environ, FASTVID_CACHE_DIR=str(cache_dir), FASTVID_CACHE_SIZE=str(cache_bytes), OMP_NUM_THREADS="1",
+               RANK=str(rank))  # the server's ledger attributes each connection to its process's RANK
     code = ("import json, sys; from fastvid.benchmarks.remote import rank_main; "
             "print(json.dumps(rank_main(sys.argv[1], *map(int, sys.argv[2:]))))")
     return subprocess.Popen([sys.executable, "-c", code, url, str(rank), str(world), str(window), str(batch_size)],
@@ -127,7 +128,12 @@ def run_benchmark(sizes=(16, 64, 256), per_shard: int = 4, pad_kb: int = 128, ra
         for p, (out, err) in zip(procs, outs):
             if p.returncode != 0:
                 raise RuntimeError(f"bench remote: rank process failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}")
-            per_rank.append(json.loads(out.strip().splitlines()[-1]))
+            row = json.loads(out.strip().splitlines()[-1])
+            mine = {path: n for (who, path), n in ledger.bytes.items() if who == str(row["rank"])}
+            row["small_file_bytes"] = sum(n for path, n in mine.items() if not path.endswith(".tar"))
+            row["small_file_requests"] = sum(1 for path in mine if not path.endswith(".tar"))
+            row["served_tar_bytes"] = sum(n for path, n in mine.items() if path.endswith(".tar"))
+            per_rank.append(row)
         served = sum(ledger.bytes.values())
         results.append({"shards": shards, "samples": shards * per_shard, "set_bytes": set_bytes, "shard_bytes": shard_bytes,
                         "cache_bytes_per_rank": cache_bytes, "served_bytes": served,

@@ -38,14 +38,22 @@ def _socket_inode(port: int) -> str | None:
 
 
 def client_rank(port: int) -> str:
-    """'0', '1', ... (the RANK torchrun gave the client process), 'main' (a process without RANK), or '?'."""
+    """'0', '1', ... (the RANK torchrun gave the client process), 'main' (a process without RANK), or '?'.
+    Clients are this process or its descendants (torchrun's ranks, their curl children): only those are
+    searched for the socket."""
+    import psutil
+
     inode = _socket_inode(port)
     if inode is None:
         return "?"
     target = f"socket:[{inode}]"
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+    me = psutil.Process()
+    try:
+        candidates = [me] + me.children(recursive=True)
+    except psutil.Error:
+        candidates = [me]
+    for proc in candidates:
+        pid = proc.pid
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:

@@ -192,40 +192,57 @@ def _open_set_dir(address: str, cache, missing_ok: bool, tables: bool) -> Opened
 
 
 def _remote_tables(records: list[tuple[str, dict]], cache, tables: bool) -> list[ShardFile]:
-    """ShardFiles of remote tars the manifest lists: their indexes fetched and checked (in parallel), the
-    tars left for ShardStream."""
-    def one(record):
-        address, shard = record
-        tag = str(shard["sha256"])[:16]
-        index = None
-        idx_path = cache.path_of(remote.join(remote.parent(address), index_name_for(shard["name"])), tag)
-        if tables:
-            index, idx_path = _fetch_index(address, shard, cache, tag)
-        return ShardFile(address, cache.path_of(address, tag), idx_path, shard["samples"], True, shard["bytes"],
-                         shard["sha256"], tag, index)
+    """ShardFiles of remote tars the manifest lists, with their indexes (all fetched at once, checked against
+    the manifest); the tars are left for ShardStream."""
+    files = [ShardFile(address, cache.path_of(address, str(shard["sha256"])[:16]), None, shard["samples"], True,
+                       shard["bytes"], shard["sha256"], str(shard["sha256"])[:16]) for address, shard in records]
+    if not tables:
+        return files
+    jobs = []
+    for address, shard in records:
+        def check(data, where, shard=shard):
+            problem = tarindex.index_problems(tarindex.parse_index(data, where), shard["samples"], shard["bytes"])
+            if problem:
+                raise ValueError(f"the index {problem}")
 
-    if len(records) <= 1:
-        return [one(r) for r in records]
-    with ThreadPoolExecutor(min(REMOTE_OPEN_THREADS, len(records)), thread_name_prefix="fastvid-open") as pool:
-        return list(pool.map(one, records))
+        jobs.append((remote.join(remote.parent(address), index_name_for(shard["name"])), shard.get("index_sha256"), check))
+    blobs = read_verified(jobs)
+    return [dataclasses.replace(f, index=tarindex.samples_of(tarindex.parse_index(data, job[0])))
+            for f, data, job in zip(files, blobs, jobs)]
 
 
-def _fetch_index(address: str, shard: dict, cache, tag: str):
-    """The parsed index of a listed remote tar, downloaded through the cache and checked against the manifest."""
-    idx_address = remote.join(remote.parent(address), index_name_for(shard["name"]))
+def read_verified(jobs: list[tuple[str, str | None, object]]) -> list[bytes]:
+    """The contents of small remote files [(address, sha256 or None, check(data, address))], fetched
+    concurrently; one that fails its sha256 or check is read once more, then refused naming its address.
+    They are parsed in memory and never cached (a later open reads them again: O(shards) small reads)."""
+    out = remote.read_many([address for address, _, _ in jobs])
+    for attempt in range(2):
+        again = []
+        for i, ((address, sha256, check), data) in enumerate(zip(jobs, out)):
+            if isinstance(data, BaseException):
+                raise data  # the transport said what went wrong (missing, HTTP status, timeout)
+            problem = _small_file_problem(address, data, sha256, check)
+            if problem is not None:
+                if attempt:
+                    raise remote.ShardSourceError(f"{address}: {problem} (read twice; not used)")
+                again.append(i)
+        if not again:
+            return out
+        for i, data in zip(again, remote.read_many([jobs[i][0] for i in again])):
+            out[i] = data
+    return out
 
-    def check(path):
-        problem = tarindex.index_problems(tarindex.read_index(path), shard["samples"], shard["bytes"])
-        if problem:
-            raise ValueError(f"the index {problem}")
 
-    path = cache.fetch(idx_address, tag=tag, sha256=shard.get("index_sha256"), check=check)
+def _small_file_problem(address: str, data: bytes, sha256: str | None, check) -> str | None:
+    if sha256 is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha256:
+            return f"sha256 {digest[:16]}... does not match the manifest's {sha256[:16]}..."
     try:
-        return tarindex.samples_of(tarindex.read_index(path)), path
+        check(data, address)
     except ValueError as exc:
-        raise ValueError(f"{idx_address}: {exc}") from None
-    finally:
-        cache.release(path)  # parsed: nothing reads the file again
+        return str(exc).removeprefix(f"{address}: ")
+    return None
 
 
 def _open_tar_list(addresses: list[str], text: str, cache, tables: bool) -> OpenedSet:
@@ -303,16 +320,21 @@ class _MetadataLoader:
             return  # a tar list of unknown kind: its reader falls back to the sample jsons
         self.reader = kinds.reader_for(self.kind)
         files = self.opened.files
-        shards = (self.opened.manifest or {}).get("shards") or []
-        listed = {s["name"]: s for s in shards}
-        records = [listed.get(Path(remote.basename(f.address)).name) if not remote.is_pipe(f.address) else None
-                   for f in files]
-        jobs = list(zip(range(len(files)), files, records))
-        if any(f.streamed for f in files) and len(jobs) > 1:
-            with ThreadPoolExecutor(min(REMOTE_OPEN_THREADS, len(jobs)), thread_name_prefix="fastvid-open") as pool:
-                metas = list(pool.map(lambda job: self._one(*job), jobs))
+        listed = {s["name"]: s for s in (self.opened.manifest or {}).get("shards") or []}
+        records = [listed.get(remote.basename(f.address)) if not remote.is_pipe(f.address) else None for f in files]
+        metas: list = [None] * len(files)
+        fetch = [i for i, (f, r) in enumerate(zip(files, records))
+                 if f.index is not None and f.streamed and r is not None and "meta_sha256" in r]
+        for i, meta in zip(fetch, self._fetch([(files[i], records[i]) for i in fetch])):
+            metas[i] = meta
+        rest = [i for i in range(len(files)) if i not in set(fetch)]
+        if any(files[i].streamed for i in rest) and len(rest) > 1:  # computed from byte ranges over the network
+            with ThreadPoolExecutor(min(REMOTE_OPEN_THREADS, len(rest)), thread_name_prefix="fastvid-open") as pool:
+                for i, meta in zip(rest, pool.map(lambda i: self._one(files[i]), rest)):
+                    metas[i] = meta
         else:
-            metas = [self._one(*job) for job in jobs]
+            for i in rest:
+                metas[i] = self._one(files[i])
         self.opened.files[:] = [dataclasses.replace(f, meta=m) for f, m in zip(files, metas)]
         if self.computed:
             where = sorted(set(self.computed))
@@ -320,13 +342,25 @@ class _MetadataLoader:
                   f"written by fastvid since the streaming store): read each sample's json once to plan; kept in "
                   f"{', '.join(where[:2])}{' ...' if len(where) > 2 else ''} for the next runs", file=sys.stderr)
 
-    def _one(self, i: int, f: ShardFile, record: dict | None) -> shardmeta.ShardMeta | None:
+    def _fetch(self, pairs: list) -> list[shardmeta.ShardMeta]:
+        """The listed metadata files of remote shards, fetched at once and verified (sha256, keys)."""
+        jobs = []
+        for f, record in pairs:
+            keys = [key for key, _ in f.index]
+
+            def check(data, where, keys=keys):
+                shardmeta.parse(data, where, kind=self.kind, keys=keys)
+
+            jobs.append((remote.join(remote.parent(f.address), meta_name_for(record["name"])), record["meta_sha256"], check))
+        return [shardmeta.parse(data, job[0], kind=self.kind, keys=[key for key, _ in f.index])
+                for (f, _), job, data in zip(pairs, jobs, read_verified(jobs))]
+
+    def _one(self, f: ShardFile) -> shardmeta.ShardMeta | None:
+        """A shard's metadata from beside a local tar, from a kept copy, or computed from its samples."""
         if f.index is None:
             return None
         keys = [key for key, _ in f.index]
         where_name = meta_name_for(remote.basename(f.address)) if not remote.is_pipe(f.address) else None
-        if record is not None and "meta_sha256" in record and f.streamed:
-            return self._fetch(f, record, keys)
         if where_name is not None and not remote.is_remote(f.address):
             beside = Path(remote.local_path(f.address)).with_name(where_name)
             if beside.is_file():
@@ -338,19 +372,6 @@ class _MetadataLoader:
             except ValueError:
                 pass  # a stale or damaged copy: compute it again
         return self._compute(f, keys, kept)
-
-    def _fetch(self, f: ShardFile, record: dict, keys: list[str]) -> shardmeta.ShardMeta:
-        address = remote.join(remote.parent(f.address), meta_name_for(record["name"]))
-        cache = self.opened.cache
-
-        def check(path):
-            shardmeta.parse(Path(path).read_bytes(), address, kind=self.kind, keys=keys)
-
-        path = cache.fetch(address, tag=f.tag, sha256=record["meta_sha256"], check=check)
-        try:
-            return shardmeta.parse(path.read_bytes(), address, kind=self.kind, keys=keys)
-        finally:
-            cache.release(path)
 
     def _kept_path(self, f: ShardFile, name: str | None) -> Path | None:
         """Where computed metadata is kept: beside a local tar whose directory is writable, else the cache."""

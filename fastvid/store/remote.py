@@ -23,6 +23,7 @@ DEFAULT_TIMEOUT_S = 60.0
 # gigabytes and minutes); FASTVID_MAX_SHARDS raises it.
 DEFAULT_MAX_SHARDS = 1_000_000
 COPY_CHUNK = 1 << 20
+CONCURRENT_READS = 16  # small files (indexes, metadata) requested at once when a remote set opens
 
 
 class ShardSourceError(FileNotFoundError):
@@ -296,6 +297,31 @@ def read_bytes(address: str) -> bytes:
         return fs.cat_file(path)
     except Exception as exc:
         raise _fail(address, exc, "reading it") from None
+
+
+def read_many(addresses: list[str]) -> list:
+    """The whole contents of many small objects (indexes, metadata files), fetched concurrently (fsspec's
+    batched `cat`); each entry is the bytes or the ShardSourceError saying what went wrong."""
+    out: list = [None] * len(addresses)
+    groups: dict = {}
+    for i, address in enumerate(addresses):
+        if not is_remote(address) or is_pipe(address):
+            try:
+                out[i] = read_bytes(address)
+            except ShardSourceError as exc:
+                out[i] = exc
+            continue
+        fs, path = _filesystem(address)
+        groups.setdefault(id(fs), (fs, []))[1].append((i, path, address))
+    for fs, members in groups.values():
+        try:
+            got = fs.cat([path for _, path, _ in members], on_error="return", batch_size=CONCURRENT_READS)
+        except Exception as exc:
+            got = {path: exc for _, path, _ in members}
+        for i, path, address in members:
+            data = got.get(path, FileNotFoundError(path)) if isinstance(got, dict) else got
+            out[i] = _fail(address, data, "reading it") if isinstance(data, BaseException) else data
+    return out
 
 
 def read_ranges(address: str, spans: list[tuple[int, int]]) -> list[bytes]:

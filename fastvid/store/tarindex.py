@@ -76,17 +76,28 @@ def write_index(tar_path: str | os.PathLike, idx_path: str | os.PathLike | None 
 
 
 def read_index(idx_path: str | os.PathLike) -> list[list[tuple[str, int, int, str]]]:
-    """Parse a v1.2 index back into per-sample component lists (for checks and inspection)."""
+    """Parse a v1.2 index file back into per-sample component lists (for checks and inspection)."""
     try:
-        lines = Path(idx_path).read_text().splitlines()
+        text = Path(idx_path).read_text()
     except UnicodeDecodeError:
         raise ValueError(f"{idx_path}: not a DALI {INDEX_VERSION} webdataset index (not text)") from None
+    return parse_index(text, str(idx_path))
+
+
+def parse_index(text: str | bytes, where: str) -> list[list[tuple[str, int, int, str]]]:
+    """Parse the text of a v1.2 index (`where` names it in errors)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{where}: not a DALI {INDEX_VERSION} webdataset index (not text)") from None
+    lines = text.splitlines()
     if not lines or not lines[0].startswith(INDEX_VERSION + " "):
-        raise ValueError(f"{idx_path}: not a DALI {INDEX_VERSION} webdataset index")
+        raise ValueError(f"{where}: not a DALI {INDEX_VERSION} webdataset index")
     try:
         count = int(lines[0].split()[1])
     except (IndexError, ValueError):
-        raise ValueError(f"{idx_path}: malformed header {lines[0]!r}") from None
+        raise ValueError(f"{where}: malformed header {lines[0]!r}") from None
     samples = []
     for line in lines[1:]:
         parts = line.split()
@@ -98,9 +109,9 @@ def read_index(idx_path: str | os.PathLike) -> list[list[tuple[str, int, int, st
                 raise ValueError
             samples.append(components)
         except ValueError:
-            raise ValueError(f"{idx_path}: malformed line {line!r}") from None
+            raise ValueError(f"{where}: malformed line {line!r}") from None
     if len(samples) != count:
-        raise ValueError(f"{idx_path}: header says {count} samples, found {len(samples)}")
+        raise ValueError(f"{where}: header says {count} samples, found {len(samples)}")
     return samples
 
 
