@@ -97,8 +97,6 @@ def read_webdataset(url, cache, limit, clock, cached=True):
 def read_wids(url, cache, limit, clock):
     import wids
 
-    from fastvid.store import reader
-
     opened = _plan_set(url, cache)  # only for fastvid's plan order and the sample counts
     first = [0]
     for f in opened.files:
@@ -111,8 +109,6 @@ def read_wids(url, cache, limit, clock):
 
 def read_fsspec(url, cache, limit, clock, kind="filecache"):
     import fsspec
-
-    from fastvid.store import reader
 
     opened = _plan_set(url, cache)
     options = {"cache_storage": str(cache)}
@@ -230,6 +226,37 @@ def _mds(src: Path, out: Path, shard_bytes: int, mosaic_path: str) -> None:
                     str(shard_bytes + 4096)], check=True)
 
 
+def _run_candidate(name, url, env, ledger, ctx, ranks=1) -> dict:
+    """Rank 0 of 2 reading through candidate `name` (rank 1 runs too when the library needs its peer:
+    MosaicML's process group); its measurements, with the bytes the server sent to rank 0."""
+    root, limit, set_bytes, mosaic_path = ctx
+    ledger.bytes.clear()
+    port = _free_port()
+    procs = []
+    for rank in range(ranks):
+        # Alone, rank 0 acts as node 0 of 2; with its peer (MosaicML), both are one node sharing one cache
+        # directory (MosaicML names its shared memory per node, so two nodes cannot share a machine).
+        cache = root / "cache" / name.replace("@", "-")
+        e = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(ranks),
+                 NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", **env)
+        if mosaic_path:
+            e["PYTHONPATH"] = os.pathsep.join([mosaic_path, str(Path(__file__).parent), e.get("PYTHONPATH", "")])
+        procs.append(subprocess.Popen([sys.executable, __file__, "--worker", name.split("@")[0], url, str(cache),
+                                       str(limit * ranks)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env=e))
+    outs = [p.communicate(timeout=1800) for p in procs]
+    failed = [e for p, (_, e) in zip(procs, outs) if p.returncode != 0]
+    if failed:
+        if os.environ.get("FASTVID_DEBUG"):
+            print("\n".join(e[-3000:] for e in failed), file=sys.stderr)
+        return {"error": (failed[-1].strip().splitlines() or ["?"])[-1]}
+    result = json.loads(outs[0][0].strip().splitlines()[-1])
+    served = sum(n for (rank, _), n in ledger.bytes.items() if rank == "0")
+    result.update(served_bytes=served, served_share_of_set=round(served / set_bytes, 3), cache_limit_bytes=limit * ranks,
+                  cache_within_limit=result["cache_peak_bytes"] <= limit * ranks)
+    return result
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", help="write the results here")
@@ -252,40 +279,12 @@ def main(argv=None) -> int:
     limit = set_bytes // 8
     only = set(args.only.split(",")) if args.only else None
     results = {}
+    ctx = (root, limit, set_bytes, args.mosaic_path)
 
     def run(name, url, env, ledger, ranks=1):
-        """Rank 0 of 2 (rank 1 runs too when the library needs its peer: MosaicML's process group)."""
-        if only and name not in only and name.split("@")[0] not in only:
-            return
-        ledger.bytes.clear()
-        port = _free_port()
-        procs = []
-        for rank in range(ranks):
-            # Alone, rank 0 acts as node 0 of 2; with its peer (MosaicML), both are one node sharing one cache
-            # directory (MosaicML names its shared memory per node, so two nodes cannot share a machine).
-            cache = root / "cache" / name.replace("@", "-")
-            e = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(ranks),
-                     NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", **env)
-            if args.mosaic_path:
-                e["PYTHONPATH"] = os.pathsep.join([args.mosaic_path, str(Path(__file__).parent), e.get("PYTHONPATH", "")])
-            procs.append(subprocess.Popen([sys.executable, __file__, "--worker", name.split("@")[0], url, str(cache),
-                                           str(limit * ranks)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                          env=e))
-        outs = [p.communicate(timeout=1800) for p in procs]
-        out, err = outs[0]
-        failed = [(p, e) for p, (_, e) in zip(procs, outs) if p.returncode != 0]
-        if failed:
-            results[name] = {"error": (failed[-1][1].strip().splitlines() or ["?"])[-1]}
-            if os.environ.get("FASTVID_DEBUG"):
-                for p, e in failed:
-                    print(e[-3000:], file=sys.stderr)
-        else:
-            results[name] = json.loads(out.strip().splitlines()[-1])
-            served = sum(n for (rank, _), n in ledger.bytes.items() if rank == "0")
-            results[name].update(served_bytes=served, served_share_of_set=round(served / set_bytes, 3),
-                                 cache_limit_bytes=limit * ranks,
-                                 cache_within_limit=results[name]["cache_peak_bytes"] <= limit * ranks)
-        print(f"{name}: {results[name]}", file=sys.stderr)
+        if not only or name in only or name.split("@")[0] in only:
+            results[name] = _run_candidate(name, url, env, ledger, ctx, ranks)
+            print(f"{name}: {results[name]}", file=sys.stderr)
 
     ledger = Ledger()
     base, stop = http_server(root / "site", ledger)

@@ -114,87 +114,94 @@ class Behaviour:
         self.modes: dict[str, str] = {}
 
 
+class _FileHandler(http.server.BaseHTTPRequestHandler):
+    """Serves the files under `server.root` (single byte ranges), counting into `server.ledger` and
+    misbehaving as `server.behaviour` says."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def setup(self):
+        super().setup()
+        self.rank = client_rank(self.client_address[1])
+
+    def do_HEAD(self):
+        self._serve(head=True)
+
+    def do_GET(self):
+        self._serve(head=False)
+
+    def _serve(self, head: bool):
+        path = self.path.split("?", 1)[0]
+        mode = self.server.behaviour.modes.get(path)
+        if not head:
+            self.server.ledger.count(path)
+        if mode == "500":
+            return self._reply(500, b"internal error", "text/plain", head)
+        if mode == "html":
+            return self._reply(200, b"<!DOCTYPE html><html><body>Sign in to continue</body></html>\n", "text/html", head)
+        root = self.server.root.resolve()
+        file = (root / path.lstrip("/")).resolve()
+        if root not in file.parents or not file.is_file():
+            return self._reply(404, b"not found", "text/plain", head)
+        data = file.read_bytes()
+        if mode == "corrupt":
+            data = data[:600] + bytes([data[600] ^ 0xFF]) + data[601:]
+        elif mode == "truncate":
+            data = data[: len(data) // 2]
+        start, end, status = 0, len(data), 200
+        m = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range", ""))
+        if m:
+            start = int(m.group(1))
+            end = min(len(data), int(m.group(2)) + 1) if m.group(2) else len(data)
+            status = 206
+        self._headers(status, file, len(data), start, end)
+        if not head:
+            self._send(path, data[start:end], mode)
+
+    def _headers(self, status: int, file: Path, size: int, start: int, end: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-tar")
+        self.send_header("Content-Length", str(end - start))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Last-Modified", self.date_time_string(int(file.stat().st_mtime)))
+        self.send_header("ETag", f'"{file.stat().st_mtime_ns:x}-{size:x}"')
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        self.end_headers()
+
+    def _send(self, path: str, body: bytes, mode: str | None) -> None:
+        if mode == "stall":
+            self.wfile.write(body[:100])
+            self.wfile.flush()
+            time.sleep(600)
+            return
+        step = 4096 if mode == "slow" else len(body) or 1
+        for i in range(0, len(body), step):
+            try:
+                self.wfile.write(body[i:i + step])
+                if mode == "slow":
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                return
+            self.server.ledger.add(self.rank, path, len(body[i:i + step]))
+
+    def _reply(self, status, body, ctype, head):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+
 def http_server(root: Path, ledger: Ledger | None = None, behaviour: Behaviour | None = None):
     """(base URL, stop()) of a threaded HTTP server for the files under `root`, with single byte ranges."""
-    ledger = ledger or Ledger()
-    behaviour = behaviour or Behaviour()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
-        def setup(self):
-            super().setup()
-            self.rank = client_rank(self.client_address[1])
-
-        def do_HEAD(self):
-            self._serve(head=True)
-
-        def do_GET(self):
-            self._serve(head=False)
-
-        def _serve(self, head: bool):
-            path = self.path.split("?", 1)[0]
-            mode = behaviour.modes.get(path)
-            if not head:
-                ledger.count(path)
-            if mode == "500":
-                return self._reply(500, b"internal error", "text/plain", head)
-            if mode == "html":
-                return self._reply(200, b"<!DOCTYPE html><html><body>Sign in to continue</body></html>\n", "text/html", head)
-            file = (root / path.lstrip("/")).resolve()
-            if root.resolve() not in file.parents or not file.is_file():
-                return self._reply(404, b"not found", "text/plain", head)
-            data = file.read_bytes()
-            if mode == "corrupt":
-                data = data[:600] + bytes([data[600] ^ 0xFF]) + data[601:]
-            elif mode == "truncate":
-                data = data[: len(data) // 2]
-            start, end, status = 0, len(data), 200
-            m = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range", ""))
-            if m:
-                start = int(m.group(1))
-                end = min(len(data), int(m.group(2)) + 1) if m.group(2) else len(data)
-                status = 206
-            body = data[start:end]
-            self.send_response(status)
-            self.send_header("Content-Type", "application/x-tar")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Last-Modified", self.date_time_string(int(file.stat().st_mtime)))
-            self.send_header("ETag", f'"{file.stat().st_mtime_ns:x}-{len(data):x}"')
-            if status == 206:
-                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
-            self.end_headers()
-            if head:
-                return
-            if mode == "stall":
-                self.wfile.write(body[:100])
-                self.wfile.flush()
-                time.sleep(600)
-                return
-            step = 4096 if mode == "slow" else len(body) or 1
-            for i in range(0, len(body), step):
-                try:
-                    self.wfile.write(body[i:i + step])
-                    if mode == "slow":
-                        self.wfile.flush()
-                        time.sleep(0.05)
-                except OSError:
-                    return
-                ledger.add(self.rank, path, len(body[i:i + step]))
-
-        def _reply(self, status, body, ctype, head):
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if not head:
-                self.wfile.write(body)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FileHandler)
+    server.root, server.ledger, server.behaviour = Path(root), ledger or Ledger(), behaviour or Behaviour()
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
