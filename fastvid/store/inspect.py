@@ -194,11 +194,12 @@ def _verify_meta(shard: dict, shard_file, tar, kind: str, opened) -> list[str]:
         data = path.read_bytes()
         if "meta_sha256" in shard and hashlib.sha256(data).hexdigest() != shard["meta_sha256"]:
             return [f"{name}: sha256 does not match the manifest"]
-    keys = [key for key, _ in tarindex.samples_of(tarindex.index_entries(tar))]
-    try:
-        shardmeta.parse(data, name, kind=kind, keys=keys)
-    except ValueError as exc:
-        return [str(exc)]
+    try:  # the metadata must list the index's samples (the index against the tar is _verify_index's check)
+        index = shard_file.index if shard_file.index is not None else \
+            tarindex.samples_of(tarindex.read_index(tarindex.index_path_for(tar)))
+        shardmeta.parse(data, name, kind=kind, keys=[key for key, _ in index])
+    except (ValueError, OSError) as exc:
+        return [f"{name}: {exc}" if not str(exc).startswith(name) else str(exc)]
     return []
 
 
