@@ -51,6 +51,25 @@ _PINS_LOCK = threading.RLock()
 _ENTRY_MUTEXES: dict[tuple[str, str], threading.Lock] = {}
 
 
+def _forget_parent_pins() -> None:
+    """In a forked child (DataLoader workers): the parent's pins are the parent's. Close the inherited lock
+    files without unlocking them (that would unpin the parent's entries) and start with fresh locks (one
+    may have been held by another thread at fork time)."""
+    global _PINS_LOCK
+    for fd, _ in _PINS.values():
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _PINS.clear()
+    _ENTRY_MUTEXES.clear()
+    _PINS_LOCK = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_forget_parent_pins)
+
+
 def default_cache() -> "ShardCache":
     from fastvid.store.options import parse_size
 
@@ -141,13 +160,13 @@ class ShardCache:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # being written right now
-                os.close(fd)
+                _unlock(fd)
                 live += _size(tmp)
                 continue
             try:
                 tmp.unlink(missing_ok=True)
             finally:
-                os.close(fd)
+                _unlock(fd)
         return live
 
     def _make_room(self, incoming: int, address: str) -> None:
@@ -164,14 +183,14 @@ class ShardCache:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # in use by another process
-                os.close(fd)
+                _unlock(fd)
                 continue
             try:
                 size = _size(path)
                 path.unlink(missing_ok=True)
                 used -= size
             finally:
-                os.close(fd)
+                _unlock(fd)
         if used + incoming > self.max_bytes:
             raise CacheFullError(f"{address}: the shard cache {self.root} (limit {self.max_bytes} bytes) cannot hold "
                                  f"{incoming} more bytes: {used} bytes are in use by running jobs. Raise "
@@ -234,7 +253,7 @@ class ShardCache:
             try:
                 self._pin_entry(fd, path, address, size_hint, sha256, check)
             except BaseException:
-                os.close(fd)  # drops whatever lock this fd held
+                _unlock(fd)  # drops whatever lock this fd held
                 raise
             with _PINS_LOCK:
                 _PINS[key] = [fd, 1]
@@ -310,7 +329,7 @@ class ShardCache:
                 self._make_room(0, address)
             finally:
                 del _PINS[(self._key, path.name)]
-                os.close(gfd)
+                _unlock(gfd)
         return None
 
     def _reserve(self, tmp: Path, address: str, size: int) -> Path:
@@ -332,7 +351,7 @@ class ShardCache:
             finally:
                 os.close(fd)
         finally:
-            os.close(gfd)
+            _unlock(gfd)
         return tmp
 
     def _disk_full(self, address: str, tmp: Path, size, exc: OSError) -> OSError:
@@ -366,13 +385,23 @@ class ShardCache:
                 pin[1] -= times
                 if pin[1] <= 0:
                     del _PINS[(self._key, name)]
-                    os.close(pin[0])
+                    if pin[0] >= 0:
+                        _unlock(pin[0])
 
     def __del__(self):
         try:
             self.release()
         except Exception:
             pass
+
+
+def _unlock(fd: int) -> None:
+    """Release a lock file's flock, then close it. An explicit unlock, not just the close: a process forked
+    while the lock was held (DataLoader workers) shares the open file, and the lock would live on in it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _size(path: Path) -> int:

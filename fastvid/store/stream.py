@@ -16,9 +16,11 @@ download is verified against the manifest (size, sha256) by the cache. A fetched
 process evicts it) until `done()`; from then on it is the least recently used entry, the first the
 cache deletes when a later shard needs room, so a cache a few windows large serves a set of any size
 (several ranks of a node share the cache directory: each holds its own window). A shard asked for
-before its turn (or outside `order`) is fetched at once by the caller, beyond the window, rather
-than waiting for room that only the caller's progress would make. A failed download is raised by
-`path()` of that shard (the message names the URL and what happened).
+before its turn waits for the fetchers to reach it; a caller whose own progress is what frees the
+window (the thread consuming the batches, such as a DataLoader dispatching tasks to worker processes)
+passes `beyond_window=True` and gets it fetched at once, past the window, so a window can be exceeded
+by that pipeline's lookahead (prefetch x workers chunks). A shard outside `order` is fetched at once.
+A failed download is raised by `path()` of that shard (the message names the URL and what happened).
 
 `ShardUse` turns "a batch of these samples was delivered" into `done()` calls: it counts down what
 the rank still reads of each shard.
@@ -45,6 +47,7 @@ class ShardStream:
         self.window = window
         self._cache = opened.cache
         self._queue = [s for s in self.order if opened.files[s].streamed]
+        self._position = {s: i for i, s in enumerate(self._queue)}
         self._cond = threading.Condition()
         self._state: dict[int, object] = {}   # shard -> _FETCHING | local Path | the exception its download raised
         self._held: set[int] = set()          # fetched, pinned, not done
@@ -64,8 +67,13 @@ class ShardStream:
 
     # -- the loader's side -----------------------------------------------------------------------------
 
-    def path(self, shard: int) -> Path:
-        """The local file of `shard`, fetched if needed (blocks until it is there)."""
+    def path(self, shard: int, *, beyond_window: bool = False) -> Path:
+        """The local file of `shard` (blocks until it is there). A shard of `order` the fetchers have not
+        reached yet is waited for: they reach it as earlier shards are done, which other threads' progress
+        brings about. A caller whose own progress is what makes shards done (the thread that consumes the
+        batches, e.g. a DataLoader dispatching tasks) passes `beyond_window=True`: such a shard is then
+        fetched at once, past the window, instead of waiting for room only it could make. Shards outside
+        `order` (or done before being read) are always fetched at once."""
         f = self.opened.files[shard]
         if not f.streamed:
             return f.tar
@@ -78,9 +86,10 @@ class ShardStream:
                     return state
                 if isinstance(state, BaseException):
                     raise state
-                if state is None:  # not reached yet: fetch it here, beyond the window
-                    if self._closed:
-                        raise RuntimeError(f"{f.address}: the shard stream is closed")
+                if self._closed:
+                    raise RuntimeError(f"{f.address}: the shard stream is closed")
+                ahead = self._position.get(shard, -1) >= self._next and shard not in self._finished
+                if state is None and (beyond_window or not ahead):  # fetch it here, past the window
                     self._state[shard] = _FETCHING
                     self._finished.discard(shard)
                     self._inflight += 1
@@ -149,6 +158,7 @@ class ShardStream:
             self.stats["held_at_first_path"] = len(self.stats["fetched_shards"])
 
     def _fetch_loop(self) -> None:
+        """One fetcher: the next shard of the queue whenever fewer than `window` are held or in flight."""
         while True:
             with self._cond:
                 while not self._closed and (self._next >= len(self._queue)

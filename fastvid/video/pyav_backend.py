@@ -247,7 +247,9 @@ class PyAVBackend:
             if item.shard in paths:
                 continue
             try:
-                where = stream.path(item.shard) if n == 0 else stream.local(item.shard)
+                # This runs on the consumer's thread (the DataLoader dispatching ahead): waiting for window room
+                # would wait for itself, so a shard past the window is fetched at once.
+                where = stream.path(item.shard, beyond_window=True) if n == 0 else stream.local(item.shard)
             except Exception as exc:  # the download failed: the worker reports it for the sample
                 where = str(exc)
             if where is not None:
