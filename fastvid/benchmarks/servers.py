@@ -23,7 +23,8 @@ from pathlib import Path
 # -- who is asking ------------------------------------------------------------------------------------
 
 def _socket_inode(port: int) -> str | None:
-    """Inode of the TCP socket whose local port is `port` (the client end of a connection to our server)."""
+    """Inode of the live TCP socket whose local port is `port` (the client end of a connection to our
+    server); entries of closed connections (inode 0, e.g. TIME_WAIT of an earlier use of the port) are skipped."""
     want = f":{port:04X}"
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -32,7 +33,7 @@ def _socket_inode(port: int) -> str | None:
             continue
         for line in lines:
             parts = line.split()
-            if parts[1].endswith(want):
+            if parts[1].endswith(want) and parts[9] != "0":
                 return parts[9]
     return None
 
@@ -47,11 +48,14 @@ def client_rank(port: int) -> str:
     if inode is None:
         return "?"
     target = f"socket:[{inode}]"
-    me = psutil.Process()
-    try:
-        candidates = [me] + me.children(recursive=True)
-    except psutil.Error:
-        candidates = [me]
+    candidates, queue = [], [psutil.Process()]
+    while queue:  # this process and its descendants (one that exits meanwhile is skipped, not fatal)
+        proc = queue.pop()
+        candidates.append(proc)
+        try:
+            queue.extend(proc.children())
+        except psutil.Error:
+            pass
     for proc in candidates:
         pid = proc.pid
         try:
