@@ -151,8 +151,11 @@ def http_root(shard_dir):
 def test_loader_and_inspect_read_over_http(shard_dir, http_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FASTVID_CACHE_DIR", str(tmp_path / "cache"))
     url = f"{http_root}/set"
-    local = video_loader(shard_dir, batch_size=2, clip_len=4, backend="pyav", device="cpu", num_workers=0)
+    # A streamed set is planned per shard (each rank its own shards): the same plan on the local copy gives
+    # the same batches.
+    local = video_loader(shard_dir, batch_size=2, clip_len=4, backend="pyav", device="cpu", num_workers=0, plan="shards")
     remote_loader = video_loader(url + "/", batch_size=2, clip_len=4, backend="pyav", device="cpu", num_workers=0)
+    assert remote_loader.shard_set.streamed and remote_loader.shard_plan
     assert remote_loader.shard_set.shards[0].tar.parent == tmp_path / "cache"
     a, b = list(local), list(remote_loader)
     assert [x["key"] for x in a] == [x["key"] for x in b] and len(a) == 3

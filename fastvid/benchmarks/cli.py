@@ -46,6 +46,12 @@ def _train():
     return train
 
 
+def _remote():
+    from fastvid.benchmarks import remote
+
+    return remote
+
+
 def _all():
     from fastvid.benchmarks import all as all_benchmarks
 
@@ -61,6 +67,7 @@ BENCHMARKS = {
     "events-read": (_events_read, "events/s of reading a Prophesee DAT file vs a plain numpy reader"),
     "crop": (_crop, "clips/s of the fused multi-scale crop+resize+normalize"),
     "train": (_train, "training clips/s and data-wait per model vs synthetic on-device input"),
+    "remote": (_remote, "time to the first batch and bytes per rank when training from a remote (HTTP) set, per set size"),
     "all": (_all, "run every benchmark that fits the device; one JSON and a PNG chart"),
 }
 

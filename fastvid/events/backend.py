@@ -43,7 +43,8 @@ class Recording:
     t_begin: int     # start of the first segment
     t_end: int       # one past the last event or box (the segments' padded end for older shards)
     segment_us: int
-    boxes: np.ndarray  # every box of the recording (BOX_DTYPE), sorted by time
+    label_times: np.ndarray          # distinct box timestamps, sorted
+    boxes: np.ndarray | None = None  # every box (BOX_DTYPE, by time) when read at open; else read with the segments
 
     def segment_t0(self, k: int) -> int:
         return self.t_begin + k * self.segment_us
@@ -84,6 +85,7 @@ class StreamCursor:
                                                       len(recording.segments)).tolist())
         self.pending: collections.deque = collections.deque()  # (segment index, future or ref), in order
         self.chunks: collections.deque = collections.deque()   # column dicts, in time order, none empty
+        self.boxes = evio.empty_boxes()                       # boxes of the loaded segments not yet passed
         self.window = 0
         self._submit()
 
@@ -96,12 +98,17 @@ class StreamCursor:
 
     def _load_until(self, stop: int) -> None:
         """Load every needed segment that starts before `stop`."""
+        new_boxes = []
         while self.pending and self.recording.segment_t0(self.pending[0][0]) < stop:
             _, item = self.pending.popleft()
             sample = item.result() if self.pool else _read_segment(self.reader, item, self.stats)
             self._submit()
             if len(sample["events"]["t"]):
                 self.chunks.append(sample["events"])
+            boxes = sample["boxes"]
+            new_boxes.append(boxes[np.argsort(boxes["t"], kind="stable")])
+        if new_boxes:
+            self.boxes = np.concatenate([self.boxes, *new_boxes])
 
     def close(self) -> None:
         for _, item in self.pending:
@@ -137,16 +144,22 @@ class StreamCursor:
                 continue
             pieces.append({k: v[:int(np.searchsorted(t, b, "left"))] for k, v in chunk.items()})
             break
+        # Boxes before this window's first box time are never needed again (windows' box_from is non-decreasing).
+        lo = int(np.searchsorted(self.boxes["t"], int(self.windows.box_from[w]), "left"))
+        self.boxes = self.boxes[lo:]
         self.window += 1
         return pieces, a, b, int(self.windows.label_t[w]), self.first + w
 
+    def window_boxes(self, w: int, b: int) -> np.ndarray:
+        """Boxes of the window just played (index w of its plan, stop b): box_from <= t < stop."""
+        return self.boxes[:int(np.searchsorted(self.boxes["t"], b, "left"))]
 
-def window_boxes(recording: Recording, plan: WindowPlan, w: int, select=None) -> np.ndarray:
-    """The boxes of window w: those with box_from <= t < stop (labels mode: the labels of its instant);
-    `select(boxes)` may filter them (RVT's label selection supervises with filtered boxes)."""
-    t = recording.boxes["t"]
-    lo, hi = np.searchsorted(t, [int(plan.box_from[w]), int(plan.stop[w])], "left")
-    boxes = recording.boxes[lo:hi]
+
+def window_boxes(boxes: np.ndarray, plan: WindowPlan, w: int, select=None) -> np.ndarray:
+    """The boxes of window w among `boxes` (sorted by time): box_from <= t < stop (labels mode: the labels of its
+    instant); `select(boxes)` may filter them (RVT's label selection supervises with filtered boxes)."""
+    lo, hi = np.searchsorted(boxes["t"], [int(plan.box_from[w]), int(plan.stop[w])], "left")
+    boxes = boxes[lo:hi]
     return select(boxes) if select is not None and len(boxes) else boxes
 
 
@@ -266,7 +279,11 @@ class EventBackend:
                 cursors[b] = None
                 yield Failure(f"{cur.recording.name}@{item.window}", str(exc))
                 continue
-            boxes = window_boxes(cur.recording, self.windows[item.recording], window, self.select)
+            plan = self.windows[item.recording]
+            if cur.recording.boxes is not None:  # read at open (RVT's selection)
+                boxes = window_boxes(cur.recording.boxes, plan, window, self.select)
+            else:
+                boxes = window_boxes(cur.window_boxes(window, t1), plan, window, self.select)
             rows[b] = _Row(item, cur.recording.name, pieces, t0, t1, label, boxes)
         chunk = self._assemble(rows)
         self.stats.add("assemble", time.perf_counter() - tic)
@@ -290,8 +307,9 @@ class EventBackend:
                                            out=target[b:b + 1], out_zeroed=True)
             except (ValueError, OSError) as exc:
                 return Failure(f"{rec.name}@{item.window}", str(exc))
+            boxes = rec.boxes if rec.boxes is not None else self._segment_boxes(reader, rec.segments[k])
             return _Row(item, rec.name, [], t0, t1, int(plan.label_t[item.window]),
-                        window_boxes(rec, plan, item.window, self.select))
+                        window_boxes(boxes, plan, item.window, self.select))
 
         wanted = [b for b, item in enumerate(row) if not item.padding]
         done = list(pool.map(read, wanted)) if pool is not None else [read(b) for b in wanted]
@@ -305,6 +323,18 @@ class EventBackend:
         chunk.data["x"] = x
         self.stats.add("read", time.perf_counter() - tic)
         yield chunk
+
+    @staticmethod
+    def _segment_boxes(reader, ref) -> np.ndarray:
+        from fastvid.events.codec import BOXES_EXT, decode_boxes
+
+        if BOXES_EXT not in ref.fields:
+            return evio.empty_boxes()
+        try:
+            boxes = decode_boxes(reader.read_fields(ref, {BOXES_EXT})[BOXES_EXT])
+        except ValueError as exc:
+            raise ValueError(f"{ref.tar}: cannot decode the boxes of segment {ref.key!r} ({exc})") from None
+        return boxes[np.argsort(boxes["t"], kind="stable")]
 
     def _assemble(self, rows) -> Chunk:
         counts = np.array([r.count for r in rows], np.int64)

@@ -25,6 +25,11 @@ class EventsReader(kinds.KindReader):
 
         return opened_segments(opened)
 
+    # What the event loaders plan with, per segment: its clock span, recording, event count, the recording's
+    # end, and the segment's distinct label times (window_mode="labels" ends a window at each).
+    metadata_components = ("json", "boxes.npy")
+    PLANNING_FIELDS = ("recording", "segment", "t0", "t1", "num_events", "num_boxes", "recording_t_end", "sensor_size")
+
     def sample_metadata(self, key: str, components: dict[str, bytes], where: str) -> dict:
         if "json" not in components:
             return {}
@@ -32,7 +37,19 @@ class EventsReader(kinds.KindReader):
             meta = json.loads(components["json"])
         except ValueError as exc:
             raise ValueError(f"{where}: sample {key!r} has invalid json ({exc})") from None
-        return meta if isinstance(meta, dict) else {}
+        if not isinstance(meta, dict):
+            return {}
+        out = {name: meta[name] for name in self.PLANNING_FIELDS if name in meta}
+        if "boxes.npy" in components:
+            from fastvid.events.codec import decode_boxes
+
+            import numpy as np
+
+            try:
+                out["label_times"] = np.unique(decode_boxes(components["boxes.npy"])["t"]).tolist()
+            except (ValueError, KeyError, OSError) as exc:
+                raise ValueError(f"{where}: sample {key!r} has unreadable boxes ({exc})") from None
+        return out
 
     def inspect_sample(self, key, fields, info, acc, verify):
         # Event samples carry boxes, not one label: count boxes per class instead.

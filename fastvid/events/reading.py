@@ -1,7 +1,11 @@
-"""Reading event shard sets: segment index (key -> tar byte ranges) and random-access segment reads.
+"""Reading event shard sets: segment index (key -> tar byte ranges, per-segment metadata) and random-access
+segment reads.
 
-The set's manifest is reached only through `shard_set_files` / `shard_set_options`, thin calls into
-fastvid.store.reader (the one shard-set reader), which also accepts URLs and brace patterns.
+The set is opened only through fastvid.store.reader (the one shard-set reader, which also accepts URLs and
+brace patterns): one index and one per-shard metadata file per shard, so a SegmentRef carries what planning
+needs of its segment (`meta`: t0, t1, recording, num_events, recording_t_end, label_times) without a read
+of the segment's json. `SegmentRef.shard` is the shard's position in the opened set, what a loader hands
+to fastvid.store.stream.ShardStream to get the tar's local file.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def shard_set_files(shards) -> list[tuple[Path, Path]]:
     if isinstance(shards, (str, os.PathLike)):
         from fastvid.store.reader import open_files
 
-        opened = open_files(shards)
+        opened = open_files(shards, kind="events")
         if opened.kind != "events":
             raise ValueError(f"{opened.spec}: manifest kind is {opened.kind!r}, not an event shard set")
         return _pairs(opened)
@@ -41,6 +45,7 @@ def shard_set_files(shards) -> list[tuple[Path, Path]]:
 def _pairs(opened) -> list[tuple[Path, Path]]:
     from fastvid.store.tarindex import index_path_for
 
+    opened.fetch_all()
     return [(tar, idx if idx is not None else index_path_for(tar)) for tar, idx in opened.pairs()]
 
 
@@ -50,7 +55,7 @@ def shard_set_options(shards) -> dict:
         return {}
     from fastvid.store.reader import open_files
 
-    return (open_files(shards).manifest or {}).get("options", {})
+    return (open_files(shards, tables=False).manifest or {}).get("options", {})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,32 +67,48 @@ class SegmentRef:
     key: str
     tar: str
     fields: dict  # ext -> (offset, size)
+    shard: int = -1  # position of its tar in the opened set (-1: a tar list given as paths)
+    meta: dict | None = dataclasses.field(default=None, compare=False)  # per-segment planning metadata
 
 
 def opened_segments(opened) -> list[SegmentRef]:
-    """The events reader of fastvid.store.reader (an OpenedSet of kind "events") -> sorted SegmentRefs."""
-    return _segments(_pairs(opened))
+    """The events reader of fastvid.store.reader (an OpenedSet of kind "events") -> sorted SegmentRefs.
+    The event loaders read `SegmentRef.tar` directly, so a streamed (remote) set's tars are fetched here,
+    all of them, until the loaders ask a ShardStream for them (see fastvid.store.stream)."""
+    opened.fetch_all()
+    tables = [(f.index, f.meta) for f in opened.files]
+    return _segments(_pairs(opened), tables)
 
 
 def index_segments(shards) -> list[SegmentRef]:
     """Every segment of an event shard set (dir or list of (tar, idx)/tar paths), sorted by
     (recording, segment)."""
+    if isinstance(shards, (str, os.PathLike)):
+        from fastvid.store.reader import open_files
+
+        opened = open_files(shards, kind="events")
+        if opened.kind != "events":
+            raise ValueError(f"{opened.spec}: manifest kind is {opened.kind!r}, not an event shard set")
+        return opened_segments(opened)
     return _segments(shard_set_files(shards))
 
 
-def _segments(pairs) -> list[SegmentRef]:
+def _segments(pairs, tables=None) -> list[SegmentRef]:
     from fastvid.store.tarindex import indexed_samples
 
     refs = []
-    for tar, idx in pairs:
-        for key, fields in indexed_samples(tar, idx):
+    for shard, (tar, idx) in enumerate(pairs):
+        index, meta = tables[shard] if tables is not None else (None, None)
+        samples = index if index is not None else indexed_samples(tar, idx)
+        for i, (key, fields) in enumerate(samples):
             parsed = parse_segment_key(key)
             if parsed is None:
                 raise ValueError(f"{tar}: sample key {key!r} is not an event segment key (<recording>_sNNNNNN)")
             missing = ([] if events_field(fields) else [" or ".join(EVENT_EXTS)]) + ([] if META_EXT in fields else [META_EXT])
             if missing:
                 raise ValueError(f"{tar}: sample {key!r} lacks {missing}")
-            refs.append(SegmentRef(parsed[0], parsed[1], key, str(tar), fields))
+            refs.append(SegmentRef(parsed[0], parsed[1], key, str(tar), fields, shard if tables is not None else -1,
+                                   meta.record(i) if meta is not None else None))
     refs.sort(key=lambda r: (r.recording, r.segment))
     return refs
 

@@ -127,9 +127,11 @@ def _check(batch_size: int, w: Windowing, e: Encoding, x: EventExecution) -> Non
         raise ValueError(f"count_cutoff must be > 0, got {e.count_cutoff}")
 
 
-def index_recordings(shards, reader: SegmentReader) -> tuple[list[Recording], dict]:
-    """Recordings of an event shard set (segments in time order, clock, real end, every box) and the
-    first segment's json (sensor size of sets without a manifest)."""
+def index_recordings(shards, reader: SegmentReader, boxes: bool = False) -> tuple[list[Recording], dict]:
+    """Recordings of an event shard set (segments in time order, clock, real end, label times) and the first
+    segment's metadata (sensor size of sets without a manifest). Planning reads the per-shard metadata the
+    store opened with the set (no sample read); segments without it cost one small read each. `boxes`: also
+    every box of each recording (one read per segment; RVT's label selection filters them)."""
     by_rec: dict[str, list] = {}
     for ref in index_segments(shards):
         by_rec.setdefault(ref.recording, []).append(ref)
@@ -139,31 +141,52 @@ def index_recordings(shards, reader: SegmentReader) -> tuple[list[Recording], di
         if indices != list(range(indices[0], indices[0] + len(indices))):
             raise ValueError(f"{shards}: recording {name!r} has missing segments (has {indices[:10]}...); "
                              "reshard it or pass every shard of the set")
-        first = json.loads(reader.read_fields(segs[0], {META_EXT})[META_EXT])
+        first = _segment_meta(reader, segs[0])
         duration = int(first["t1"]) - int(first["t0"])
         if duration <= 0:
             raise ValueError(f"{segs[0].tar}: segment {segs[0].key!r} has t1 <= t0")
         t_begin = int(first["t0"])
         padded_end = t_begin + duration * len(segs)
         t_end = min(int(first.get("recording_t_end", padded_end)), padded_end)
+        all_boxes = _recording_boxes(reader, segs) if boxes else None
+        times = np.unique(all_boxes["t"]).astype(np.int64) if boxes else _label_times(reader, segs)
         recordings.append(Recording(first["recording"], tuple(segs), t_begin, max(t_end, t_begin + 1), duration,
-                                    _recording_boxes(reader, segs)))
+                                    times, all_boxes))
         first_meta = first_meta or first
     return recordings, first_meta
+
+
+def _segment_meta(reader: SegmentReader, ref) -> dict:
+    if ref.meta and "t0" in ref.meta and "t1" in ref.meta:
+        return ref.meta
+    return json.loads(reader.read_fields(ref, {META_EXT})[META_EXT])
+
+
+def _label_times(reader: SegmentReader, segs) -> np.ndarray:
+    """Distinct box timestamps of a recording: from the per-shard metadata, else one boxes read per segment."""
+    times = []
+    for ref in segs:
+        if BOXES_EXT not in ref.fields:
+            continue
+        if ref.meta is not None and "label_times" in ref.meta:
+            times.append(np.asarray(ref.meta["label_times"], np.int64))
+        else:
+            times.append(_segment_boxes(reader, ref)["t"].astype(np.int64))
+    return np.unique(np.concatenate(times)) if times else np.zeros(0, np.int64)
+
+
+def _segment_boxes(reader: SegmentReader, ref) -> np.ndarray:
+    try:
+        return decode_boxes(reader.read_fields(ref, {BOXES_EXT})[BOXES_EXT])
+    except ValueError as exc:
+        raise ValueError(f"{ref.tar}: cannot decode the boxes of segment {ref.key!r} ({exc})") from None
 
 
 def _recording_boxes(reader: SegmentReader, segs) -> np.ndarray:
     """Every box of a recording, in time order (one small read per segment)."""
     from fastvid.events.io import empty_boxes
 
-    parts = []
-    for ref in segs:
-        if BOXES_EXT not in ref.fields:
-            continue
-        try:
-            parts.append(decode_boxes(reader.read_fields(ref, {BOXES_EXT})[BOXES_EXT]))
-        except ValueError as exc:
-            raise ValueError(f"{ref.tar}: cannot decode the boxes of segment {ref.key!r} ({exc})") from None
+    parts = [_segment_boxes(reader, ref) for ref in segs if BOXES_EXT in ref.fields]
     boxes = np.concatenate(parts) if parts else empty_boxes()
     return boxes[np.argsort(boxes["t"], kind="stable")]
 
@@ -171,9 +194,9 @@ def _recording_boxes(reader: SegmentReader, segs) -> np.ndarray:
 def recording_windows(rec: Recording, w: Windowing, window_us: int, sensor_size) -> WindowPlan:
     """The windows of one recording under `w` (labelled windows carry label_t; see the module docstring)."""
     if w.mode == "labels":
-        times = label_rules.label_times(rec.boxes, w.labels, sensor_size, w.train)
+        times = rec.label_times if w.labels == "all" else label_rules.label_times(rec.boxes, w.labels, sensor_size, w.train)
         return make_windows("labels", rec.t_begin, rec.t_end, window_us, times, fill=w.fill)
-    return sampling.grid_labels(make_windows("grid", rec.t_begin, rec.t_end, window_us), np.unique(rec.boxes["t"]))
+    return sampling.grid_labels(make_windows("grid", rec.t_begin, rec.t_end, window_us), rec.label_times)
 
 
 class EventSequenceLoader:
@@ -194,7 +217,9 @@ class EventSequenceLoader:
         self.pin_memory = self.device.startswith("cuda") and (execution.pin_memory is None or bool(execution.pin_memory))
         self.epoch = 0
         with SegmentReader() as reader:
-            self.recordings, first_meta = index_recordings(shards, reader)
+            # RVT's label selection filters every box of a recording: read them all at open (one read per segment)
+            self.recordings, first_meta = index_recordings(shards, reader,
+                                                           boxes=windowing.mode == "labels" and windowing.labels != "all")
         if not self.recordings:
             raise ValueError(f"{shards}: the event shard set holds no segments")
         self.sensor_size = tuple(int(v) for v in (sensor_size or shard_set_options(shards).get("sensor_size")

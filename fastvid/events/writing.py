@@ -4,8 +4,8 @@ Segments are half-open [t0, t1) on the recording clock (see fastvid.events.segme
 and box lands in exactly one sample (the sample format is in fastvid.events.codec). Boxes are
 cropped to the sensor first (boxes reaching outside the frame are a known labelling error in GEN1
 and 1 Mpx; a box left with no area is dropped). Writing goes through
-fastvid.store.writer.write_shard_set (atomic tars, DALI index, manifest with ``kind: "events"``,
-failures, resume).
+fastvid.store.writer.write_shard_set (atomic tars, DALI index, per-shard metadata, manifest with
+``kind: "events"``, failures, resume), which keeps each recording's segments together and in order.
 """
 
 from __future__ import annotations
@@ -253,6 +253,12 @@ def _write(items, fmt, out_dir, split, classes, segment_ms, layout: EventLayout,
                "num_recordings": len({i.recording for i in items}),
                "boxes_ext": BOXES_EXT, **layout.options()}
     encode = functools.partial(encode_segment, layout=layout)
+    # A recording's segments stay together, in time order (recordings are shuffled as wholes): a rank that
+    # streams a recording reads it from one shard or a few consecutive ones, not from every shard of the set.
     return write_shard_set(items, encode, out_dir, kind="events",
                            classes=list(classes or fmt.classes), options=options, split=split,
-                           desc=f"shard events ({fmt.name})", **writer_kw)
+                           desc=f"shard events ({fmt.name})", group=_recording_of, **writer_kw)
+
+
+def _recording_of(item: SegmentItem) -> str:
+    return item.recording

@@ -10,6 +10,8 @@ A shard set is one directory (or URL prefix) per split:
                             "failures": [{"source", "error"}], "options": {...}}
     <split>-000000.tar     WebDataset tar (<key>.<ext> members, keys without dots)
     <split>-000000.idx     DALI webdataset index (v1.2)
+    <split>-000000.meta.json  what planning needs of each sample (fastvid.store.shardmeta): opening a set
+                           reads one per shard, never one json per sample
     wids-index.json        shard list that webdataset's `wids.ShardListDataset` reads
 """
 
@@ -27,6 +29,9 @@ WIDS_INDEX_NAME = "wids-index.json"
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 REQUIRED_KEYS = ("format", "version", "kind", "split", "num_samples", "classes", "shards", "failures", "options")
 SHARD_KEYS = ("name", "samples", "bytes", "sha256")
+# Written by fastvid >= 0.1 (streaming store): the sha256 of the shard's index and metadata file, so a
+# download of either is verified like the tar. Older sets lack them (their files are checked by structure).
+OPTIONAL_SHARD_HASHES = ("index_sha256", "meta_sha256")
 
 # Keys: no dots (webdataset splits a member name at the first dot) and no whitespace (DALI's index
 # format is space-separated); short enough that `<key>.<ext>` fits the ustar 100-byte name field.
@@ -68,12 +73,23 @@ def index_name_for(tar_name: str) -> str:
     return tar_name.split(".", 1)[0] + ".idx"
 
 
+def meta_name_for(tar_name: str) -> str:
+    """`<stem>.meta.json` for `<stem>.tar`: the shard's per-sample planning metadata."""
+    return tar_name.split(".", 1)[0] + META_SUFFIX
+
+
+META_SUFFIX = ".meta.json"
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
 def plain_file_name(name, where: str, what: str = "shard name") -> str:
     """`name` read from a file (manifest, progress file) as a plain file name inside the set directory;
     ValueError naming `where` otherwise. Untrusted names must never reach outside the directory:
-    no separators, no '.'/'..', no absolute paths, no NUL or other control characters."""
+    no separators, no '.'/'..', no absolute paths, no NUL or other control characters, and no percent
+    escapes (a name is joined into URLs, where `%2E%2E%2F` is `../` to the server)."""
     if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
-            or any(ord(c) < 32 or ord(c) == 127 for c in name) or os.path.basename(name) != name):
+            or any(ord(c) < 32 or ord(c) == 127 for c in name) or os.path.basename(name) != name
+            or _PERCENT_ESCAPE.search(name)):
         raise ValueError(f"{where}: {what} {name!r} is not a plain file name inside the shard set directory "
                          "(the file was edited or is hostile); refusing to use it")
     return name
@@ -108,8 +124,9 @@ def validate_manifest(manifest, where: str = "manifest") -> dict:
             if key not in shard:
                 raise ValueError(f"{where}: shard #{i} has no {key!r}")
         plain_file_name(shard["name"], where)
-        if not isinstance(shard["sha256"], str) or not SHA256_PATTERN.match(shard["sha256"]):
-            raise ValueError(f"{where}: shard #{i} ({shard['name']}) 'sha256' must be 64 lowercase hex digits")
+        for key in ("sha256",) + tuple(k for k in OPTIONAL_SHARD_HASHES if k in shard):
+            if not isinstance(shard[key], str) or not SHA256_PATTERN.match(shard[key]):
+                raise ValueError(f"{where}: shard #{i} ({shard['name']}) {key!r} must be 64 lowercase hex digits")
         for key in ("samples", "bytes"):
             if not isinstance(shard[key], int) or isinstance(shard[key], bool) or shard[key] < 0:
                 raise ValueError(f"{where}: shard #{i} ({shard['name']}) {key!r} must be a non-negative integer")

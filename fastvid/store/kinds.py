@@ -17,6 +17,8 @@ class KindReader(abc.ABC):
     """How one kind reads, summarizes and verifies its samples."""
 
     kind: str = ""
+    # The small components `sample_metadata` reads when a set has no per-shard metadata file (old sets).
+    metadata_components: tuple[str, ...] = ("json",)
 
     @abc.abstractmethod
     def open(self, opened) -> Any:
@@ -25,7 +27,10 @@ class KindReader(abc.ABC):
     @abc.abstractmethod
     def sample_metadata(self, key: str, components: dict[str, bytes], where: str) -> dict:
         """What planning needs of one sample (video: frame count, fps, size; events: time span, event count,
-        label times), from its components. The writer stores it per shard; old sets compute it once."""
+        label times), from its components (at least `metadata_components`), as a flat dict of numbers,
+        short strings, booleans or lists of numbers. The writer stores it per shard
+        (fastvid.store.shardmeta); old sets compute it once. Unusable content: leave the field out, or
+        raise ValueError naming `where` (the sample is then planned as broken)."""
 
     # `fastvid inspect`: the kind's share of the summary (the store does sizes, hashes, keys and indexes).
     def inspect_sample(self, key: str, fields: dict, info: dict | None, acc: dict, verify: bool) -> list[str]:

@@ -76,29 +76,73 @@ def write_index(tar_path: str | os.PathLike, idx_path: str | os.PathLike | None 
 
 
 def read_index(idx_path: str | os.PathLike) -> list[list[tuple[str, int, int, str]]]:
-    """Parse a v1.2 index back into per-sample component lists (for checks and inspection)."""
+    """Parse a v1.2 index file back into per-sample component lists (for checks and inspection)."""
     try:
-        lines = Path(idx_path).read_text().splitlines()
+        text = Path(idx_path).read_text()
     except UnicodeDecodeError:
         raise ValueError(f"{idx_path}: not a DALI {INDEX_VERSION} webdataset index (not text)") from None
+    return parse_index(text, str(idx_path))
+
+
+def parse_index(text: str | bytes, where: str) -> list[list[tuple[str, int, int, str]]]:
+    """Parse the text of a v1.2 index (`where` names it in errors)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{where}: not a DALI {INDEX_VERSION} webdataset index (not text)") from None
+    lines = text.splitlines()
     if not lines or not lines[0].startswith(INDEX_VERSION + " "):
-        raise ValueError(f"{idx_path}: not a DALI {INDEX_VERSION} webdataset index")
+        raise ValueError(f"{where}: not a DALI {INDEX_VERSION} webdataset index")
     try:
         count = int(lines[0].split()[1])
     except (IndexError, ValueError):
-        raise ValueError(f"{idx_path}: malformed header {lines[0]!r}") from None
+        raise ValueError(f"{where}: malformed header {lines[0]!r}") from None
     samples = []
     for line in lines[1:]:
         parts = line.split()
         try:
             if len(parts) % 4:
                 raise ValueError
-            samples.append([(parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)])
+            components = [(parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)]
+            if not components or any(offset < 0 or size < 0 for _, offset, size, _ in components):
+                raise ValueError
+            samples.append(components)
         except ValueError:
-            raise ValueError(f"{idx_path}: malformed line {line!r}") from None
+            raise ValueError(f"{where}: malformed line {line!r}") from None
     if len(samples) != count:
-        raise ValueError(f"{idx_path}: header says {count} samples, found {len(samples)}")
+        raise ValueError(f"{where}: header says {count} samples, found {len(samples)}")
     return samples
+
+
+def check_tar_file(path: str | os.PathLike) -> None:
+    """ValueError unless `path` starts like a tar archive: catches an HTML error page, an empty `pipe:` output
+    or a truncated download before it is cached or handed to a decoder."""
+    with open(path, "rb") as f:
+        head = f.read(tarfile.BLOCKSIZE)
+    if not head:
+        raise ValueError("empty (0 bytes), not a tar archive")
+    try:
+        tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError:
+        shown = head[:40].decode("latin-1").replace("\n", " ").strip()
+        raise ValueError(f"not a tar archive (it starts with {shown!r})") from None
+
+
+def index_problems(samples: list, expected_samples: int | None, tar_bytes: int | None) -> str | None:
+    """What is wrong with a parsed index against what the manifest says of its tar (None: nothing)."""
+    if expected_samples is not None and len(samples) != expected_samples:
+        return f"lists {len(samples)} samples, the manifest says {expected_samples}"
+    end = max((offset + size for components in samples for _, offset, size, _ in components), default=0)
+    if tar_bytes is not None and end > tar_bytes:
+        return f"points past the end of its tar (byte {end} of {tar_bytes})"
+    return None
+
+
+def samples_of(entries: list) -> list[tuple[str, dict]]:
+    """[(key, {ext: (data offset, size)})] from parsed index entries."""
+    return [(split_member_name(components[0][3])[0], {ext: (offset, size) for ext, offset, size, _ in components})
+            for components in entries]
 
 
 def indexed_samples(tar_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> list[tuple[str, dict]]:
@@ -116,5 +160,4 @@ def indexed_samples(tar_path: str | os.PathLike, idx_path: str | os.PathLike | N
         raise ValueError(f"{tar_path}: truncated or changed since it was indexed: its samples end at byte {end}, the file "
                          f"has {actual} bytes. Rerun the `fastvid shard` command (it rewrites incomplete shards) and "
                          f"check with `fastvid inspect --verify`.")
-    return [(split_member_name(components[0][3])[0], {ext: (offset, size) for ext, offset, size, _ in components})
-            for components in entries]
+    return samples_of(entries)

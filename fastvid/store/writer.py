@@ -1,10 +1,13 @@
 """Generic, atomic, resumable WebDataset shard-set writer (used for videos and for event streams).
 
 `write_shard_set(items, encode, out_dir, ...)` turns a list of items (anything picklable with a
-unique `.key` and a `.source`) into `OUT/<split>-000000.tar ...` plus a DALI index per tar and a
-manifest. What it guarantees:
+unique `.key` and a `.source`) into `OUT/<split>-000000.tar ...` plus, per tar, a DALI index and the
+per-sample planning metadata the kind's reader extracts (`<stem>.meta.json`, fastvid.store.shardmeta),
+and a manifest that records the sha256 of all three. What it guarantees:
 - deterministic order: items are shuffled with `seed` (so class-sorted inputs come out mixed), then
-  node `r` of `n` takes every n-th item and names its shards `<split>-n<r>-000000.tar`;
+  node `r` of `n` takes every n-th item and names its shards `<split>-n<r>-000000.tar`; with `group`
+  (events: the recording), whole groups are shuffled and dealt, their items kept together in order, so
+  a group lives in one shard or a few consecutive ones;
 - nothing half-written: a shard is written as `<name>.tmp-<pid>` and renamed when complete;
 - resumable: after each shard a progress file records it; a rerun with the same items and options
   keeps complete shards untouched and goes on from the next one;
@@ -40,10 +43,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fastvid.store import tarindex
-from fastvid.store.atomic import with_path
-from fastvid.store.format import (FORMAT, KEY_PATTERN, MANIFEST_NAME, VERSION, partial_manifest_name, plain_file_name,
-                                  shard_name, shard_prefix)
+from fastvid.store import kinds, shardmeta, tarindex
+from fastvid.store.atomic import with_path, write_text_atomic
+from fastvid.store.format import (FORMAT, KEY_PATTERN, MANIFEST_NAME, OPTIONAL_SHARD_HASHES, SHARD_KEYS, VERSION,
+                                  meta_name_for, partial_manifest_name, plain_file_name, shard_name, shard_prefix)
 from fastvid.store.manifest import write_json_atomic, write_wids_index
 
 DEFAULT_MAX_SAMPLES = 1000
@@ -64,6 +67,17 @@ def shuffled_order(num_items: int, seed: int) -> list[int]:
 def node_part(order: Sequence[int], node_rank: int, num_nodes: int) -> list[int]:
     """Disjoint, balanced part of `order` for one node (every num_nodes-th element)."""
     return list(order[node_rank::num_nodes])
+
+
+def grouped_node_part(groups: Sequence, seed: int, node_rank: int, num_nodes: int) -> list[int]:
+    """Item indices of one node when items come in groups (`groups[i]`: item i's group): the distinct groups
+    (in first-seen order) are shuffled with `seed` and dealt to nodes; a group's items stay together, in order."""
+    members: dict = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    names = list(members)
+    return [i for g in node_part([names[j] for j in shuffled_order(len(names), seed)], node_rank, num_nodes)
+            for i in members[g]]
 
 
 def to_bytes(ext: str, value: Any) -> bytes:
@@ -265,7 +279,7 @@ class _HashingFile:
 class _ShardFile:
     """One shard being written: a TarWriter on a temp file, renamed into place by `finish`."""
 
-    def __init__(self, out_dir: Path, name: str):
+    def __init__(self, out_dir: Path, name: str, kind: str):
         import webdataset as wds
 
         self.path = out_dir / name
@@ -274,6 +288,9 @@ class _ShardFile:
         self.writer = wds.TarWriter(self.stream, encoder=False, mtime=MEMBER_MTIME)
         self.samples = 0
         self.bytes = 0
+        self.kind = kind
+        self.kind_reader = kinds.reader_for(kind) if kind in kinds.kinds() else None
+        self.meta: list[tuple[str, dict]] = []
 
     def write(self, key: str, fields: dict[str, bytes]) -> None:
         try:
@@ -282,6 +299,11 @@ class _ShardFile:
             raise with_path(exc, self.tmp) from exc
         self.samples += 1
         self.bytes += sum(tar_member_bytes(len(v)) for v in fields.values())
+        if self.kind_reader is not None:
+            try:
+                self.meta.append((key, self.kind_reader.sample_metadata(key, fields, str(self.path))))
+            except ValueError:
+                self.meta.append((key, {}))  # planned as a broken sample, as a reader of its json would
 
     def finish(self) -> dict:
         try:
@@ -291,12 +313,17 @@ class _ShardFile:
             self.stream.close()
         except OSError as exc:
             raise with_path(exc, self.tmp) from exc
-        # Index first (from the temp tar), then the tar: a tar under its final name always has its index.
+        # Index and metadata first (from the temp tar), then the tar: a tar under its final name always has both.
         idx = tarindex.index_path_for(self.path)
         tarindex.write_index(self.tmp, idx)
+        record = {"name": self.path.name, "samples": self.samples, "bytes": self.tmp.stat().st_size,
+                  "sha256": self.stream.digest.hexdigest(), "index_sha256": _sha256_of(idx.read_bytes())}
+        if self.kind_reader is not None:
+            text = shardmeta.dumps(shardmeta.build(self.kind, self.path.name, self.meta))
+            write_text_atomic(text, self.path.with_name(meta_name_for(self.path.name)))
+            record["meta_sha256"] = _sha256_of(text.encode())
         self.tmp.replace(self.path)
-        return {"name": self.path.name, "samples": self.samples, "bytes": self.path.stat().st_size,
-                "sha256": self.stream.digest.hexdigest()}
+        return record
 
     def abort(self) -> None:
         """Drop the temp file; closing may fail again (a full disk), the unlink must still happen."""
@@ -306,6 +333,10 @@ class _ShardFile:
             except Exception:
                 pass
         self.tmp.unlink(missing_ok=True)
+
+
+def _sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _progress_path(out_dir: Path, prefix: str) -> Path:
@@ -329,6 +360,9 @@ def _load_done_shards(out_dir: Path, prefix: str, fingerprint: str) -> list[dict
         idx = tarindex.index_path_for(tar)
         if not idx.is_file():
             tarindex.write_index(tar, idx)
+        meta = tar.with_name(meta_name_for(tar.name))
+        if "meta_sha256" in record and (not meta.is_file() or _sha256_of(meta.read_bytes()) != record["meta_sha256"]):
+            break  # its metadata is gone or changed: write this shard again
         done.append(record)
     return done
 
@@ -337,7 +371,7 @@ def _remove_leftovers(out_dir: Path, prefix: str, keep: int) -> list[str]:
     """Delete temp files of this prefix and shards numbered >= keep (from an earlier, different run).
     Only called under the lock of this prefix (`_lock_writer`), so no live process is writing them."""
     removed = []
-    pattern = re.compile(rf"^{re.escape(prefix)}-(\d{{6}})\.(tar|idx)(\.tmp-\d+)?$")
+    pattern = re.compile(rf"^{re.escape(prefix)}-(\d{{6}})\.(tar|idx|meta\.json)(\.tmp-\d+)?$")
     for path in out_dir.iterdir():
         m = pattern.match(path.name)
         if m and (m.group(3) or int(m.group(1)) >= keep):
@@ -381,7 +415,7 @@ def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Seq
                     split: str = "train", max_samples: int | None = DEFAULT_MAX_SAMPLES,
                     max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, workers: int = 1, seed: int = 0,
                     node_rank: int = 0, num_nodes: int = 1, strict: bool = False, desc: str = "shard",
-                    overwrite: bool = False, engine: Callable | None = None) -> dict:
+                    overwrite: bool = False, engine: Callable | None = None, group: Callable | None = None) -> dict:
     """Write `items` as a WebDataset shard set under `out_dir`; returns the (partial, for num_nodes > 1) manifest.
 
     `encode(item) -> {ext: value}` (a top-level function or a functools.partial of one, so worker
@@ -389,6 +423,7 @@ def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Seq
     `overwrite`: replace a complete set of another job (built beside, swapped in when complete).
     `engine(encode, items, workers)` yields (item, ok, fields|error) in item order (default: local
     processes; fastvid.store.ray_engine runs the encoding on Ray): the shards do not depend on it.
+    `group(item)`: items of one group (e.g. an event recording's segments) stay together and in order.
     """
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -398,7 +433,7 @@ def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Seq
         return _write_shard_set(items, encode, out_dir, kind=kind, classes=classes, options=options, split=split,
                                 max_samples=max_samples, max_shard_bytes=max_shard_bytes, workers=workers, seed=seed,
                                 node_rank=node_rank, num_nodes=num_nodes, strict=strict, desc=desc, overwrite=overwrite,
-                                engine=engine)
+                                engine=engine, group=group)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -438,7 +473,7 @@ def _changes(old: dict, new: dict) -> str:
 
 
 def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options, split, max_samples, max_shard_bytes,
-                     workers, seed, node_rank, num_nodes, strict, desc, overwrite, engine) -> dict:
+                     workers, seed, node_rank, num_nodes, strict, desc, overwrite, engine, group) -> dict:
     from tqdm import tqdm
 
     items = list(items)
@@ -463,9 +498,12 @@ def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options
     locks = _lock_writer(out_dir, prefix, num_nodes)  # noqa: F841 (held until this function returns)
     manifest_path = out_dir / (partial_manifest_name(node_rank) if num_nodes > 1 else MANIFEST_NAME)
     _check_same_set(out_dir / MANIFEST_NAME, split, kind)
-    mine = [items[i] for i in node_part(shuffled_order(len(items), seed), node_rank, num_nodes)]
+    if group is None:
+        mine = [items[i] for i in node_part(shuffled_order(len(items), seed), node_rank, num_nodes)]
+    else:
+        mine = [items[i] for i in grouped_node_part([group(it) for it in items], seed, node_rank, num_nodes)]
     job_options = {**options, "seed": seed, "max_samples": max_samples, "max_shard_bytes": max_shard_bytes,
-                   "num_nodes": num_nodes}
+                   "num_nodes": num_nodes, **({"grouped": True} if group is not None else {})}
     fingerprint = hashlib.sha256(json.dumps(
         {"kind": kind, "split": split, "classes": list(classes), "options": job_options, "node_rank": node_rank,
          "items": [item_fingerprint(it) for it in mine]}, sort_keys=True, default=str).encode()).hexdigest()
@@ -488,7 +526,7 @@ def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options
         manifest = _write_shard_set(items, encode, staging, kind=kind, classes=classes, options=options, split=split,
                                     max_samples=max_samples, max_shard_bytes=max_shard_bytes, workers=workers, seed=seed,
                                     node_rank=node_rank, num_nodes=num_nodes, strict=False, desc=desc, overwrite=False,
-                                    engine=engine)
+                                    engine=engine, group=group)
         _swap_in(staging, out_dir)
         print(f"{desc}: replaced the shard set in {out_dir}", file=sys.stderr)
         _check_failures(manifest, len(mine), strict, manifest_path)
@@ -535,7 +573,7 @@ def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options
                     close_current(position)
                 if current is None:
                     current_start = position
-                    current = _ShardFile(out_dir, shard_name(prefix, len(records)))
+                    current = _ShardFile(out_dir, shard_name(prefix, len(records)), kind)
                 current.write(item.key, payload)
                 if max_samples is not None and current.samples >= max_samples:
                     close_current(position + 1)
@@ -561,7 +599,7 @@ def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options
         "split": split,
         "num_samples": sum(r["samples"] for r in records),
         "classes": list(classes),
-        "shards": [{k: r[k] for k in ("name", "samples", "bytes", "sha256")} for r in records],
+        "shards": [{k: r[k] for k in SHARD_KEYS + OPTIONAL_SHARD_HASHES if k in r} for r in records],
         "failures": failures,
         "options": job_options,
     }

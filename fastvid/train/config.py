@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,9 +78,29 @@ def _type_name(t) -> str:
     return getattr(t, "__name__", str(t))
 
 
+PIPE_OPT_IN = "FASTVID_ALLOW_PIPE"
+
+
+def allow_pipe() -> None:
+    """Let recipes name `pipe:` commands in this process (what --allow-pipe does)."""
+    os.environ[PIPE_OPT_IN] = "1"
+
+
+def _check_no_pipe(name: str, value, path) -> None:
+    """A recipe is a file anyone may hand over: a `pipe:` data address in it would run a shell command, so it
+    needs an opt-in outside the file (--allow-pipe or FASTVID_ALLOW_PIPE=1)."""
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, str) and v.lstrip().startswith("pipe:") and os.environ.get(PIPE_OPT_IN) != "1":
+            raise ValueError(f"config file {path}: {name} is a pipe: command ({v[:60]!r}), which would run a shell "
+                             f"command; a recipe runs none unless allowed outside it: pass --allow-pipe or set "
+                             f"{PIPE_OPT_IN}=1")
+
+
 def load_yaml(path: str | Path, types: dict, aliases: dict[str, str] | None = None) -> dict:
     """Read a YAML config into {field: value} (for a config whose field types are `types`) with dashed
-    keys normalized and flag aliases (`aliases`, e.g. wd -> weight_decay) resolved; clear errors on bad files."""
+    keys normalized and flag aliases (`aliases`, e.g. wd -> weight_decay) resolved; clear errors on bad files.
+    A `pipe:` value is refused unless FASTVID_ALLOW_PIPE=1 (--allow-pipe)."""
     import yaml
 
     from fastvid.configs import resolve
@@ -97,6 +118,7 @@ def load_yaml(path: str | Path, types: dict, aliases: dict[str, str] | None = No
         name = (aliases or {"wd": "weight_decay"}).get(name, name)
         if name not in types:
             raise ValueError(f"config file {path}: unknown option {key!r}")
+        _check_no_pipe(name, value, path)
         out[name] = coerce(name, value, f"config file {path}", types)
     return out
 
@@ -297,6 +319,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls, task_title: str) -> None
         group = shared if f.name in TrainerConfig.__dataclass_fields__ else own
         flags = f.metadata["flag"].flags or (f"--{f.name.replace('_', '-')}",)
         group.add_argument(*flags, **_argparse_kwargs(f, types[f.name], getattr(defaults, f.name)))
+    # A permission of this process, not a setting of the run: no config field (a recipe cannot grant it).
+    shared.add_argument("--allow-pipe", action="store_true", default=argparse.SUPPRESS,
+                        help=f"let a --config recipe name pipe: commands as data paths (they run shell commands; same "
+                             f"as {PIPE_OPT_IN}=1)")
 
 
 def _aliases(cls) -> dict[str, str]:
@@ -336,6 +362,8 @@ def build_config(cls, overrides: dict | None = None, config_path: str | Path | N
 def config_from_args(args: argparse.Namespace, cls):
     """The config for parsed flags (add_arguments' parser): defaults <- --config YAML <- flags given."""
     given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
+    if given.pop("allow_pipe", False):
+        allow_pipe()
     for f in dataclasses.fields(cls):
         if f.name in given and f.metadata.get("flag", Flag("")).repeat:
             given[f.name] = dict(given[f.name])  # KEY=VALUE pairs

@@ -106,7 +106,7 @@ def videos_from_shards(shards_dir, video_dir=None) -> list[tuple[str, int]]:
     root = Path(src) if src else None
     out = []
     for si, shard in enumerate(shard_set.shards):
-        with open(shard.tar, "rb") as f:
+        with open(shard_set.local_tar(si), "rb") as f:
             for i in range(len(shard)):
                 meta = json.loads(shard_set.read_components(si, i, exts=("json",), handle=f)["json"])
                 source = _find_source(Path(meta["source"]), video_dir, root)

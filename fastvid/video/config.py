@@ -79,6 +79,9 @@ class TrainConfig(TrainerConfig):
     last_batch: str = option("partial", choices=("partial", "drop"), help=(
         "the epoch's last training batch: partial (torchvision: the last batch may be smaller, the same size on every "
         "rank, short ranks padded by repeating clips) or drop (only full rounds of world_size x batch_size clips)"))
+    stream_window: int = option(8, metavar="N", help=(
+        "remote (streamed) sets: shards each rank holds in the local cache at once (the block it reads and the next); "
+        "FASTVID_CACHE_SIZE must hold N shards per rank of the node"))
 
     def validate(self) -> None:
         super().validate()
@@ -92,7 +95,7 @@ class TrainConfig(TrainerConfig):
             raise ValueError(f"num_segments must be >= 1, got {self.num_segments}")
         if self.eval_views is not None:
             parse_views(self.eval_views)
-        for name in ("clip_len", "clips_per_video", "frame_stride", "step_between_clips"):
+        for name in ("clip_len", "clips_per_video", "frame_stride", "step_between_clips", "stream_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.frame_rate is not None and self.frame_rate <= 0:

@@ -38,7 +38,7 @@ from fastvid.video.plan import plan_work
 from fastvid.video.reader import read_sample
 from fastvid.video.plan import ClipConfig
 from fastvid.video.presets import normalization
-from fastvid.video.reader import DALI_CPU_CODECS, ShardSet
+from fastvid.video.reader import DALI_CPU_CODECS, ShardSet, TarHandles
 
 
 def check_codec(shard_set: ShardSet, device: str) -> None:
@@ -174,7 +174,7 @@ class DALIBackend:
         self.channels_last = channels_last
         self.prefetch = prefetch
         check_codec(shard_set, "cuda" if self.device_id is not None else "cpu")
-        self._handles: dict[int, object] = {}
+        self._handles = TarHandles(shard_set)
         self._feeder = _Feeder(self)
         self._pipe = None
         self.builds = 0  # pipelines built so far (one per loader unless a sample fails to decode)
@@ -184,9 +184,7 @@ class DALIBackend:
         self._built_per_clip = False
 
     def handle(self, shard_index: int):
-        if shard_index not in self._handles:
-            self._handles[shard_index] = open(self.shard_set.shards[shard_index].tar, "rb")
-        return self._handles[shard_index]
+        return self._handles.get(shard_index)
 
     def build(self):
         from nvidia.dali import fn, pipeline_def, types
@@ -305,9 +303,7 @@ class DALIBackend:
     def close(self):
         """Releases the pipeline and the open tar files now."""
         self._pipe = None
-        for f in self._handles.values():
-            f.close()
-        self._handles.clear()
+        self._handles.close()
 
     def _recover(self, exc: Exception):
         """A batch failed to decode: rebuild, then re-run that batch one sample at a time to find the bad ones."""

@@ -26,6 +26,10 @@ class VideoReader(kinds.KindReader):
 
         return video_shard_set(opened)
 
+    # What the clip planner (fastvid.video.plan) and the backend choice read of a sample's json, kept per
+    # shard so that opening a set reads no sample json; `label` lets a set without a manifest name its classes.
+    PLANNING_FIELDS = ("num_frames", "fps", "width", "height", "duration", "codec", "label")
+
     def sample_metadata(self, key: str, components: dict[str, bytes], where: str) -> dict:
         if "json" not in components:
             return {}
@@ -33,7 +37,9 @@ class VideoReader(kinds.KindReader):
             meta = json.loads(components["json"])
         except ValueError as exc:
             raise ValueError(f"{where}: sample {key!r} has invalid json ({exc})") from None
-        return meta if isinstance(meta, dict) else {}
+        if not isinstance(meta, dict):
+            return {}
+        return {name: meta[name] for name in self.PLANNING_FIELDS if name in meta}
 
     def inspect_sample(self, key, fields, info, acc, verify):
         from fastvid.video.reader import VIDEO_EXTS

@@ -22,8 +22,15 @@ clip of the epoch is its own WorkItem in one list shuffled across the data set, 
 world_size x batch_size consecutive clips of it, so every rank yields the same number of batches and
 `state_dict()` only needs the global position (a resume may use another world size); evaluation
 gives each rank a contiguous range of videos (all T x S views of a video in one item), the short
-ranks wrapping around to the largest. The shard jsons are read once at open for every video's clip
-grid.
+ranks wrapping around to the largest. Every video's clip grid comes from the per-shard metadata read
+at open (no sample json is read).
+
+Streamed (remote) sets: in training each rank reads its own part of the shards (`Execution.plan`
+"auto" or "shards"; fastvid.video.sampling.shard_train_items: shards permuted per epoch, clips
+shuffled within blocks of stream_window // 2 shards, n // world_size clips per rank), and a
+fastvid.store.stream.ShardStream fetches that rank's shards in the order it reads them, holding at most
+`Execution.stream_window` shards (the block being read and the next); a shard whose rows were all
+delivered is released to the cache's eviction. Local sets keep the global clip shuffle above.
 
 The loader keeps one backend for its lifetime (DALI pipeline, worker processes, decoder threads
 persist across epochs) and turns its Chunk | Failure stream into batches with
@@ -41,7 +48,7 @@ import torch
 
 from fastvid import _gpu
 from fastvid.pipeline import backends
-from fastvid.pipeline.contract import FailurePolicy, LastBatch, RebatchStats, WorkItem
+from fastvid.pipeline.contract import Failure, FailurePolicy, LastBatch, RebatchStats, WorkItem
 from fastvid.pipeline.runner import EpochBatches, FailureLimits, run_batches
 from fastvid.pipeline.stats import StageStats
 from fastvid.video import plan as epoch_plan
@@ -50,6 +57,7 @@ from fastvid.video.plan import ClipConfig
 from fastvid.video.presets import get_preset
 from fastvid.video.reader import open_shard_set, sample_metadata
 
+PLANS = ("auto", "global", "shards")
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,8 @@ class Execution:
     num_workers: int | None = None        # decode processes (PyAV); default: the cores
     prefetch: int = 2                     # chunks decoded ahead
     failure_budget: int | float | None = FailurePolicy.budget  # failed samples an epoch tolerates (count or fraction)
+    plan: str = "auto"                    # training plan: auto (shards for streamed sets, else global) | global | shards
+    stream_window: int = 8                # streamed sets: shards a rank holds locally (the block it reads + the next)
 
 
 class VideoLoader:
@@ -111,6 +121,10 @@ class VideoLoader:
             raise ValueError(f"rank {x.rank} is outside world_size {x.world_size}")
         if o.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {o.dtype}")
+        if x.plan not in PLANS:
+            raise ValueError(f"plan must be one of {', '.join(PLANS)}, got {x.plan!r}")
+        if x.stream_window < 1:
+            raise ValueError(f"stream_window must be >= 1 shard, got {x.stream_window}")
         self.device = _gpu.resolve_device(o.device)
         self.shard_set = open_shard_set(shards)
         self.config = ClipConfig(clip_len=s.clip_len, frame_stride=s.frame_stride, clips_per_video=s.clips_per_video,
@@ -130,6 +144,10 @@ class VideoLoader:
         self.dtype = o.dtype
         self.channels_last = o.channels_last
         self.failure_policy = FailurePolicy(x.failure_budget)
+        self.stream_window = x.stream_window
+        # Streamed sets in training: each rank its own part of the shards (sampling.shard_train_items).
+        self.shard_plan = train and (x.plan == "shards" or (x.plan == "auto" and self.shard_set.streamed))
+        self.stream_stats: dict = {}
         first = sample_metadata(self.shard_set, 0, 0, first_nonempty=True)
         self.backend = backends.choose_backend("video", x.backend, "cuda" if self.device.startswith("cuda") else "cpu",
                                                self.shard_set.codec, first.get("width"), first.get("height"))
@@ -160,6 +178,7 @@ class VideoLoader:
         self.videos_per_step = max(1, -(-self.batch_size // self.clips_per_item))
         self._num_items = (sampling.num_train_clips(self._grid_sizes, c.clips_per_video, c.clip_sampling) if self.train
                            else sum(1 for sizes in self._grid_sizes for k in sizes if k > 0))
+        self._rank_clips = self._num_items // self.world_size  # shard plan: every rank's clips per epoch
         if self._num_items == 0:
             raise ValueError(f"{shards}: no video holds a clip of {c.clip_len} frames (frame_stride {c.frame_stride}, "
                              f"frame_rate {c.frame_rate}); use short_videos='pad' or shorter clips")
@@ -187,6 +206,9 @@ class VideoLoader:
         return self._num_batches
 
     def _batches_from(self, start: int) -> int:
+        if self.shard_plan:
+            left = max(self._rank_clips - self._shard_plan_start(start), 0)
+            return left // self.batch_size if self.drop_last else -(-left // self.batch_size)
         if self._rounds:
             return sampling.train_batches(self._num_items, self.world_size, self.batch_size, start, self._partial)
         return sampling.eval_batches(self._num_items, self.world_size, self.batch_size, self.clips_per_item)
@@ -217,10 +239,23 @@ class VideoLoader:
         else:  # a checkpoint from before positions were saved: same world size and batch size assumed
             self._start = int(state.get("batches_done", 0)) * self.world_size * self.batch_size
 
+    def _shard_plan_start(self, position: int) -> int:
+        """Where a rank's part of a shard-plan epoch resumes: the batches every rank has done (position counts
+        clips over all ranks) times the batch size; exact on the same world size (see fastvid.video.sampling)."""
+        return position // (self.world_size * self.batch_size) * self.batch_size
+
     def epoch_work(self, epoch: int | None = None) -> list[WorkItem]:
         """This rank's WorkItems for the current epoch from the current position (fastvid.video.sampling):
         what every backend executes."""
         epoch = self.epoch if epoch is None else int(epoch)
+        if self.shard_plan:
+            items = sampling.shard_train_items(self._grid_sizes, [s.keys for s in self.shard_set.shards],
+                                               clips_per_video=self.config.clips_per_video, seed=self.seed, epoch=epoch,
+                                               rank=self.rank, world_size=self.world_size,
+                                               block=max(1, self.stream_window // 2), clip_sampling=self.config.clip_sampling)
+            start = self._shard_plan_start(self._start)
+            end = start + self._batches_from(self._start) * self.batch_size if self.drop_last else len(items)
+            return items[start:end]
         if self._rounds:
             items = sampling.train_items(self._grid_sizes, [s.keys for s in self.shard_set.shards],
                                          clips_per_video=self.config.clips_per_video, seed=self.seed, epoch=epoch,
@@ -250,11 +285,18 @@ class VideoLoader:
         stats = RebatchStats()
         synced = [0, 0, 0]
         work = self.epoch_work()
+        chunks = self._impl.epoch_chunks(self.epoch, work)
+        stream = None
+        if self.shard_set.streamed:  # fetch this rank's shards in the order it reads them, window by window
+            stream = self.shard_set.extra["opened"].stream(sampling.first_use_order(work), window=self.stream_window)
+            self.shard_set.stream = stream
+            self.stream_stats = stream.stats
+            chunks = self._count_use(chunks, work, stream)
         epoch = EpochBatches(self.batch_size, self.remaining_batches, last_rows=self._last_rows())
         limits = FailureLimits(self.failure_policy.limit(len(work)), max_in_a_row=self.shard_set.num_samples,
                                where=str(self.shard_set.shards[0].tar.parent))
-        batches = run_batches(self._impl.epoch_chunks(self.epoch, work), epoch, limits, device=self.device,
-                              stage_stats=self.stage_stats, rebatch_stats=stats, finish=self._finish,
+        batches = run_batches(chunks, epoch, limits, device=self.device, stage_stats=self.stage_stats,
+                              rebatch_stats=stats, finish=self._finish,
                               worker_pids=self.stats["worker_pids"])
         try:
             for batch in batches:
@@ -264,15 +306,42 @@ class VideoLoader:
         finally:
             self._sync_stats(stats, synced)
             batches.close()
+            if stream is not None:
+                self.shard_set.stream = None
+                stream.close()
         # A full pass ends the resumed part of the epoch: another pass over it starts from its beginning.
         self._batches_done = 0
         self._start = 0
 
     def _last_rows(self) -> int | None:
         """Rows of the epoch's last batch where it may be smaller (PARTIAL), else None (all batch_size)."""
+        if self.shard_plan and self._partial:
+            left = max(self._rank_clips - self._shard_plan_start(self._start), 0)
+            return left - (self._batches_from(self._start) - 1) * self.batch_size if left % self.batch_size else None
         if not (self._rounds and self._partial):
             return None
         return sampling.last_batch_rows(self._num_items, self.world_size, self.batch_size, self._start)
+
+    def _count_use(self, chunks, work: list[WorkItem], stream):
+        """Pass the chunks through, telling the stream when the rank has received every row of a shard."""
+        from collections import Counter
+
+        from fastvid.store.stream import ShardUse
+
+        rows = self.clips_per_item
+        counts = Counter()
+        for item in work:
+            counts[item.shard] += rows
+        use = ShardUse(stream, counts)
+        if not hasattr(self, "_shard_of_key"):
+            self._shard_of_key = {k: si for si, s in enumerate(self.shard_set.shards) for k in s.keys}
+        for chunk in chunks:
+            if isinstance(chunk, Failure):
+                use.used(self._shard_of_key.get(chunk.key, -1), rows)
+            else:
+                for key in chunk.keys:
+                    use.used(self._shard_of_key.get(key, -1), 1)
+            yield chunk
 
     def _sync_stats(self, stats: RebatchStats, synced: list[int]) -> None:
         """Add what `stats` counted since the last call (synced = [failures, batches, clips] already added)."""

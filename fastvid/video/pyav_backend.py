@@ -27,7 +27,7 @@ import torch
 from fastvid.video import pixels
 from fastvid.pipeline.contract import Chunk, Failure, WorkItem
 from fastvid.video.plan import plan_work
-from fastvid.video.reader import read_sample
+from fastvid.video.reader import TarHandles, read_sample
 from fastvid.video.pixels import scaled_crop
 from fastvid.video.plan import ClipConfig
 from fastvid.video.views import cut_views
@@ -118,16 +118,21 @@ class ClipDataset(torch.utils.data.Dataset):
     def __init__(self, shard_set, config: ClipConfig):
         self.shard_set = shard_set
         self.config = config
-        self._handles: dict[int, object] = {}
+        self._handles = TarHandles(shard_set)
 
-    def _handle(self, shard_index):
-        if shard_index not in self._handles:
-            self._handles[shard_index] = open(self.shard_set.shards[shard_index].tar, "rb")
-        return self._handles[shard_index]
+    def _handle(self, shard_index, paths: dict):
+        """The open tar of a shard; for a streamed set, the local copy the main process named in the task
+        (workers never fetch: the main process's ShardStream does, and says where the file is)."""
+        if not self.shard_set.streamed:
+            return self._handles.get(shard_index)
+        where = paths[shard_index]
+        if isinstance(where, str):  # the fetch failed: its message
+            raise ValueError(where)
+        return self._handles.get(shard_index, where)
 
-    def load(self, item: WorkItem, epoch: int) -> dict:
+    def load(self, item: WorkItem, epoch: int, paths: dict | None = None) -> dict:
         t0 = time.perf_counter()
-        key, data, label, meta = read_sample(self.shard_set, item, handle=self._handle(item.shard))
+        key, data, label, meta = read_sample(self.shard_set, item, handle=self._handle(item.shard, paths or {}))
         plan = plan_work(self.config, meta, key, epoch, item)
         t1 = time.perf_counter()
         height, width = int(meta["height"]), int(meta["width"])
@@ -159,11 +164,13 @@ class ClipDataset(torch.utils.data.Dataset):
                 "stage_s": {"read": t1 - t0, "decode": decode_s, "pixels": pixels_s}}
 
     def __getitem__(self, task):
-        epoch, candidates = task
+        epoch, candidates, paths = task if len(task) == 3 else (*task, {})
         failed = []
-        for item in candidates:
+        for n, item in enumerate(candidates):
+            if n and self.shard_set.streamed and item.shard not in paths:
+                continue  # a replacement whose shard is not local yet: it is decoded in its own task later
             try:
-                out = self.load(item, epoch)
+                out = self.load(item, epoch, paths)
                 out["failed"] = failed
                 return out
             except Exception as exc:  # a broken sample must not stop training: skip it, report the key
@@ -235,13 +242,18 @@ if hasattr(multiprocessing.context, "ForkServerContext"):  # POSIX; Windows has 
 
 
 class _EpochTasks:
-    """The DataLoader's batch sampler: yields the current epoch's tasks; replaced per epoch, workers stay."""
+    """The DataLoader's batch sampler: yields the current epoch's tasks; replaced per epoch, workers stay.
+    Iterated in the main process as the DataLoader dispatches tasks, so `resolve` (a streamed set: name the
+    local copy of each task's shard, waiting for the stream to fetch it) runs just in time."""
 
     def __init__(self):
         self.batches: list[list] = []
+        self.resolve = None
 
     def __iter__(self):
-        return iter(self.batches)
+        if self.resolve is None:
+            return iter(self.batches)
+        return ([self.resolve(task) for task in batch] for batch in self.batches)
 
     def __len__(self):
         return len(self.batches)
@@ -261,7 +273,30 @@ class PyAVBackend:
         self.prefetch = prefetch
         self.max_retries = max_retries
         self._tasks = _EpochTasks()
+        self._tasks.resolve = self._with_paths if shard_set.streamed else None
         self._loader = None
+
+    def _with_paths(self, task):
+        """(epoch, candidates, {shard: local path or the fetch error}): the first candidate's shard is waited
+        for; the replacements' shards are named when they are already local."""
+        epoch, candidates = task
+        shard_set = self.dataset.shard_set
+        stream = shard_set.__dict__.get("stream")
+        if stream is None:
+            return task
+        paths: dict = {}
+        for n, item in enumerate(candidates):
+            if item.shard in paths:
+                continue
+            try:
+                # This runs on the consumer's thread (the DataLoader dispatching ahead): waiting for window room
+                # would wait for itself, so a shard past the window is fetched at once.
+                where = stream.path(item.shard, beyond_window=True) if n == 0 else stream.local(item.shard)
+            except Exception as exc:  # the download failed: the worker reports it for the sample
+                where = str(exc)
+            if where is not None:
+                paths[item.shard] = where
+        return (epoch, candidates, paths)
 
     def _dataloader(self):
         if self._loader is None:

@@ -21,6 +21,16 @@ Follows torchvision's video_classification reference (`VideoClips` + `RandomClip
 Random draws come from generators seeded by (seed, epoch, key) or (seed, epoch), never by the rank
 or the world size, so the global order of an epoch's clips is the same for any number of ranks: a
 run resumed mid-epoch on another number of ranks continues the same list (elastic resume).
+
+Streamed (remote) sets, where a rank should download only about 1/world_size of the set, are planned
+per shard instead (`shard_train_items`, the way WebDataset and MosaicML Streaming split a set): the
+epoch's shards are permuted with (seed, epoch); the clips of that shard sequence are cut into
+world_size contiguous, equal parts (a shard at a cut is read by both neighbours); inside its part a
+rank shuffles clips within blocks of `block` consecutive shards, so it holds only a block or two of
+shards at a time. Every rank gets the same number of clips (n // world_size). A resume on the same
+world size continues exactly; on another world size the parts are dealt anew and each rank skips the
+fraction of the epoch already done, so within that epoch some clips repeat and others are skipped
+(the following epochs are exact).
 """
 
 from __future__ import annotations
@@ -242,6 +252,66 @@ def train_items(grid_sizes: list[list[int]], keys: list[list[str]], *, clips_per
                 items.append(WorkItem(s, i, (int(c),)))
     perm = epoch_rng(seed, epoch, 0x51).permutation(len(items))
     return [items[j] for j in perm]
+
+
+def shard_permutation(num_shards: int, seed: int, epoch: int) -> np.ndarray:
+    """Order of the shards in one epoch of a streamed plan (the same on every rank)."""
+    return epoch_rng(seed, epoch, 0x5348).permutation(num_shards)
+
+
+def _clips_per_video(k: int, clips_per_video: int, clip_sampling: str) -> int:
+    if k <= 0:
+        return 0
+    return clips_per_video if clip_sampling == "with_replacement" else min(k, clips_per_video)
+
+
+def shard_part(grid_sizes: list[list[int]], *, clips_per_video: int, seed: int, epoch: int, rank: int, world_size: int,
+               clip_sampling: str = "without_replacement") -> list[tuple[int, int, int]]:
+    """Rank `rank`'s part of a streamed epoch: [(shard, first clip, end clip)] in the epoch's shard order, the
+    clip positions counted within each shard; every rank's part holds n // world_size clips."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    counts = [sum(_clips_per_video(k, clips_per_video, clip_sampling) for k in sizes) for sizes in grid_sizes]
+    order = shard_permutation(len(grid_sizes), seed, epoch)
+    total = sum(counts)
+    share = total // world_size
+    start = total * rank // world_size
+    stop = start + share
+    part, position = [], 0
+    for s in order:
+        s = int(s)
+        a, b = max(start, position), min(stop, position + counts[s])
+        if a < b:
+            part.append((s, a - position, b - position))
+        position += counts[s]
+    return part
+
+
+def shard_train_items(grid_sizes: list[list[int]], keys: list[list[str]], *, clips_per_video: int, seed: int, epoch: int,
+                      rank: int, world_size: int, block: int, clip_sampling: str = "without_replacement") -> list[WorkItem]:
+    """A rank's training clips of a streamed epoch (see the module docstring): its contiguous part of the
+    permuted shard sequence, clips shuffled within blocks of `block` shards. Each video's clips are the
+    ones RandomClipSampler picks in the global plan (same per-video draws)."""
+    if block < 1:
+        raise ValueError(f"block must be >= 1 shard, got {block}")
+    part = shard_part(grid_sizes, clips_per_video=clips_per_video, seed=seed, epoch=epoch, rank=rank,
+                      world_size=world_size, clip_sampling=clip_sampling)
+    items: list[WorkItem] = []
+    for b in range(0, len(part), block):
+        chunk = []
+        for s, first, end in part[b:b + block]:
+            clips = [WorkItem(s, i, (int(c),)) for i, (k, key) in enumerate(zip(grid_sizes[s], keys[s]))
+                     for c in choose_clips(k, clips_per_video, True, sample_rng(seed, epoch, key, 0), clip_sampling)]
+            chunk.extend(clips[first:end])
+        # Seeded by the block's first shard: the same block shuffles the same way wherever it is read.
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0xB10C, part[b][0], part[b][1]])
+        items.extend(chunk[j] for j in rng.permutation(len(chunk)))
+    return items
+
+
+def first_use_order(work: list[WorkItem]) -> list[int]:
+    """The shards of a work list in the order it first reads them (what a rank's ShardStream fetches)."""
+    return list(dict.fromkeys(item.shard for item in work))
 
 
 def num_train_clips(grid_sizes: list[list[int]], clips_per_video: int, clip_sampling: str = "without_replacement") -> int:

@@ -56,7 +56,7 @@ def build_loader(cfg: TrainConfig, info: D.DistInfo, split_dir: str, train: bool
     # "cuda:<local_rank>": each rank decodes on its own GPU
     output = Output(device=str(info.device), channels_last=cfg.channels_last, last_batch=last_batch)
     execution = Execution(backend=cfg.backend, rank=info.rank, world_size=info.world_size, num_threads=cfg.workers,
-                          num_workers=cfg.workers)
+                          num_workers=cfg.workers, stream_window=cfg.stream_window)
     return VideoLoader(str(path), cfg.batch_size, sampling, train=train, seed=cfg.seed, augmentation=augmentation,
                        output=output, execution=execution)
 

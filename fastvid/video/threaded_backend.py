@@ -23,7 +23,7 @@ import torch
 from fastvid.video import pixels
 from fastvid.pipeline.contract import Chunk, Failure, WorkItem
 from fastvid.video.plan import plan_work
-from fastvid.video.reader import read_sample
+from fastvid.video.reader import TarHandles, read_sample
 
 
 class ThreadedBackend:
@@ -53,7 +53,7 @@ class ThreadedBackend:
             with self._lock:
                 self._decoders += 1
             state["decode"] = self.make_decoder(self.decode_device)
-            state["handles"] = {}
+            state["handles"] = TarHandles(self.shard_set)
             if str(self.decode_device).startswith("cuda"):
                 state["stream"] = torch.cuda.Stream(device=self.decode_device)
         return state
@@ -65,12 +65,9 @@ class ThreadedBackend:
 
     def _load(self, item: WorkItem, epoch: int):
         state = self._thread_state()
-        handles = state["handles"]
-        if item.shard not in handles:
-            handles[item.shard] = open(self.shard_set.shards[item.shard].tar, "rb")
         try:
             t0 = time.perf_counter()
-            key, data, label, meta = read_sample(self.shard_set, item, handle=handles[item.shard])
+            key, data, label, meta = read_sample(self.shard_set, item, handle=state["handles"].get(item.shard))
             plan = plan_work(self.config, meta, key, epoch, item)
             unique, positions = pixels.distinct_frames(plan.frames)
             t1 = time.perf_counter()
