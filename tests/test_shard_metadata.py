@@ -264,7 +264,8 @@ def test_event_loader_plans_from_metadata_without_reads(tmp_path, monkeypatch):
     from test_events_shard import write_boxes
     from test_events_io import random_events, write_gen1_dat
 
-    from fastvid.events import EventSequenceLoader, shard_events
+    from conftest import event_loader
+    from fastvid.events import shard_events
 
     src = tmp_path / "gen1"
     src.mkdir()
@@ -274,7 +275,7 @@ def test_event_loader_plans_from_metadata_without_reads(tmp_path, monkeypatch):
         write_boxes(src / f"rec{r}_bbox.npy", np.array([50_000, 260_000, 260_000, 700_000, 1_150_000]) + r, r)
     shard_events(src, tmp_path / "ev", segment_ms=250, max_samples=4)
     counter = ReadCounter(monkeypatch)
-    loader = EventSequenceLoader(tmp_path / "ev", batch_size=2, window_ms=50, window_mode="labels")
+    loader = event_loader(tmp_path / "ev", 2, window_ms=50, window_mode="labels")
     assert counter.calls == Counter()
     names = sorted(r.name for r in loader.recordings)
     assert names == ["rec0", "rec1", "rec2"]
