@@ -147,9 +147,27 @@ def vp9_site(tmp_path_factory):
                           video_id=vid, gop=8)
     assert fastvid_main(["shard", "videos", str(root / "src"), str(root / "site" / "set"), "--codec", "vp9",
                          "--max-samples", "2", "--workers", "1"]) == 0
-    base, stop = http_server(root / "site")
+    # A server in its own process: DataLoader workers forked from this one would inherit an in-process server's
+    # accepted keep-alive sockets, which then never close and stall the client's next request on them.
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(root / "site")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{base}/set/manifest.json", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.05)
     yield base, root / "site" / "set"
-    stop()
+    server.terminate()
+    server.wait(timeout=10)
 
 
 @pytest.mark.parametrize("backend", ["pyav-workers", "pyav-threads", "dali"])

@@ -351,7 +351,8 @@ class PyAVBackend:
 
     def _inline(self, chunk) -> dict:
         """A chunk decoded in this process (not by a worker: no worker pid)."""
-        out = collate([self.dataset[task] for task in chunk])
+        resolve = self._tasks.resolve
+        out = collate([self.dataset[resolve(task) if resolve is not None else task] for task in chunk])
         out["pid"] = None
         return out
 
