@@ -75,8 +75,9 @@ class StreamCursor:
     concatenated once per step for the whole batch."""
 
     def __init__(self, recording: Recording, plan: WindowPlan, first: int, reader: SegmentReader, stats,
-                 pool=None, readahead: int = 2):
+                 pool=None, readahead: int = 2, use=None):
         self.recording = recording
+        self.use = use  # fastvid.store.stream.ShardUse of a streamed set: told after each segment read
         self.windows = plan
         self.first = first
         self.reader, self.stats, self.pool = reader, stats, pool
@@ -100,8 +101,10 @@ class StreamCursor:
         """Load every needed segment that starts before `stop`."""
         new_boxes = []
         while self.pending and self.recording.segment_t0(self.pending[0][0]) < stop:
-            _, item = self.pending.popleft()
+            k, item = self.pending.popleft()
             sample = item.result() if self.pool else _read_segment(self.reader, item, self.stats)
+            if self.use is not None:
+                self.use.used(self.recording.segments[k].shard)
             self._submit()
             if len(sample["events"]["t"]):
                 self.chunks.append(sample["events"])
@@ -114,6 +117,9 @@ class StreamCursor:
         for _, item in self.pending:
             if hasattr(item, "cancel"):
                 item.cancel()
+        if self.use is not None:  # segments this run will not read now: the stream may let their shards go
+            for k in [k for k, _ in self.pending] + list(self.todo):
+                self.use.used(self.recording.segments[k].shard)
         self.pending.clear()
         self.todo.clear()
         self.chunks.clear()
@@ -195,17 +201,18 @@ class EventBackend:
         # steps then read them (uint8) instead of events (fastvid.events.precompute).
         self.precomputed = precomputed
 
-    def epoch_chunks(self, epoch: int, steps):
+    def epoch_chunks(self, epoch: int, steps, stream=None):
+        """The steps' chunks; `stream` (a ShardStream over the set, in `plan_reads` order): read each tar from it."""
         stop = threading.Event()
         if self.prefetch <= 0:
-            yield from self._produce(steps, stop)
+            yield from self._produce(steps, stop, stream)
             return
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         done = object()
 
         def produce():
             try:
-                for item in self._produce(steps, stop):
+                for item in self._produce(steps, stop, stream):
                     while not stop.is_set():
                         try:
                             q.put(item, timeout=0.1)
@@ -235,20 +242,42 @@ class EventBackend:
             stop.set()
             thread.join(timeout=5)
 
-    def _produce(self, steps, stop: threading.Event):
+    def plan_reads(self, steps) -> tuple[list[int], dict[int, int]]:
+        """The shards the steps read, in the order of their first read, and how many reads each gets (segments
+        of the runs' windows; one per window when representations are read precomputed)."""
+        order, counts = {}, collections.Counter()
+        for (s, b), last in sorted(runs(steps).items()):
+            item = steps[s][b]
+            rec, plan = self.recordings[item.recording], self.windows[item.recording]
+            if self.precomputed is not None:
+                picks = [(int(plan.start[w]) - rec.t_begin) // rec.segment_us for w in range(item.window, last + 1)]
+            else:
+                picks = segments_needed(_sub_plan(plan, item.window, last), rec.t_begin, rec.segment_us,
+                                        len(rec.segments)).tolist()
+            for k in picks:
+                shard = rec.segments[k].shard
+                order.setdefault(shard, None)
+                counts[shard] += 1
+        return list(order), dict(counts)
+
+    def _produce(self, steps, stop: threading.Event, stream=None):
+        from fastvid.store.stream import ShardUse
+
         ends = runs(steps)
         batch = len(steps[0]) if steps else 0
         cursors: list[StreamCursor | None] = [None] * batch
         pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="fastvid-event-read") if self.num_workers > 0 else None
-        with SegmentReader() as reader:
+        # Without reader threads this thread's progress is what frees the stream's window: it may fetch past it.
+        with SegmentReader(stream, beyond_window=pool is None) as reader:
+            use = ShardUse(stream, self.plan_reads(steps)[1], on_done=reader.release) if stream is not None else None
             try:
                 for s, row in enumerate(steps):
                     if stop.is_set():
                         return
                     if self.precomputed is not None:
-                        yield from self._precomputed_step(row, reader, pool)
+                        yield from self._precomputed_step(row, reader, pool, use)
                     else:
-                        yield from self._step(s, row, ends, cursors, reader, pool)
+                        yield from self._step(s, row, ends, cursors, reader, pool, use)
             finally:
                 for cur in cursors:
                     if cur is not None:
@@ -256,7 +285,7 @@ class EventBackend:
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
 
-    def _step(self, s: int, row, ends, cursors, reader, pool):
+    def _step(self, s: int, row, ends, cursors, reader, pool, use=None):
         tic = time.perf_counter()
         rows = [_PaddingRow(item.stream) for item in row]
         for b, item in enumerate(row):
@@ -268,7 +297,7 @@ class EventBackend:
             if item.reset:
                 rec, plan = self.recordings[item.recording], self.windows[item.recording]
                 cursors[b] = StreamCursor(rec, _sub_plan(plan, item.window, ends[(s, b)]), item.window, reader, self.stats,
-                                          pool, self.readahead)
+                                          pool, self.readahead, use)
             cur = cursors[b]
             if cur is None:  # the run broke on a bad segment: padding until the stream's next reset
                 continue
@@ -289,7 +318,7 @@ class EventBackend:
         self.stats.add("assemble", time.perf_counter() - tic)
         yield chunk
 
-    def _precomputed_step(self, row, reader, pool):
+    def _precomputed_step(self, row, reader, pool, use=None):
         """One step from representations stored in the shards: each window's uint8 tensor read into the batch
         (by the reader threads: decompression and the scatter release the GIL)."""
         tic = time.perf_counter()
@@ -305,9 +334,12 @@ class EventBackend:
             try:
                 reader.read_representation(rec.segments[k], field, [(t0 - rec.segment_t0(k)) // (t1 - t0)],
                                            out=target[b:b + 1], out_zeroed=True)
+                boxes = rec.boxes if rec.boxes is not None else self._segment_boxes(reader, rec.segments[k])
             except (ValueError, OSError) as exc:
                 return Failure(f"{rec.name}@{item.window}", str(exc))
-            boxes = rec.boxes if rec.boxes is not None else self._segment_boxes(reader, rec.segments[k])
+            finally:
+                if use is not None:
+                    use.used(rec.segments[k].shard)
             return _Row(item, rec.name, [], t0, t1, int(plan.label_t[item.window]),
                         window_boxes(boxes, plan, item.window, self.select))
 

@@ -42,10 +42,12 @@ def shard_set_files(shards) -> list[tuple[Path, Path]]:
     return [(Path(p[0]), Path(p[1])) if isinstance(p, tuple) else (Path(p), index_path_for(Path(p))) for p in shards]
 
 
-def _pairs(opened) -> list[tuple[Path, Path]]:
+def _pairs(opened, fetch: bool = True) -> list[tuple[Path, Path]]:
+    """(tar, index) of every shard; `fetch`: a streamed set's tars fetched now (else where the cache will put them)."""
     from fastvid.store.tarindex import index_path_for
 
-    opened.fetch_all()
+    if fetch:
+        opened.fetch_all()
     return [(tar, idx if idx is not None else index_path_for(tar)) for tar, idx in opened.pairs()]
 
 
@@ -71,13 +73,12 @@ class SegmentRef:
     meta: dict | None = dataclasses.field(default=None, compare=False)  # per-segment planning metadata
 
 
-def opened_segments(opened) -> list[SegmentRef]:
+def opened_segments(opened, fetch: bool = True) -> list[SegmentRef]:
     """The events reader of fastvid.store.reader (an OpenedSet of kind "events") -> sorted SegmentRefs.
-    The event loaders read `SegmentRef.tar` directly, so a streamed (remote) set's tars are fetched here,
-    all of them, until the loaders ask a ShardStream for them (see fastvid.store.stream)."""
-    opened.fetch_all()
+    `fetch`: fetch a streamed (remote) set's tars now, for readers of `SegmentRef.tar`; the event loader
+    passes False and reads each tar through a ShardStream (SegmentReader(stream=...)) as its plan reaches it."""
     tables = [(f.index, f.meta) for f in opened.files]
-    return _segments(_pairs(opened), tables)
+    return _segments(_pairs(opened, fetch), tables)
 
 
 def index_segments(shards) -> list[SegmentRef]:
@@ -114,12 +115,31 @@ def _segments(pairs, tables=None) -> list[SegmentRef]:
 
 
 class SegmentReader:
-    """Reads segment samples by byte offset (os.pread: safe to share between threads); keeps tars open."""
+    """Reads segment samples by byte offset (os.pread: safe to share between threads); keeps tars open.
+    `stream` (a fastvid.store.stream.ShardStream): a segment's tar is its shard's local copy, waited for
+    when the stream has not fetched it yet (`beyond_window`: see ShardStream.path); without one, the
+    SegmentRef's tar is read as it is."""
 
-    def __init__(self):
+    def __init__(self, stream=None, beyond_window: bool = False):
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
         self._indexes: dict = {}  # (tar, key, ext) -> parsed BlockIndex / RepIndex
+        self.stream, self.beyond_window = stream, beyond_window
+
+    def _ref_fd(self, ref: SegmentRef) -> int:
+        if self.stream is not None and ref.shard >= 0:
+            return self._fd(str(self.stream.path(ref.shard, beyond_window=self.beyond_window)))
+        return self._fd(ref.tar)
+
+    def release(self, shard: int) -> None:
+        """Close the file of a streamed shard the rank is done with (the cache may then delete it)."""
+        if self.stream is None:
+            return
+        local = self.stream.local(shard)
+        with self._lock:
+            fd = self._fds.pop(str(local), None) if local is not None else None
+        if fd is not None:
+            os.close(fd)
 
     def _fd(self, tar: str) -> int:
         fd = self._fds.get(tar)
@@ -132,7 +152,7 @@ class SegmentReader:
 
     def read_fields(self, ref: SegmentRef, exts=None) -> dict:
         """{ext: bytes} of the sample (only `exts` when given)."""
-        fd = self._fd(ref.tar)
+        fd = self._ref_fd(ref)
         out = {}
         for ext, (offset, size) in ref.fields.items():
             if exts is not None and ext not in exts:
@@ -153,7 +173,7 @@ class SegmentReader:
         """Bytes [start, stop) of one field of the sample."""
         offset, size = ref.fields[ext]
         stop = min(stop, size)
-        data = os.pread(self._fd(ref.tar), stop - start, offset + start)
+        data = os.pread(self._ref_fd(ref), stop - start, offset + start)
         if len(data) != stop - start:
             raise ValueError(f"field {ext} at byte {offset + start} is cut short")
         return data
@@ -241,7 +261,7 @@ class SegmentReader:
         for i, k in enumerate(w):
             if int(index.sizes[k]) != size or int(index.raw_sizes[k]) != size:
                 raise ValueError(f"stored window {int(k)} holds {int(index.sizes[k])} bytes, its shape needs {size}")
-            got = os.preadv(self._fd(ref.tar), [memoryview(out[i]).cast("B")], offset + int(index.byte_offsets[k]))
+            got = os.preadv(self._ref_fd(ref), [memoryview(out[i]).cast("B")], offset + int(index.byte_offsets[k]))
             if got != size:
                 raise ValueError(f"field {ext} window {int(k)} is cut short")
         return out

@@ -51,7 +51,7 @@ from fastvid.events import labels as label_rules
 from fastvid.events import sampling
 from fastvid.events.backend import EventBackend, Recording
 from fastvid.events.codec import BOXES_EXT, META_EXT, decode_boxes
-from fastvid.events.reading import SegmentReader, index_segments, shard_set_options
+from fastvid.events.reading import SegmentReader, index_segments, opened_segments
 from fastvid.events.windows import WINDOW_MODES, WindowPlan, make_windows
 from fastvid.pipeline.contract import FailurePolicy, RebatchStats
 from fastvid.pipeline.runner import EpochBatches, FailureLimits, run_batches
@@ -99,6 +99,7 @@ class EventExecution:
     prefetch: int = 2                   # steps assembled ahead by a background thread (0: none)
     pin_memory: bool | None = None      # assemble in page-locked memory for a GPU (default: on for CUDA)
     sync_timing: bool = False           # synchronize around the GPU stages so stage_stats attribute GPU time
+    stream_window: int | None = None    # streamed (remote) sets: shards a rank holds locally at once (default B + 2)
     failure_budget: int | float | None = FailurePolicy.budget
 
 
@@ -127,19 +128,19 @@ def _check(batch_size: int, w: Windowing, e: Encoding, x: EventExecution) -> Non
         raise ValueError(f"count_cutoff must be > 0, got {e.count_cutoff}")
 
 
-def index_recordings(shards, reader: SegmentReader, boxes: bool = False) -> tuple[list[Recording], dict]:
+def index_recordings(refs, reader: SegmentReader, boxes: bool = False, where="the event set") -> tuple[list[Recording], dict]:
     """Recordings of an event shard set (segments in time order, clock, real end, label times) and the first
     segment's metadata (sensor size of sets without a manifest). Planning reads the per-shard metadata the
     store opened with the set (no sample read); segments without it cost one small read each. `boxes`: also
     every box of each recording (one read per segment; RVT's label selection filters them)."""
     by_rec: dict[str, list] = {}
-    for ref in index_segments(shards):
+    for ref in refs:
         by_rec.setdefault(ref.recording, []).append(ref)
     recordings, first_meta = [], {}
     for name, segs in by_rec.items():
         indices = [s.segment for s in segs]
         if indices != list(range(indices[0], indices[0] + len(indices))):
-            raise ValueError(f"{shards}: recording {name!r} has missing segments (has {indices[:10]}...); "
+            raise ValueError(f"{where}: recording {name!r} has missing segments (has {indices[:10]}...); "
                              "reshard it or pass every shard of the set")
         first = _segment_meta(reader, segs[0])
         duration = int(first["t1"]) - int(first["t0"])
@@ -216,30 +217,51 @@ class EventSequenceLoader:
         # Page-locked memory only helps copies to a GPU (and needs CUDA to allocate).
         self.pin_memory = self.device.startswith("cuda") and (execution.pin_memory is None or bool(execution.pin_memory))
         self.epoch = 0
+        refs, options = self._open(shards)
+        # RVT's label selection filters every box of a recording: read them all at open (one read per segment;
+        # a streamed set is fetched whole for it)
+        rvt = windowing.mode == "labels" and windowing.labels != "all"
+        if rvt and self._opened is not None:
+            self._opened.fetch_all()
+            self._opened = None
         with SegmentReader() as reader:
-            # RVT's label selection filters every box of a recording: read them all at open (one read per segment)
-            self.recordings, first_meta = index_recordings(shards, reader,
-                                                           boxes=windowing.mode == "labels" and windowing.labels != "all")
+            self.recordings, first_meta = index_recordings(refs, reader, boxes=rvt, where=shards)
         if not self.recordings:
             raise ValueError(f"{shards}: the event shard set holds no segments")
-        self.sensor_size = tuple(int(v) for v in (sensor_size or shard_set_options(shards).get("sensor_size")
-                                                  or first_meta["sensor_size"]))
+        self.sensor_size = tuple(int(v) for v in (sensor_size or options.get("sensor_size") or first_meta["sensor_size"]))
+        # A streamed set: each rank plays whole shards' recordings (sampling.rank_recordings_by_shard).
+        self._first_shards = [r.segments[0].shard for r in self.recordings] if self._opened is not None else None
         self.windows = [recording_windows(r, windowing, self.window_us, self.sensor_size) for r in self.recordings]
         if not any(len(w) for w in self.windows):
             raise ValueError(f"{shards}: no recording has labels to end windows at (window_mode='labels')")
         self.stage_stats = StageStats()
+        self.stream_stats: dict = {}  # the last epoch's ShardStream statistics (streamed sets)
         self.stats = {"events": 0, "windows": 0, "padding_windows": 0, "failures": 0, "failed_keys": []}
         workers = min(8, batch_size, os.cpu_count() or 1) if execution.num_workers is None else int(execution.num_workers)
         select = None
         if windowing.mode == "labels" and windowing.labels != "all":  # RVT's selection supervises with filtered boxes
             select = functools.partial(label_rules.supervising_boxes, selection=windowing.labels,
                                        sensor_size=self.sensor_size, train=windowing.train)
-        self.precomputed = self._precomputed_field(shards) if encoding.precomputed else None
+        self.precomputed = self._precomputed_field(options) if encoding.precomputed else None
         self._backend = EventBackend(self.recordings, self.windows, stats=self.stage_stats, pin=self.pin_memory,
                                      num_workers=workers, readahead=execution.readahead, prefetch=execution.prefetch,
                                      select=select, precomputed=self.precomputed)
 
-    def _precomputed_field(self, shards):
+    def _open(self, shards):
+        """(segment refs, manifest options) of `shards`; a streamed (remote) set is kept in self._opened, its
+        tars fetched per rank by a ShardStream while iterating (fastvid.store.stream)."""
+        self._opened = None
+        if not isinstance(shards, (str, os.PathLike)):
+            return index_segments(shards), {}
+        from fastvid.store.reader import open_files
+
+        opened = open_files(shards, kind="events")
+        if opened.kind != "events":
+            raise ValueError(f"{opened.spec}: manifest kind is {opened.kind!r}, not an event shard set")
+        self._opened = opened if opened.streamed else None
+        return opened_segments(opened, fetch=False), (opened.manifest or {}).get("options", {})
+
+    def _precomputed_field(self, options: dict):
         """(field, (C, H, W)) of a representation precomputed in the shards that equals what this loader computes
         (grid windows of the same duration, kind and bins; counts saturating where the stored uint8 ones do),
         else None."""
@@ -249,7 +271,7 @@ class EventSequenceLoader:
         cutoff = e.count_cutoff if e.count_cutoff is not None else (255 if e.dtype == "uint8" else None)
         if w.mode != "grid" or cutoff is None or e.representation not in ("stacked_histogram", "histogram"):
             return None
-        for text in shard_set_options(shards).get("precompute") or []:
+        for text in options.get("precompute") or []:
             spec = parse_spec(text)
             if (spec.kind, spec.window_us, spec.bins, spec.count_cutoff) == (
                     e.representation, self.window_us, e.bins if e.representation == "stacked_histogram" else 1,
@@ -268,9 +290,9 @@ class EventSequenceLoader:
         w = self.windowing
         if w.sampler == "random":
             return sampling.random_steps(self.windows, self.batch_size, w.seq_len, rank, self.world_size, self.seed,
-                                         self.epoch)
+                                         self.epoch, self._first_shards)
         return sampling.stream_steps([len(p) for p in self.windows], self.batch_size, rank, self.world_size, self.seed,
-                                     self.epoch, w.shuffle)
+                                     self.epoch, w.shuffle, self._first_shards)
 
     def __len__(self) -> int:
         """Steps per epoch, the same on every rank."""
@@ -324,7 +346,12 @@ class EventSequenceLoader:
         steps = self.steps()
         rebatch_stats = RebatchStats()
         limit = FailurePolicy(self.execution.failure_budget).limit(sum(len(row) for row in steps))
-        batches = run_batches(self._backend.epoch_chunks(self.epoch, steps), EpochBatches(self.batch_size, len(steps)),
+        stream = None
+        if self._opened is not None:  # fetch this rank's shards in the order it reads them, window by window
+            window = self.execution.stream_window or max(4, self.batch_size + 2)
+            stream = self._opened.stream(self._backend.plan_reads(steps)[0], window=window)
+            self.stream_stats = stream.stats
+        batches = run_batches(self._backend.epoch_chunks(self.epoch, steps, stream), EpochBatches(self.batch_size, len(steps)),
                               FailureLimits(limit, where=str(self.shards)), device=self.device,
                               stage_stats=self.stage_stats, rebatch_stats=rebatch_stats, finish=self._finish,
                               device_fields={"events"})
@@ -339,5 +366,7 @@ class EventSequenceLoader:
                 yield batch
         finally:
             batches.close()
+            if stream is not None:
+                stream.close()
             self.stats["failures"] += rebatch_stats.failures
             self.stats["failed_keys"] += rebatch_stats.failed_keys

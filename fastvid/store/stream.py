@@ -203,9 +203,10 @@ class ShardUse:
     """What a rank still reads of each shard in this epoch; `used(shard, n)` counts down and calls
     `stream.done(shard)` when nothing is left."""
 
-    def __init__(self, stream: ShardStream, counts: dict[int, int]):
+    def __init__(self, stream: ShardStream, counts: dict[int, int], on_done=None):
         self.stream = stream
         self.left = dict(counts)
+        self.on_done = on_done  # also called with the shard when it is done (e.g. to close the reader's file)
         self._lock = threading.Lock()
 
     def used(self, shard: int, n: int = 1) -> None:
@@ -217,4 +218,6 @@ class ShardUse:
             if finished:
                 del self.left[shard]
         if finished:
+            if self.on_done is not None:
+                self.on_done(shard)
             self.stream.done(shard)

@@ -1,0 +1,75 @@
+"""Event sets streamed from a real HTTP server on 127.0.0.1: opening fetches no tar, each of two ranks
+plays whole shards' recordings and downloads about half of the set through a ShardStream, the first step
+waits for the stream's window only, and the windows equal those of the same set read locally."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import event_loader
+from fastvid.events.writing import shard_events
+from remote_servers import Ledger, http_server
+from test_events_io import random_events, write_gen1_dat
+from test_events_shard import write_boxes
+
+SENSOR = (64, 48)
+RECORDINGS = 8  # of 1 s in 500 ms segments, 2 segments per shard: one recording per shard
+
+
+@pytest.fixture(scope="module")
+def event_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evremote")
+    src = root / "src"
+    src.mkdir()
+    for r in range(RECORDINGS):
+        ts, xs, ys, ps = random_events(3000, 1_000_000, seed=r, width=SENSOR[0], height=SENSOR[1])
+        write_gen1_dat(src / f"rec{r}_td.dat", ts, xs, ys, ps, width=SENSOR[0], height=SENSOR[1])
+        write_boxes(src / f"rec{r}_bbox.npy", np.arange(50_000, 1_000_000, 50_000), seed=r, sensor=SENSOR)
+    shard_events(src, root / "data" / "ev", segment_ms=500, max_samples=2)
+    return root
+
+
+def _windows(loader) -> dict:
+    out = {}
+    for step in loader:
+        for b in range(len(step["recording"])):
+            if step["valid"][b]:
+                out[(step["recording"][b], int(step["window"][b]))] = (step["x"][b].clone(), step["boxes"][b]["t"].tolist())
+    return out
+
+
+def test_two_ranks_stream_half_the_set_each_and_match_the_local_windows(event_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTVID_CACHE_DIR", str(tmp_path / "cache"))
+    ledger = Ledger()
+    base, stop = http_server(event_root, ledger)
+    kw = dict(window_ms=100, window_mode="labels", representation="histogram", bins=1, device="cpu", shuffle=True,
+              seed=4)
+    try:
+        local = _windows(event_loader(event_root / "data" / "ev", 2, **kw))
+        seen, tars = {}, []
+        for rank in range(2):
+            before = ledger.tar_gets()
+            loader = event_loader(f"{base}/data/ev", 2, rank=rank, world_size=2, stream_window=2, **kw)
+            assert ledger.tar_gets() == before  # opening fetched the manifest and the small per-shard files only
+            steps = iter(loader)
+            next(steps)
+            assert ledger.tar_gets() - before <= 2  # the first step waited for the window's shards, not the set
+            for name, window in ((k[0], k[1]) for k in _windows(loader)):
+                seen[(name, window)] = rank
+            tars.append(ledger.tar_gets() - before)
+            ranks = {}
+            for (name, _), r in seen.items():
+                ranks.setdefault(name, set()).add(r)
+        # every recording on exactly one rank, each rank about half the shards, all windows as read locally
+        assert all(len(r) == 1 for r in ranks.values()) and set(ranks) == {f"rec{r}" for r in range(RECORDINGS)}
+        assert tars == [RECORDINGS // 2, RECORDINGS // 2]
+        remote = {}
+        for rank in range(2):
+            remote.update(_windows(event_loader(f"{base}/data/ev", 2, rank=rank, world_size=2, stream_window=2, **kw)))
+        assert remote.keys() == local.keys()
+        for key, (x, boxes) in local.items():
+            assert torch.equal(remote[key][0], x) and remote[key][1] == boxes
+    finally:
+        stop()
