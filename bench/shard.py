@@ -63,7 +63,7 @@ def shard_once(src: Path, out: Path, codec: str, workers: int, short_side: int |
     from fastvid.metrics import ResourceSampler
     from fastvid.store import ray_engine
     from fastvid.video import sources, transcode
-    from fastvid.store.writer import write_shard_set
+    from fastvid.store.writer import ShardJob, write_shard_set
 
     shutil.rmtree(out, ignore_errors=True)
     runner = None
@@ -80,9 +80,9 @@ def shard_once(src: Path, out: Path, codec: str, workers: int, short_side: int |
     items, classes = sources.discover("kinetics", src)
     with ResourceSampler(interval=0.2) as sampler:  # CPU% and RSS of this process and its workers
         t0 = time.perf_counter()
-        manifest = write_shard_set(items, functools.partial(transcode.encode_sample, options=options), out, kind="video",
+        manifest = write_shard_set(items, functools.partial(transcode.encode_sample, options=options), out, ShardJob(kind="video",
                                    classes=classes, options={"codec": codec}, max_samples=64, workers=workers,
-                                   desc=f"{codec} x{workers}", engine=runner)
+                                   desc=f"{codec} x{workers}", engine=runner))
         seconds = time.perf_counter() - t0
     if engine != "local":
         import ray

@@ -450,11 +450,11 @@ def test_hostile_names_in_event_manifests_and_progress_files(small_set, tmp_path
     # a resume progress file naming a tar outside the set: refused, nothing written next to that tar
     from test_shard_writer import encode_item, make_items
 
-    from fastvid.store.writer import write_shard_set
+    from fastvid.store.writer import ShardJob, write_shard_set
 
     out = tmp_path / "w"
-    kw = dict(kind="video", classes=["a", "b"], options={}, max_samples=5)
-    write_shard_set(make_items(), encode_item, out, **kw)
+    job = ShardJob(kind="video", classes=["a", "b"], options={}, max_samples=5)
+    write_shard_set(make_items(), encode_item, out, job)
     outside = tmp_path / "outside"
     outside.mkdir()
     progress = out / ".fastvid-progress-train.json"
@@ -463,7 +463,7 @@ def test_hostile_names_in_event_manifests_and_progress_files(small_set, tmp_path
     state["shards"][0]["name"] = "../outside/x.tar"
     progress.write_text(json.dumps(state))
     with pytest.raises(ValueError, match=r"\.fastvid-progress-train\.json: shard name '\.\./outside/x\.tar' is not a plain"):
-        write_shard_set(make_items(), encode_item, out, **kw)
+        write_shard_set(make_items(), encode_item, out, job)
     assert sorted(p.name for p in outside.iterdir()) == ["x.tar"]
 
 

@@ -298,14 +298,14 @@ def copy_sample(item: CopyItem) -> dict:
 
 @pytest.mark.parametrize("backend,codec", BACKENDS)
 def test_broken_samples_are_skipped_counted_and_logged(data, backend, codec, tmp_path, caplog):
-    from fastvid.store.writer import write_shard_set
+    from fastvid.store.writer import ShardJob, write_shard_set
 
     src = open_shard_set(getattr(data, codec))
     flat = [(si, i, k) for si, s in enumerate(src.shards) for i, k in enumerate(s.keys)]
     damaged = {flat[1][2]: "video", flat[6][2]: "json"}
     items = [CopyItem(k, k, str(getattr(data, codec)), si, i, damaged.get(k, "")) for si, i, k in flat]
-    write_shard_set(items, copy_sample, tmp_path, kind="video", classes=src.classes, options=src.manifest["options"],
-                    max_samples=5)
+    write_shard_set(items, copy_sample, tmp_path, ShardJob(kind="video", classes=src.classes, options=src.manifest["options"],
+                    max_samples=5))
     ld = loader(tmp_path, backend, batch_size=2, train=False, drop_last=False)
     batches = collect(ld)
     assert len(batches) == len(ld) == 5
@@ -380,13 +380,13 @@ def test_iteration_makes_no_blocking_device_copies(data, backend, codec, monkeyp
 @pytest.mark.parametrize("backend,codec", BACKENDS)
 def test_shard_set_where_nothing_decodes_is_an_error_not_a_hang(data, backend, codec, tmp_path):
     """DALI's reader never runs out: without a bound on failures in a row it would skip bad samples forever."""
-    from fastvid.store.writer import write_shard_set
+    from fastvid.store.writer import ShardJob, write_shard_set
 
     src = open_shard_set(getattr(data, codec))
     flat = [(si, i, k) for si, s in enumerate(src.shards) for i, k in enumerate(s.keys)]
     items = [CopyItem(k, k, str(getattr(data, codec)), si, i, "json") for si, i, k in flat]
-    write_shard_set(items, copy_sample, tmp_path, kind="video", classes=src.classes, options=src.manifest["options"],
-                    max_samples=5)
+    write_shard_set(items, copy_sample, tmp_path, ShardJob(kind="video", classes=src.classes, options=src.manifest["options"],
+                    max_samples=5))
     ld = loader(tmp_path, backend, batch_size=2)
     with pytest.raises(RuntimeError, match="failed"):
         collect(ld)

@@ -17,7 +17,7 @@ from conftest import video_loader
 from fastvid.cli import main as fastvid_main
 from fastvid.store import reader, shardmeta
 from fastvid.store.format import MANIFEST_NAME, meta_name_for, plain_file_name
-from fastvid.store.writer import write_shard_set
+from fastvid.store.writer import ShardJob, write_shard_set
 from fastvid.video import sampling
 from fastvid.video.reader import ShardSet
 
@@ -36,7 +36,7 @@ def fake_video(item):
 
 def write_fake_set(out, n, per_shard=1000):
     items = [Item(f"v{i:05d}", i % 3, 16 + i % 40) for i in range(n)]
-    write_shard_set(items, fake_video, out, kind="video", classes=["a", "b", "c"], options={}, max_samples=per_shard)
+    write_shard_set(items, fake_video, out, ShardJob(kind="video", classes=["a", "b", "c"], options={}, max_samples=per_shard))
     return items
 
 
@@ -244,8 +244,8 @@ class Segment:
 
 def test_grouped_writer_keeps_a_recordings_segments_together(tmp_path):
     items = [Segment(f"rec{r}", k) for r in range(12) for k in range(7)]
-    write_shard_set(items, lambda it: {"json": {"recording": it.recording}}, tmp_path / "ev", kind="events",
-                    classes=["car"], options={}, max_samples=10, group=lambda it: it.recording)
+    write_shard_set(items, lambda it: {"json": {"recording": it.recording}}, tmp_path / "ev", ShardJob(kind="events",
+                    classes=["car"], options={}, max_samples=10, group=lambda it: it.recording))
     opened = reader.open_files(tmp_path / "ev", tables=True, kind="events")
     where: dict[str, list] = {}
     order = []

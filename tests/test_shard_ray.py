@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray")
 from fastvid.cli import main  # noqa: E402
 from fastvid.store import ray_engine  # noqa: E402
 from fastvid.video import sources, transcode
-from fastvid.store.writer import write_shard_set  # noqa: E402
+from fastvid.store.writer import ShardJob, write_shard_set  # noqa: E402
 from fastvid.video.synth import write_coded_video  # noqa: E402
 
 ARGS = ["--codec", "vp9", "--max-samples", "2", "--seed", "3", "--short-side", "32"]
@@ -79,8 +79,8 @@ class KillOnce:
 
 def _write(src, out, encode, engine):
     items, classes = sources.discover("kinetics", src)
-    return write_shard_set(items, encode, out, kind="video", classes=classes, options={"codec": "vp9"}, max_samples=2,
-                           seed=3, engine=engine)
+    return write_shard_set(items, encode, out, ShardJob(kind="video", classes=classes, options={"codec": "vp9"}, max_samples=2,
+                           seed=3, engine=engine))
 
 
 def test_killed_worker_is_retried_and_a_rerun_resumes(src, tmp_path, local_ray):

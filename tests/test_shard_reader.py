@@ -74,7 +74,7 @@ def test_manifest_rules_reject_bad_sets(shard_dir, tmp_path):
 
 def test_reader_is_chosen_by_kind(shard_dir, tmp_path):
     from fastvid.events.reading import SegmentRef
-    from fastvid.store.writer import write_shard_set
+    from fastvid.store.writer import ShardJob, write_shard_set
 
     video = reader.open_shard_set(shard_dir)
     assert video.num_samples == 7 and video.classes == ["a", "b", "c"] and video.codec == "vp9"
@@ -83,8 +83,8 @@ def test_reader_is_chosen_by_kind(shard_dir, tmp_path):
         def __init__(self, i):
             self.key, self.source = f"rec_s{i:06d}", f"rec#{i}"
 
-    write_shard_set([Item(i) for i in range(3)], _event_fields, tmp_path / "ev", kind="events", classes=["car"],
-                    options={}, max_samples=2)
+    write_shard_set([Item(i) for i in range(3)], _event_fields, tmp_path / "ev", ShardJob(kind="events", classes=["car"],
+                    options={}, max_samples=2))
     refs = reader.open_shard_set(tmp_path / "ev")
     assert [type(r) for r in refs] == [SegmentRef] * 3 and [r.segment for r in refs] == [0, 1, 2]
     with pytest.raises(ValueError, match=r"holds 'events' samples, this reader needs kind 'video'"):

@@ -17,7 +17,7 @@ import pytest
 from fastvid.store import tarindex
 from fastvid.store.manifest import file_sha256, read_manifest, shard_files
 from fastvid.store.merge import merge_manifests
-from fastvid.store.writer import shuffled_order, write_shard_set
+from fastvid.store.writer import shuffled_order, ShardJob, write_shard_set
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -51,7 +51,7 @@ def make_items(per_class: int = 6, bad: int = 1) -> list[Item]:
 def write(items, out, **kw):
     kw.setdefault("max_samples", 5)
     encode = kw.pop("encode", encode_item)
-    return write_shard_set(items, encode, out, kind="video", classes=CLASSES, options={"codec": "test"}, **kw)
+    return write_shard_set(items, encode, out, ShardJob(kind="video", classes=CLASSES, options={"codec": "test"}, **kw))
 
 
 def tar_samples(tar_path) -> list[tuple[str, dict]]:

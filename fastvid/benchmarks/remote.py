@@ -50,12 +50,12 @@ def clip_bytes(work: Path) -> list[bytes]:
 def write_clip_set(out: Path, shards: int, per_shard: int, clips: list[bytes], split: str = "train", seed: int = 0,
                    pad_bytes: int = 0) -> int:
     """A video shard set of `shards` x `per_shard` samples (copies of the real clips); returns its tar bytes."""
-    from fastvid.store.writer import write_shard_set
+    from fastvid.store.writer import ShardJob, write_shard_set
 
     pad = os.urandom(pad_bytes) if pad_bytes else b""
     items = [Clip(f"{split}{i:05d}", i % 2, clips[i % 2], "mp4", pad) for i in range(shards * per_shard)]
-    manifest = write_shard_set(items, encode_clip, out, kind="video", classes=["up", "down"], options={"codec": "h264"},
-                               split=split, max_samples=per_shard, seed=seed)
+    manifest = write_shard_set(items, encode_clip, out, ShardJob(kind="video", classes=["up", "down"], options={"codec": "h264"},
+                               split=split, max_samples=per_shard, seed=seed))
     return sum(s["bytes"] for s in manifest["shards"])
 
 

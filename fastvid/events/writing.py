@@ -246,7 +246,7 @@ def shard_events(src, out_dir, *, format: str = "gen1", segment_ms: float = 500.
 
 
 def _write(items, fmt, out_dir, split, classes, segment_ms, layout: EventLayout, writer_kw) -> dict:
-    from fastvid.store.writer import write_shard_set
+    from fastvid.store.writer import ShardJob, write_shard_set
 
     options = {"format": fmt.name, "segment_ms": segment_ms,
                "sensor_size": list(next((i.sensor_size for i in items if not i.error), fmt.sensor_size)),
@@ -255,9 +255,9 @@ def _write(items, fmt, out_dir, split, classes, segment_ms, layout: EventLayout,
     encode = functools.partial(encode_segment, layout=layout)
     # A recording's segments stay together, in time order (recordings are shuffled as wholes): a rank that
     # streams a recording reads it from one shard or a few consecutive ones, not from every shard of the set.
-    return write_shard_set(items, encode, out_dir, kind="events",
-                           classes=list(classes or fmt.classes), options=options, split=split,
-                           desc=f"shard events ({fmt.name})", group=_recording_of, **writer_kw)
+    job = ShardJob(kind="events", classes=list(classes or fmt.classes), options=options, split=split,
+                   desc=f"shard events ({fmt.name})", group=_recording_of, **writer_kw)
+    return write_shard_set(items, encode, out_dir, job)
 
 
 def _recording_of(item: SegmentItem) -> str:

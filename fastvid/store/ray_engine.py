@@ -88,7 +88,7 @@ def iter_encoded(encode: Callable, items, workers: int, *, max_retries: int = DE
 
 
 def engine(address: str | None = None, num_cpus: int | None = None, max_retries: int = DEFAULT_MAX_RETRIES):
-    """An encoder for `write_shard_set(..., engine=...)` that runs on Ray (connecting when first used)."""
+    """An encoder for `write_shard_set(..., ShardJob(engine=...))` that runs on Ray (connecting when first used)."""
 
     def run(encode, items, workers):
         started = connect(address, num_cpus or (workers if not address else None))

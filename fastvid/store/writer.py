@@ -1,6 +1,6 @@
 """Generic, atomic, resumable WebDataset shard-set writer (used for videos and for event streams).
 
-`write_shard_set(items, encode, out_dir, ...)` turns a list of items (anything picklable with a
+`write_shard_set(items, encode, out_dir, ShardJob(...))` turns a list of items (anything picklable with a
 unique `.key` and a `.source`) into `OUT/<split>-000000.tar ...` plus, per tar, a DALI index and the
 per-sample planning metadata the kind's reader extracts (`<stem>.meta.json`, fastvid.store.shardmeta),
 and a manifest that records the sha256 of all three. What it guarantees:
@@ -411,29 +411,64 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
-def write_shard_set(items, encode: Callable, out_dir, *, kind: str, classes: Sequence[str], options: dict,
-                    split: str = "train", max_samples: int | None = DEFAULT_MAX_SAMPLES,
-                    max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, workers: int = 1, seed: int = 0,
-                    node_rank: int = 0, num_nodes: int = 1, strict: bool = False, desc: str = "shard",
-                    overwrite: bool = False, engine: Callable | None = None, group: Callable | None = None) -> dict:
-    """Write `items` as a WebDataset shard set under `out_dir`; returns the (partial, for num_nodes > 1) manifest.
+@dataclasses.dataclass(frozen=True)
+class ShardJob:
+    """One shard-writing job: the set it writes (kind, classes, the options it records, split, shard sizes)
+    and how the work is split and run (workers, seed, node part, engine, grouping, failure handling)."""
+
+    kind: str
+    classes: Sequence[str]
+    options: dict
+    split: str = "train"
+    max_samples: int | None = DEFAULT_MAX_SAMPLES
+    max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES
+    workers: int = 1
+    seed: int = 0
+    node_rank: int = 0
+    num_nodes: int = 1
+    strict: bool = False               # any failed input fails the job (else failures are recorded)
+    desc: str = "shard"                # progress bar and summary label
+    overwrite: bool = False            # replace a complete set of another job (built beside, swapped in)
+    engine: Callable | None = None     # engine(encode, items, workers) -> (item, ok, fields|error) in order
+    group: Callable | None = None      # group(item): items of one group stay together and in order
+
+    def check(self) -> "ShardJob":
+        if self.num_nodes < 1 or not 0 <= self.node_rank < self.num_nodes:
+            raise ValueError(f"node_rank must be in [0, num_nodes): got node_rank={self.node_rank}, "
+                             f"num_nodes={self.num_nodes}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1, got {self.max_samples}")
+        if self.max_shard_bytes is not None and self.max_shard_bytes < 1:
+            raise ValueError(f"max_shard_bytes must be >= 1, got {self.max_shard_bytes}")
+        if not re.fullmatch(r"[A-Za-z0-9_]+", self.split):
+            raise ValueError(f"split {self.split!r}: use letters, digits and '_' only (it starts every shard name)")
+        return self
+
+    @property
+    def prefix(self) -> str:
+        return shard_prefix(self.split, self.node_rank, self.num_nodes)
+
+    def recorded_options(self) -> dict:
+        """The manifest's options: the caller's, plus what decides how items fall into shards."""
+        return {**self.options, "seed": self.seed, "max_samples": self.max_samples,
+                "max_shard_bytes": self.max_shard_bytes, "num_nodes": self.num_nodes,
+                **({"grouped": True} if self.group is not None else {})}
+
+
+def write_shard_set(items, encode: Callable, out_dir, job: ShardJob) -> dict:
+    """Write `items` as a WebDataset shard set under `out_dir` as `job` says; returns the (partial, for
+    num_nodes > 1) manifest.
 
     `encode(item) -> {ext: value}` (a top-level function or a functools.partial of one, so worker
-    processes can pickle it) returns the sample's fields; exceptions become manifest failures.
-    `overwrite`: replace a complete set of another job (built beside, swapped in when complete).
-    `engine(encode, items, workers)` yields (item, ok, fields|error) in item order (default: local
-    processes; fastvid.store.ray_engine runs the encoding on Ray): the shards do not depend on it.
-    `group(item)`: items of one group (e.g. an event recording's segments) stay together and in order.
+    processes can pickle it) returns the sample's fields; exceptions become manifest failures. The shards
+    do not depend on the engine (fastvid.store.ray_engine runs the encoding on Ray).
     """
     previous = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM unwinds like Ctrl-C: the shard being written is deleted and the encoders are stopped.
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return _write_shard_set(items, encode, out_dir, kind=kind, classes=classes, options=options, split=split,
-                                max_samples=max_samples, max_shard_bytes=max_shard_bytes, workers=workers, seed=seed,
-                                node_rank=node_rank, num_nodes=num_nodes, strict=strict, desc=desc, overwrite=overwrite,
-                                engine=engine, group=group)
+        return _write_shard_set(list(items), encode, Path(out_dir), job.check())
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -472,19 +507,7 @@ def _changes(old: dict, new: dict) -> str:
     return ", ".join(diff[:5]) if diff else "the inputs differ"
 
 
-def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options, split, max_samples, max_shard_bytes,
-                     workers, seed, node_rank, num_nodes, strict, desc, overwrite, engine, group) -> dict:
-    from tqdm import tqdm
-
-    items = list(items)
-    if num_nodes < 1 or not 0 <= node_rank < num_nodes:
-        raise ValueError(f"node_rank must be in [0, num_nodes): got node_rank={node_rank}, num_nodes={num_nodes}")
-    if max_samples is not None and max_samples < 1:
-        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
-    if max_shard_bytes is not None and max_shard_bytes < 1:
-        raise ValueError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
-    if not re.fullmatch(r"[A-Za-z0-9_]+", split):
-        raise ValueError(f"split {split!r}: use letters, digits and '_' only (it starts every shard name)")
+def _check_keys(items) -> None:
     seen = set()
     for item in items:
         if not KEY_PATTERN.match(item.key):
@@ -493,133 +516,152 @@ def _write_shard_set(items, encode: Callable, out_dir, *, kind, classes, options
             raise ValueError(f"{item.source}: duplicate sample key {item.key!r}")
         seen.add(item.key)
 
-    out_dir = Path(out_dir)
-    prefix = shard_prefix(split, node_rank, num_nodes)
-    locks = _lock_writer(out_dir, prefix, num_nodes)  # noqa: F841 (held until this function returns)
-    manifest_path = out_dir / (partial_manifest_name(node_rank) if num_nodes > 1 else MANIFEST_NAME)
-    _check_same_set(out_dir / MANIFEST_NAME, split, kind)
-    if group is None:
-        mine = [items[i] for i in node_part(shuffled_order(len(items), seed), node_rank, num_nodes)]
-    else:
-        mine = [items[i] for i in grouped_node_part([group(it) for it in items], seed, node_rank, num_nodes)]
-    job_options = {**options, "seed": seed, "max_samples": max_samples, "max_shard_bytes": max_shard_bytes,
-                   "num_nodes": num_nodes, **({"grouped": True} if group is not None else {})}
-    fingerprint = hashlib.sha256(json.dumps(
-        {"kind": kind, "split": split, "classes": list(classes), "options": job_options, "node_rank": node_rank,
-         "items": [item_fingerprint(it) for it in mine]}, sort_keys=True, default=str).encode()).hexdigest()
 
-    done = _load_done_shards(out_dir, prefix, fingerprint)
+def _node_items(items: list, job: ShardJob) -> list:
+    """This node's items, in the job's deterministic order (whole groups when the job groups them)."""
+    if job.group is None:
+        return [items[i] for i in node_part(shuffled_order(len(items), job.seed), job.node_rank, job.num_nodes)]
+    return [items[i] for i in grouped_node_part([job.group(it) for it in items], job.seed, job.node_rank, job.num_nodes)]
+
+
+def _fingerprint(job: ShardJob, mine: list) -> str:
+    """What makes a rerun the same job (resume) or another one (refuse, or --overwrite)."""
+    return hashlib.sha256(json.dumps(
+        {"kind": job.kind, "split": job.split, "classes": list(job.classes), "options": job.recorded_options(),
+         "node_rank": job.node_rank, "items": [item_fingerprint(it) for it in mine]},
+        sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _write_shard_set(items: list, encode: Callable, out_dir: Path, job: ShardJob) -> dict:
+    _check_keys(items)
+    locks = _lock_writer(out_dir, job.prefix, job.num_nodes)  # noqa: F841 (held until this function returns)
+    manifest_path = out_dir / (partial_manifest_name(job.node_rank) if job.num_nodes > 1 else MANIFEST_NAME)
+    _check_same_set(out_dir / MANIFEST_NAME, job.split, job.kind)
+    mine = _node_items(items, job)
+    fingerprint = _fingerprint(job, mine)
+    done = _load_done_shards(out_dir, job.prefix, fingerprint)
     if not done and manifest_path.exists():
         # A complete set of another job (other options or inputs) is here: never delete it silently.
-        try:
-            old_options = json.loads(manifest_path.read_text()).get("options") or {}
-        except (json.JSONDecodeError, AttributeError):
-            old_options = {}
-        if not overwrite:
-            raise ValueError(f"{out_dir} holds a complete shard set made with other options or inputs "
-                             f"({_changes(old_options, job_options)}); rerun with --overwrite to replace it (the new set "
-                             "is built beside it and swapped in when complete), or write to another directory")
-        if num_nodes > 1:
-            raise ValueError(f"--overwrite with --num-nodes > 1: remove {out_dir} first (node parts cannot be swapped "
-                             "one by one)")
-        staging = _staging_dir(out_dir)
-        manifest = _write_shard_set(items, encode, staging, kind=kind, classes=classes, options=options, split=split,
-                                    max_samples=max_samples, max_shard_bytes=max_shard_bytes, workers=workers, seed=seed,
-                                    node_rank=node_rank, num_nodes=num_nodes, strict=False, desc=desc, overwrite=False,
-                                    engine=engine, group=group)
-        _swap_in(staging, out_dir)
-        print(f"{desc}: replaced the shard set in {out_dir}", file=sys.stderr)
-        _check_failures(manifest, len(mine), strict, manifest_path)
-        return manifest
-    _remove_leftovers(out_dir, prefix, keep=len(done))  # temp files are never taken as complete
+        return _replace_set(items, encode, out_dir, job, manifest_path, len(mine))
+    _remove_leftovers(out_dir, job.prefix, keep=len(done))  # temp files are never taken as complete
     if not done:  # a fresh job: an old manifest here would describe shards that are being replaced
         manifest_path.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    records, pending_failures, written_bytes = _write_shards(
+        encode, mine, out_dir, job, done, lambda recs: write_json_atomic({"fingerprint": fingerprint, "shards": recs},
+                                                                          _progress_path(out_dir, job.prefix)))
+    _remove_leftovers(out_dir, job.prefix, keep=len(records))
+    manifest = _manifest(job, records, pending_failures)
+    write_json_atomic(manifest, manifest_path)
+    if job.num_nodes == 1:
+        write_wids_index(out_dir, manifest)
+    _summary(job, manifest, records, manifest_path, kept=len(done), seconds=time.perf_counter() - t0,
+             written_bytes=written_bytes)
+    _check_failures(manifest, len(mine), job.strict, manifest_path)
+    return manifest
+
+
+def _replace_set(items: list, encode: Callable, out_dir: Path, job: ShardJob, manifest_path: Path, num_mine: int) -> dict:
+    """--overwrite: build the new set beside the complete one and swap it in when complete; else refuse."""
+    try:
+        old_options = json.loads(manifest_path.read_text()).get("options") or {}
+    except (json.JSONDecodeError, AttributeError):
+        old_options = {}
+    if not job.overwrite:
+        raise ValueError(f"{out_dir} holds a complete shard set made with other options or inputs "
+                         f"({_changes(old_options, job.recorded_options())}); rerun with --overwrite to replace it (the "
+                         "new set is built beside it and swapped in when complete), or write to another directory")
+    if job.num_nodes > 1:
+        raise ValueError(f"--overwrite with --num-nodes > 1: remove {out_dir} first (node parts cannot be swapped "
+                         "one by one)")
+    staging = _staging_dir(out_dir)
+    manifest = _write_shard_set(items, encode, staging, dataclasses.replace(job, strict=False, overwrite=False))
+    _swap_in(staging, out_dir)
+    print(f"{job.desc}: replaced the shard set in {out_dir}", file=sys.stderr)
+    _check_failures(manifest, num_mine, job.strict, manifest_path)
+    return manifest
+
+
+def _write_shards(encode: Callable, mine: list, out_dir: Path, job: ShardJob, done: list, save_progress):
+    """Encode the items after the complete shards `done` and write them into shards (a shard closes at
+    max_samples or max_shard_bytes); after each shard, `save_progress(records)`. Returns (records, failures
+    after the last shard, bytes written)."""
+    from tqdm import tqdm
+
     records = list(done)
     start = done[-1]["end"] if done else 0
-    progress_path = _progress_path(out_dir, prefix)
-
-    def save_progress():
-        write_json_atomic({"fingerprint": fingerprint, "shards": records}, progress_path)
-
-    pending_failures: list[dict] = []
-    current: _ShardFile | None = None
-    current_start = start
-    t0 = time.perf_counter()
-    written_bytes = 0
-    bar = tqdm(total=len(mine), initial=start, desc=desc, unit="item", dynamic_ncols=True, file=sys.stderr,
+    state = {"current": None, "start": start, "failures": [], "bytes": 0}
+    bar = tqdm(total=len(mine), initial=start, desc=job.desc, unit="item", dynamic_ncols=True, file=sys.stderr,
                disable=None)
 
     def close_current(end: int):
-        nonlocal current, written_bytes, pending_failures
-        record = current.finish()
-        record.update(start=current_start, end=end, failures=pending_failures)
-        written_bytes += record["bytes"]
+        record = state["current"].finish()
+        record.update(start=state["start"], end=end, failures=state["failures"])
+        state["bytes"] += record["bytes"]
         records.append(record)
-        pending_failures = []
-        current = None
-        save_progress()
+        state.update(current=None, failures=[])
+        save_progress(records)
 
     failed_count = sum(len(r["failures"]) for r in records)
-    encoded = (engine or _iter_encoded)(encode, mine[start:], workers)
+    encoded = (job.engine or _iter_encoded)(encode, mine[start:], job.workers)
     try:
-        position = start
-        for item, ok, payload in encoded:
+        for position, (item, ok, payload) in enumerate(encoded, start):
             if not ok:
-                pending_failures.append({"source": str(item.source), "error": payload})
+                state["failures"].append({"source": str(item.source), "error": payload})
                 failed_count += 1
             else:
                 size = sum(tar_member_bytes(len(v)) for v in payload.values())
-                if current is not None and max_shard_bytes is not None and current.bytes + size > max_shard_bytes:
+                current = state["current"]
+                if current is not None and job.max_shard_bytes is not None and current.bytes + size > job.max_shard_bytes:
                     close_current(position)
-                if current is None:
-                    current_start = position
-                    current = _ShardFile(out_dir, shard_name(prefix, len(records)), kind)
-                current.write(item.key, payload)
-                if max_samples is not None and current.samples >= max_samples:
+                if state["current"] is None:
+                    state.update(start=position, current=_ShardFile(out_dir, shard_name(job.prefix, len(records)), job.kind))
+                state["current"].write(item.key, payload)
+                if job.max_samples is not None and state["current"].samples >= job.max_samples:
                     close_current(position + 1)
-            position += 1
             bar.update(1)
-            bar.set_postfix(shards=len(records) + (current is not None), failed=failed_count, refresh=False)
-        if current is not None:
-            close_current(position)
+            bar.set_postfix(shards=len(records) + (state["current"] is not None), failed=failed_count, refresh=False)
+        if state["current"] is not None:
+            close_current(len(mine))
     except BaseException:
         encoded.close()  # stop the encoder processes now, not when the traceback is freed
-        if current is not None:
-            current.abort()
+        if state["current"] is not None:
+            state["current"].abort()
         raise
     finally:
         bar.close()
+    return records, state["failures"], state["bytes"]
 
-    _remove_leftovers(out_dir, prefix, keep=len(records))
-    failures = [f for r in records for f in r["failures"]] + pending_failures
+
+def _manifest(job: ShardJob, records: list, pending_failures: list) -> dict:
     manifest = {
         "format": FORMAT,
         "version": VERSION,
-        "kind": kind,
-        "split": split,
+        "kind": job.kind,
+        "split": job.split,
         "num_samples": sum(r["samples"] for r in records),
-        "classes": list(classes),
+        "classes": list(job.classes),
         "shards": [{k: r[k] for k in SHARD_KEYS + OPTIONAL_SHARD_HASHES if k in r} for r in records],
-        "failures": failures,
-        "options": job_options,
+        "failures": [f for r in records for f in r["failures"]] + pending_failures,
+        "options": job.recorded_options(),
     }
-    if num_nodes > 1:
-        manifest["node_rank"] = node_rank
-    write_json_atomic(manifest, manifest_path)
-    if num_nodes == 1:
-        write_wids_index(out_dir, manifest)
+    if job.num_nodes > 1:
+        manifest["node_rank"] = job.node_rank
+    return manifest
 
-    elapsed = time.perf_counter() - t0
-    skipped = f", {len(done)} complete shards kept from an earlier run" if done else ""
-    print(f"{desc}: {manifest['num_samples']} samples in {len(records)} shards "
+
+def _summary(job: ShardJob, manifest: dict, records: list, manifest_path: Path, *, kept: int, seconds: float,
+             written_bytes: int) -> None:
+    """The job's summary line on stderr, and the first failed inputs."""
+    failures = manifest["failures"]
+    skipped = f", {kept} complete shards kept from an earlier run" if kept else ""
+    print(f"{job.desc}: {manifest['num_samples']} samples in {len(records)} shards "
           f"({human_bytes(sum(r['bytes'] for r in records))}) -> {manifest_path}; {len(failures)} failed{skipped}; "
-          f"{elapsed:.1f} s ({human_bytes(written_bytes / max(elapsed, 1e-9))}/s written)", file=sys.stderr)
+          f"{seconds:.1f} s ({human_bytes(written_bytes / max(seconds, 1e-9))}/s written)", file=sys.stderr)
     for f in failures[:MAX_LISTED_FAILURES]:
         print(f"  failed: {f['source']}: {f['error']}", file=sys.stderr)
     if len(failures) > MAX_LISTED_FAILURES:
         print(f"  ... and {len(failures) - MAX_LISTED_FAILURES} more (see 'failures' in {manifest_path})", file=sys.stderr)
-    _check_failures(manifest, len(mine), strict, manifest_path)
-    return manifest
 
 
 def _check_failures(manifest: dict, num_inputs: int, strict: bool, manifest_path: Path) -> None:

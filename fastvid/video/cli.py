@@ -80,7 +80,7 @@ def video_engine(args):
 
 def run(args) -> int:
     from fastvid.video import sources, transcode
-    from fastvid.store.writer import write_shard_set
+    from fastvid.store.writer import ShardJob, write_shard_set
 
     options = video_options(args)
     items, classes = sources.discover(args.layout, args.src, list_file=args.list_file, video_root=args.video_root,
@@ -94,9 +94,9 @@ def run(args) -> int:
                 "short_side": options.short_side, "fps": options.fps, "frames_fps": options.frames_fps,
                 "gop": options.gop if options.codec != "copy" else None, "crf": options.crf,
                 "preset": options.preset if options.codec == "h264" else None}
-    write_shard_set(items, functools.partial(transcode.encode_sample, options=options), args.out, kind="video",
-                    classes=classes, options=recorded, split=args.split, max_samples=args.max_samples,
-                    max_shard_bytes=args.max_shard_bytes, workers=args.workers, seed=args.seed,
-                    node_rank=args.node_rank, num_nodes=args.num_nodes, strict=args.strict, desc=f"shard {args.split}",
-                    overwrite=args.overwrite, engine=video_engine(args))
+    job = ShardJob(kind="video", classes=classes, options=recorded, split=args.split, max_samples=args.max_samples,
+                   max_shard_bytes=args.max_shard_bytes, workers=args.workers, seed=args.seed, node_rank=args.node_rank,
+                   num_nodes=args.num_nodes, strict=args.strict, desc=f"shard {args.split}", overwrite=args.overwrite,
+                   engine=video_engine(args))
+    write_shard_set(items, functools.partial(transcode.encode_sample, options=options), args.out, job)
     return 0
