@@ -8,7 +8,6 @@ nothing.
 from __future__ import annotations
 
 import collections
-import json
 
 from fastvid.store import kinds
 from fastvid.store.inspect import histogram_lines
@@ -31,13 +30,8 @@ class EventsReader(kinds.KindReader):
     PLANNING_FIELDS = ("recording", "segment", "t0", "t1", "num_events", "num_boxes", "recording_t_end", "sensor_size")
 
     def sample_metadata(self, key: str, components: dict[str, bytes], where: str) -> dict:
-        if "json" not in components:
-            return {}
-        try:
-            meta = json.loads(components["json"])
-        except ValueError as exc:
-            raise ValueError(f"{where}: sample {key!r} has invalid json ({exc})") from None
-        if not isinstance(meta, dict):
+        meta = self.sample_json(key, components, where)
+        if not meta:
             return {}
         out = {name: meta[name] for name in self.PLANNING_FIELDS if name in meta}
         if "boxes.npy" in components:

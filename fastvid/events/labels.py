@@ -19,22 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastvid.events.io import crop_boxes
+
 SELECTIONS = ("all", "rvt-gen1", "rvt-gen4")
 ALIGN_US = 100_000        # RVT's align_t_ms: label times before 100 ms are not references
 TOLERANCE_US = 2_000      # jitter accepted around the base interval
 GEN1_BASE_US = 250_000    # GEN1 labels are kept on a 4 Hz grid
-
-
-def crop_to_sensor(boxes: np.ndarray, sensor_size) -> np.ndarray:
-    """Boxes clipped to the sensor, as RVT does (right/bottom edges at W - 1 / H - 1); empty boxes dropped."""
-    width, height = sensor_size
-    x0 = np.clip(boxes["x"], 0, width - 1)
-    y0 = np.clip(boxes["y"], 0, height - 1)
-    x1 = np.clip(boxes["x"] + boxes["w"], 0, width - 1)
-    y1 = np.clip(boxes["y"] + boxes["h"], 0, height - 1)
-    out = boxes.copy()
-    out["x"], out["y"], out["w"], out["h"] = x0, y0, x1 - x0, y1 - y0
-    return out[(out["w"] > 0) & (out["h"] > 0)]
 
 
 def rvt_filter(boxes: np.ndarray, sensor_size, dataset: str, train: bool) -> np.ndarray:
@@ -43,7 +33,7 @@ def rvt_filter(boxes: np.ndarray, sensor_size, dataset: str, train: bool) -> np.
         raise ValueError(f"RVT's label selection exists for gen1 and gen4, not {dataset!r}")
     if dataset == "gen4":
         boxes = boxes[boxes["class_id"] <= 2]
-    boxes = crop_to_sensor(boxes, sensor_size)
+    boxes = crop_boxes(boxes, sensor_size)
     w, h = boxes["w"], boxes["h"]
     if dataset == "gen1":
         keep = (w ** 2 + h ** 2 >= 30 ** 2) & (w >= 10) & (h >= 10)

@@ -32,6 +32,19 @@ class KindReader(abc.ABC):
         (fastvid.store.shardmeta); old sets compute it once. Unusable content: leave the field out, or
         raise ValueError naming `where` (the sample is then planned as broken)."""
 
+    @staticmethod
+    def sample_json(key: str, components: dict[str, bytes], where: str) -> dict:
+        """A sample's json component as a dict ({} when it has none); invalid JSON is an error naming it."""
+        if "json" not in components:
+            return {}
+        import json
+
+        try:
+            meta = json.loads(components["json"])
+        except ValueError as exc:
+            raise ValueError(f"{where}: sample {key!r} has invalid json ({exc})") from None
+        return meta if isinstance(meta, dict) else {}
+
     # `fastvid inspect`: the kind's share of the summary (the store does sizes, hashes, keys and indexes).
     def inspect_sample(self, key: str, fields: dict, info: dict | None, acc: dict, verify: bool) -> list[str]:
         """Add one sample to `acc`; return problems found (only looked for when `verify`)."""

@@ -8,7 +8,6 @@ nothing.
 from __future__ import annotations
 
 import collections
-import json
 
 from fastvid.pipeline import backends
 from fastvid.store import kinds
@@ -31,14 +30,7 @@ class VideoReader(kinds.KindReader):
     PLANNING_FIELDS = ("num_frames", "fps", "width", "height", "duration", "codec", "label")
 
     def sample_metadata(self, key: str, components: dict[str, bytes], where: str) -> dict:
-        if "json" not in components:
-            return {}
-        try:
-            meta = json.loads(components["json"])
-        except ValueError as exc:
-            raise ValueError(f"{where}: sample {key!r} has invalid json ({exc})") from None
-        if not isinstance(meta, dict):
-            return {}
+        meta = self.sample_json(key, components, where)
         return {name: meta[name] for name in self.PLANNING_FIELDS if name in meta}
 
     def inspect_sample(self, key, fields, info, acc, verify):
