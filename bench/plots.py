@@ -152,7 +152,7 @@ def _remote(ax) -> None:
     more = twin.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower right")
     load = result.get("load_average")
-    ax.set_title(f"Remote set over HTTP, 2 ranks, cache 1/8 of the set each\n({_when(result)}"
+    ax.set_title(f"Remote set over HTTP, 2 ranks, each cache 1/8 of the set (at least the window)\n({_when(result)}"
                  + (f", load average {sig(load[0], 2)})" if load else ")"), fontsize=9)
 
 
