@@ -115,8 +115,50 @@ def _shard_engines(ax) -> None:
                  f"{sig(load[0], 2)} at the end)", fontsize=9)
 
 
+def _event_shards(ax) -> None:
+    """Event windows -> stacked histograms, every path of one run, as a ratio to the DAT-file path."""
+    result = _load("events-shards-cpu.json")
+    paths = result["paths"]
+    names = sorted(paths, key=lambda n: paths[n]["windows_per_s"])
+    rates = [paths[n]["windows_per_s"] for n in names]
+    colors = ["tab:gray" if n.startswith(("dat", "tonic", "floor")) else "tab:blue" for n in names]
+    ax.barh(range(len(names)), rates, color=colors)
+    for i, n in enumerate(names):
+        ax.text(rates[i], i, f" {sig(rates[i])} ({sig(paths[n]['x_dat'])}x)", va="center", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("windows/s (50 ms, 10 bins, batches of 16); ratio to the `dat` path in brackets")
+    load = result.get("load_average_before")
+    ax.set_title(f"Event windows -> stacked histograms, every path in one run (grey: baselines)\n({_when(result)}"
+                 + (f", load average {sig(load[0], 2)} before)" if load else ")"), fontsize=9)
+
+
+def _remote(ax) -> None:
+    """Training from a remote set as it grows: seconds to the first batch and tar bytes fetched before it."""
+    result = _load("remote-cpu.json")
+    sizes = result["sizes"]
+    shards = [s["shards"] for s in sizes]
+    for r in range(len(sizes[0]["ranks"])):
+        ax.plot(shards, [s["ranks"][r]["first_batch_s"] for s in sizes], marker="o", label=f"rank {r}: first batch, s")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(shards, [f"{n} shards\n{sig(s['set_bytes'] / 2**20)} MiB" for n, s in zip(shards, sizes)], fontsize=8)
+    ax.set_ylabel("seconds to the first batch")
+    ax.set_ylim(bottom=0)
+    twin = ax.twinx()
+    twin.plot(shards, [s["ranks"][0]["tar_bytes_before_first_batch"] / 2**20 for s in sizes], color="tab:gray",
+              linestyle="--", marker="s", label="tar MiB fetched before it")
+    twin.set_ylabel("tar MiB before the first batch")
+    twin.set_ylim(bottom=0)
+    lines = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower right")
+    load = result.get("load_average")
+    ax.set_title(f"Remote set over HTTP, 2 ranks, each cache 1/8 of the set (at least the window)\n({_when(result)}"
+                 + (f", load average {sig(load[0], 2)})" if load else ")"), fontsize=9)
+
+
 PLOTS = {"loader": _loader, "event-kernels": _event_kernels, "event-readers": _event_readers,
-         "event-loader-stages": _event_loader_stages, "shard-engines": _shard_engines}
+         "event-loader-stages": _event_loader_stages, "shard-engines": _shard_engines, "event-shards": _event_shards,
+         "remote": _remote}
 
 
 def render(name: str) -> bytes:

@@ -1,6 +1,7 @@
-"""Event-camera data: reading (Prophesee DAT and RAW EVT 2.0/3.0, bbox npy, plain arrays), tensor representations,
-event shards (codec, layouts, writing, reading), the streaming sequence loader and the detector (fastvid.events.detect).
-Registered into the core by fastvid.events.kind."""
+"""Event-camera data: reading (io: Prophesee DAT, bbox npy, plain arrays; raw: EVT 2.0/3.0), tensor representations,
+event shards (codec, blocks: layout v2, precompute, gpu_decode, layouts, writing, reading, segments), the one window
+arithmetic (windows, labels) and its samplers (sampling), the event backend and the sequence loader (backend, sequence),
+and the detector (fastvid.events.detect). Registered into the core by fastvid.events.kind."""
 
 from __future__ import annotations
 

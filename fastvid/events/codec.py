@@ -8,7 +8,7 @@ A sample (key ``<recording>_s<segment:06d>``) holds
   (`zstd -d` then ``np.load`` reads it); ``events.npz`` ("deflate": each column deflate-compressed
   inside the .npz; "stored": not compressed), which ``np.load`` reads as it is. Zstandard level 1
   packs these columns a little smaller than deflate level 1 and decodes several times faster
-  (deflate's inflate was the loader's bottleneck; see bench/results/events-codec-cpu.json);
+  (deflate's inflate was the loader's bottleneck; see bench/results/events-io-cpu.json);
 * ``boxes.npy``: the boxes (BOX_DTYPE) whose timestamp falls in the segment;
 * ``json``: {"recording", "segment", "t0", "t1", "sensor_size": [W, H], "num_events", "num_boxes",
   "source", "recording_t_end"} (``recording_t_end``: one past the recording's last event or box, so

@@ -2,7 +2,9 @@
 
 A manifest says what a shard set holds:
 {"format": "fastvid-shards", "version": 1, "kind": "video"|"events", "split", "num_samples",
- "classes": [names, index = label], "shards": [{"name", "samples", "bytes", "sha256"}],
+ "classes": [names, index = label], "shards": [{"name", "samples", "bytes", "sha256", "index_sha256",
+ "meta_sha256"}] (the last two: hashes of the shard's index and per-shard metadata file, in sets written
+ since the streaming store),
  "failures": [{"source", "error"}], "options": {...}}
 Multi-node jobs write partial manifests (`manifest-n<rank>.json`) that `fastvid manifest` merges.
 """

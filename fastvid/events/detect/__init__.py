@@ -1,2 +1,4 @@
-"""Event-camera object detection: Prophesee's COCO evaluation protocol, a recurrent detector, its loss
-and the TBPTT trainer behind `fastvid train-events` / `fastvid eval-events`."""
+"""Event-camera object detection: Prophesee's COCO evaluation protocol (evaluate, eval_cli: `fastvid
+eval-events`), a recurrent detector (model, loss, augment, postprocess) and the TBPTT task (task:
+EventDetection, config: DetectConfig) that the one Trainer (fastvid.train.trainer) runs for `fastvid
+train-events` (train_cli)."""
