@@ -3,7 +3,8 @@
 Generates a learnable motion-recognition dataset (shapes moving in class-specific ways over
 varied backgrounds), encodes it as real video files, shards it with `fastvid shard videos`,
 trains a small video model with `fastvid train`, evaluates it, and writes DIR/summary.json and
-DIR/report.png. On a GPU it uses DALI's GPU path; on CPU, VP9 shards and DALI's CPU decoder.
+DIR/report.png. The loader backend is `auto`: on a GPU, H.264 shards for NVDEC; on CPU, VP9 shards read by
+PyAV decode workers (measured faster there than DALI's CPU decoder, which is the other choice for VP9).
 """
 
 from __future__ import annotations
