@@ -543,3 +543,32 @@ def test_events_shards_benchmark_paths_cover_the_same_windows(tmp_path):
     assert {"shards:blocks-lz4", "windows->uint8:blocks-lz4", "precomputed (uint8 batch)", "loader uint8: precomputed",
             "loader uint8: events"} <= set(r["paths"])
     assert "x dat" in format_table(r)
+
+
+def test_loader_reads_precomputed_windows_with_the_same_boxes(gen1_src, tmp_path):
+    """With precomputed histograms in the set, the loader reads them (not the events) and hands out the same
+    inputs, labels and boxes per window as its events path, each segment's boxes decoded once per pass."""
+    from fastvid.cli import main as fastvid_main
+    from conftest import event_loader
+
+    out = tmp_path / "pre"
+    assert fastvid_main(["shard", "events", str(gen1_src), str(out), "--segment-ms", "300", "--codec", "zstd",
+                         "--block-ms", "10", "--precompute", "stacked_histogram:window_ms=50:bins=3"]) == 0
+
+    def by_window(precomputed):
+        loader = event_loader(out, 2, window_ms=50, bins=3, shuffle=False, dtype="uint8", precomputed=precomputed,
+                              window_mode="grid")
+        assert (loader.precomputed is not None) == precomputed
+        rows = {}
+        for b in loader:
+            for i in range(len(b["recording"])):
+                if b["recording"][i]:
+                    rows[(b["recording"][i], int(b["t0"][i]))] = (b["x"][i].numpy(), b["boxes"][i])
+        return rows
+
+    events, stored = by_window(False), by_window(True)
+    assert stored.keys() == events.keys() and len(stored) > 10
+    assert sum(len(boxes) for _, boxes in events.values()) > 0
+    for key, (x, boxes) in events.items():
+        np.testing.assert_array_equal(stored[key][0], x)
+        np.testing.assert_array_equal(np.asarray(stored[key][1]), np.asarray(boxes))

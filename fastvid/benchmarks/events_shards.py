@@ -16,6 +16,8 @@ interleaved round-robin so that a busy machine slows them all alike), it times:
   ``dat (uint8 kernel)`` is the baseline with the same uint8 kernel, for a like-for-like ratio;
 * ``precomputed``: the stacked histograms stored in the shards (`--precompute`), read with
   `SegmentReader.read_representation` into a float32 (and a uint8) batch;
+* ``loader uint8``: `EventSequenceLoader` with uint8 output over the set that holds them, reading them
+  (``precomputed``) or the events (``events``), with its default producer thread and without one;
 * ``floor: output <dtype> batches only``: allocating and touching the (B, C, H, W) batches alone, no events:
   no CPU path that hands out fresh batches can beat it;
 * ``gpu:<layout>`` (CUDA only): columns decompressed with nvCOMP on the GPU, then the CUDA kernels;
@@ -153,14 +155,16 @@ def _tonic(windows, window_us, bins, sensor_size) -> tuple[int, int]:
     return events, len(windows)
 
 
-def _loader(shards, window_ms, bins, batch, device, dtype, precomputed: bool = False) -> tuple[int, int, dict]:
+def _loader(shards, window_ms, bins, batch, device, dtype, precomputed: bool = False,
+            prefetch: int = 2) -> tuple[int, int, dict]:
     """EventSequenceLoader over the set; `precomputed`: let it read the stored histograms (the set must hold
-    them for these windows) instead of the events. Events per window come from the shards' metadata then."""
+    them for these windows) instead of the events. Events per window come from the shards' metadata then.
+    `prefetch` 0: no producer thread, steps made in the consuming thread (as the DAT path runs)."""
     from fastvid.events.sequence import Encoding, EventExecution, EventSequenceLoader, Windowing
 
     loader = EventSequenceLoader(shards, batch, Windowing(window_ms=window_ms, shuffle=False),
                                  Encoding("stacked_histogram", bins=bins, dtype=dtype, precomputed=precomputed),
-                                 EventExecution(device=device))
+                                 EventExecution(device=device, prefetch=prefetch))
     if precomputed and loader.precomputed is None:
         raise ValueError(f"{shards}: holds no precomputed representation for these windows")
     for _ in loader:
@@ -341,6 +345,12 @@ def _paths(sets, windows, window_us, window_ms, bins, sensor, batch, device, dty
             # The same through EventSequenceLoader, against its events path at the same output dtype.
             paths["loader uint8: precomputed"] = lambda p=s["path"]: _loader(p, window_ms, bins, batch, device, "uint8", True)
             paths["loader uint8: events"] = lambda p=s["path"]: _loader(p, window_ms, bins, batch, device, "uint8")
+            # No producer thread: nothing to overlap with here (the consumer does no training step), and on a CPU
+            # its hand-offs hold the GIL; the DAT path runs in the consuming thread too.
+            paths["loader uint8, no prefetch thread: precomputed"] = (
+                lambda p=s["path"]: _loader(p, window_ms, bins, batch, device, "uint8", True, prefetch=0))
+            paths["loader uint8, no prefetch thread: events"] = (
+                lambda p=s["path"]: _loader(p, window_ms, bins, batch, device, "uint8", prefetch=0))
         if device.startswith("cuda") and _gpu.cupy_available() and name.startswith("blocks-") and "packed" not in name:
             paths[f"gpu:{name}"] = (lambda p=s["path"]: _gpu_decode(p, window_ms, bins, batch))
     shape = (2 * bins, sensor[1], sensor[0])

@@ -34,6 +34,7 @@ from fastvid.pipeline.contract import Chunk, Failure, Ragged
 from fastvid.pipeline.device import host_buffer, host_zeros
 
 COLUMNS = ("t", "x", "y", "p")
+_BOX_CACHE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ class EventBackend:
         # (field, (C, H, W)) of representations precomputed in the shards for exactly these grid windows:
         # steps then read them (uint8) instead of events (fastvid.events.precompute).
         self.precomputed = precomputed
+        self._box_cache: dict = {}  # (tar, segment key) -> its boxes, while its precomputed windows are read
 
     def epoch_chunks(self, epoch: int, steps, stream=None):
         """The steps' chunks; `stream` (a ShardStream over the set, in `plan_reads` order): read each tar from it."""
@@ -334,7 +336,7 @@ class EventBackend:
             try:
                 reader.read_representation(rec.segments[k], field, [(t0 - rec.segment_t0(k)) // (t1 - t0)],
                                            out=target[b:b + 1], out_zeroed=True)
-                boxes = rec.boxes if rec.boxes is not None else self._segment_boxes(reader, rec.segments[k])
+                boxes = rec.boxes if rec.boxes is not None else self._segment_boxes(reader, rec.segments[k], box_cache)
             except (ValueError, OSError) as exc:
                 return Failure(f"{rec.name}@{item.window}", str(exc))
             finally:
@@ -343,6 +345,7 @@ class EventBackend:
             return _Row(item, rec.name, [], t0, t1, int(plan.label_t[item.window]),
                         window_boxes(boxes, plan, item.window, self.select))
 
+        box_cache = self._box_cache
         wanted = [b for b, item in enumerate(row) if not item.padding]
         done = list(pool.map(read, wanted)) if pool is not None else [read(b) for b in wanted]
         rows = [_PaddingRow(item.stream) for item in row]
@@ -357,16 +360,27 @@ class EventBackend:
         yield chunk
 
     @staticmethod
-    def _segment_boxes(reader, ref) -> np.ndarray:
+    def _segment_boxes(reader, ref, cache: dict) -> np.ndarray:
+        """A segment's boxes by time, decoded once while its windows are read (`cache` holds the last few)."""
         from fastvid.events.codec import BOXES_EXT, decode_boxes
 
+        key = (ref.tar, ref.key)
+        boxes = cache.get(key)
+        if boxes is not None:
+            return boxes
         if BOXES_EXT not in ref.fields:
-            return evio.empty_boxes()
-        try:
-            boxes = decode_boxes(reader.read_fields(ref, {BOXES_EXT})[BOXES_EXT])
-        except ValueError as exc:
-            raise ValueError(f"{ref.tar}: cannot decode the boxes of segment {ref.key!r} ({exc})") from None
-        return boxes[np.argsort(boxes["t"], kind="stable")]
+            boxes = evio.empty_boxes()
+        else:
+            try:
+                boxes = decode_boxes(reader.read_fields(ref, {BOXES_EXT})[BOXES_EXT])
+            except ValueError as exc:
+                raise ValueError(f"{ref.tar}: cannot decode the boxes of segment {ref.key!r} ({exc})") from None
+            boxes = boxes[np.argsort(boxes["t"], kind="stable")]
+        with _BOX_CACHE_LOCK:  # reader threads fill it together
+            while len(cache) >= 256:  # segments of the streams' current windows only
+                cache.pop(next(iter(cache)))
+            cache[key] = boxes
+        return boxes
 
     def _assemble(self, rows) -> Chunk:
         counts = np.array([r.count for r in rows], np.int64)
