@@ -360,7 +360,7 @@ def _paths(sets, windows, window_us, window_ms, bins, sensor, batch, device, dty
     return paths
 
 
-def run_benchmark(work_dir="bench_work/events-shards", recordings=8, duration_s=4.0, rate_meps=1.0, segment_ms=500.0,
+def run_benchmark(work_dir="bench_work/events-shards", recordings=32, duration_s=4.0, rate_meps=1.0, segment_ms=500.0,
                   window_ms=50.0, bins=10, batch=16, repeats=3, layouts=None, device="cpu", dtype="float32",
                   tonic_windows=64, quick=False) -> dict:
     from fastvid import _gpu
@@ -442,7 +442,8 @@ def format_table(result: dict) -> str:
 
 def add_arguments(p):
     p.add_argument("--work-dir", default="bench_work/events-shards", help="where generated recordings and shard sets go")
-    p.add_argument("--recordings", type=int, default=8)
+    p.add_argument("--recordings", type=int, default=32,
+                   help="generated recordings (32 x 4 s: every path runs over a second per pass, past its start-up)")
     p.add_argument("--duration-s", type=float, default=4.0, help="seconds per generated recording")
     p.add_argument("--rate-meps", type=float, default=1.0, help="events per second of recording, in millions (GEN1: ~0.67)")
     p.add_argument("--segment-ms", type=float, default=500.0)
