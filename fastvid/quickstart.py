@@ -4,7 +4,7 @@ Generates a learnable motion-recognition dataset (shapes moving in class-specifi
 varied backgrounds), encodes it as real video files, shards it with `fastvid shard videos`,
 trains a small video model with `fastvid train`, evaluates it, and writes DIR/summary.json and
 DIR/report.png. The loader backend is `auto`: on a GPU, H.264 shards for NVDEC; on CPU, VP9 shards read by
-PyAV decode workers (measured faster there than DALI's CPU decoder, which is the other choice for VP9).
+DALI's CPU decoder (measured faster there than PyAV's decode workers, which take over without DALI).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from fastvid import _gpu
+from fastvid.store.atomic import atomic_path
 
 
 def add_arguments(p):
@@ -23,7 +24,7 @@ def add_arguments(p):
     p.add_argument("--out", default="fastvid_quickstart", help="output folder (dataset, shards, checkpoints, summary)")
     p.add_argument("--videos-per-class", type=int, default=30, help="training videos per class (val gets a third of that)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 30)")
-    p.add_argument("--model", default=None, help="model name from fastvid.video.models (default: R3D-18 at a quarter of its width)")
+    p.add_argument("--model", default=None, help="model name from fastvid.train.models.list_models() (default: R3D-18 at a quarter of its width)")
     p.add_argument("--backend", default="auto", choices=["auto", "dali", "pyav"])
     p.add_argument("--seed", type=int, default=0)
 
@@ -166,7 +167,6 @@ def write_report(rows: list[dict], path: Path, chance: float | None = None) -> N
     axes[2].bar(epochs, [r.get("clips_per_s") or 0 for r in rows])
     axes[2].set(title="train clips/s", xlabel="epoch")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)

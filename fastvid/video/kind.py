@@ -205,11 +205,14 @@ _register_threaded("pynvvideocodec", _pynvvideocodec,
 _register_threaded("torchcodec", _torchcodec, "torchcodec VideoDecoder(device='cuda') (NVDEC; needs FFmpeg libraries on the system)")
 _register_threaded("spdl", _spdl, "SPDL demux + NVDEC decode (thread-local decoders; needs FFmpeg libraries on the system)")
 # Preference of backend="auto", per device, by measurement.
-# CPU: `fastvid bench loader` on the default set (480 VP9 videos at short side 128, 2 cores, 2026-11-30):
-# PyAV workers 78 clips/s, DALI fed the work list 31 clips/s, so PyAV comes first; DALI's CPU decoder
-# reads only VP8/VP9 anyway. GPU ordering unmeasured: no GPU has run the comparison with the NVDEC
-# candidates yet, so the current default (DALI, then a CPU decoder) is kept, the candidates between them;
-# reorder once `bench/gpu_check.sh` has measured them. The last entry decodes everything (last resort).
-backends.set_auto_order(KIND, "cpu", ("pyav", "dali"))
+# CPU: `fastvid bench loader` on the default set (480 VP9 videos at short side 128, 2-core Intel Xeon,
+# 2026-12-07, bench/results/loader-cpu-short128.json): DALI's CPU decoder fed the work list 111.6 clips/s
+# (1.93 cores busy, first batch 0.31 s), PyAV workers 79.9 (1.51 cores, 1.45 s), so DALI comes first for
+# the codecs it reads (VP8/VP9); PyAV takes every other codec, and machines without DALI. `fastvid
+# quickstart` agrees (255 s with DALI, 283 s with PyAV). GPU ordering unmeasured: no GPU has run the
+# comparison with the NVDEC candidates yet, so the current default (DALI, then a CPU decoder) is kept,
+# the candidates between them; reorder once `bench/gpu_check.sh` has measured them. The last entry
+# decodes everything (last resort).
+backends.set_auto_order(KIND, "cpu", ("dali", "pyav"))
 backends.set_auto_order(KIND, "cuda", ("dali", "pynvvideocodec", "spdl", "torchcodec", "pyav"))
 models.add_model_source(_load_models)
