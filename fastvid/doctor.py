@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from fastvid.store.atomic import atomic_path
+
 STAGES = ("tar read", "demux", "decode", "crop/resize/normalize", "host-to-device", "training step")
 
 KNOBS = {
@@ -63,7 +65,7 @@ def add_arguments(p):
     p.add_argument("--out", default="doctor", help="directory for doctor.json and doctor.png")
 
 
-def _time_stages(shard_set, config, work, device, workers: int) -> dict:
+def _time_stages(shard_set, config, work, device) -> dict:
     """Seconds per clip of read, demux, decode and pixels over the sampled work items (one at a time)."""
     import io
 
@@ -188,7 +190,7 @@ def diagnose(*, shards, model: str = "r3d_18", device: str = "auto", backend: st
     probe = make_loader()
     chosen = probe.backend
     work = probe.epoch_work(0)[:samples]
-    per_clip = _time_stages(probe.shard_set, probe.config, work, device, workers)
+    per_clip = _time_stages(probe.shard_set, probe.config, work, device)
     batch = next(iter(probe))
     probe.close()
     uint8 = torch.randint(0, 256, (batch["video"].shape[0], clip_len, *batch["video"].shape[-2:], 3), dtype=torch.uint8)
@@ -254,10 +256,9 @@ def write_png(result: dict, path: Path) -> None:
     ax.set_title(f"fastvid doctor: {result['model']} on {result['device']}, backend {result['backend']}\n"
                  f"bottleneck: {result['bottleneck']}", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def table(result: dict) -> str:

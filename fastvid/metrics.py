@@ -75,10 +75,6 @@ class ResourceSampler:
         self._rss_max = 0
         self._gpu_mem_max = 0
 
-    @property
-    def has_gpu(self) -> bool:
-        return bool(self._handles)
-
     def _procs(self):
         # Keep one Process object per pid: psutil's cpu_percent(None) measures since the previous
         # call on the same object, so fresh objects for children would always read 0%.

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from fastvid.store.atomic import atomic_path
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=float, default=0.5, help="seconds between samples (default: 0.5)")
@@ -45,12 +47,10 @@ def sample_rows(samples, t0: float, num_gpus: int) -> list[list]:
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)
-    tmp.replace(path)
 
 
 def plot_timeline(path: Path, header: list[str], rows: list[list], title: str) -> None:
@@ -78,10 +78,9 @@ def plot_timeline(path: Path, header: list[str], rows: list[list], title: str) -
     axes[-1, 0].set_xlabel("seconds")
     axes[0, 0].set_title(title if gpus else f"{title}  (no GPU visible: GPU columns empty)", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def profile_command(cmd: list[str], out_dir: str | Path, interval: float = 0.5) -> dict:
@@ -120,9 +119,8 @@ def profile_command(cmd: list[str], out_dir: str | Path, interval: float = 0.5) 
                                 max(1, sum(1 for s in sampler.samples if s.sm_clock_mhz)), 1) if num_gpus else None,
         csv=str(out / "profile.csv"), png=str(out / "profile.png"),
     )
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out / "summary.json")
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

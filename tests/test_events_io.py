@@ -250,6 +250,39 @@ def test_h5_needs_h5py_or_reads(tmp_path):
 # ---------------------------------------------------------------------------- segment logic
 
 
+def test_write_dat_failing_mid_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    import errno
+
+    ts, xs, ys, ps = random_events(100, 10_000, seed=3)
+    events = np.zeros(len(ts), EVENT_DTYPE)
+    events["t"], events["x"], events["y"], events["p"] = ts, xs, ys, ps
+    path = tmp_path / "a_td.dat"
+    evio.write_dat(path, events)
+    before = path.read_bytes()
+    assert evio.read_dat(path)["t"].tolist() == events["t"].tolist()
+
+    class FullDisk:  # the header is half written, then the disk is full
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_open = open
+    monkeypatch.setattr(evio, "open", lambda p, mode: FullDisk(real_open(p, mode)), raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        evio.write_dat(path, events[:10])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["a_td.dat"]
+
+
 def test_segment_edges_cover_span_half_open():
     edges = seg.segment_edges(120_000, 1_000_000, 500_000)
     assert edges.tolist() == [0, 500_000, 1_000_000, 1_500_000]  # t=1_000_000 opens the third segment
@@ -258,7 +291,7 @@ def test_segment_edges_cover_span_half_open():
         seg.segment_edges(0, 10, 0)
 
 
-def test_split_and_assign_preserve_counts_at_borders():
+def test_split_preserves_counts_at_borders():
     t = np.array([0, 1, 499_999, 500_000, 500_000, 999_999, 1_000_000, 1_234_567])
     edges = seg.recording_edges((int(t[0]), int(t[-1])), np.array([500_000, 1_499_999]), 500_000)
     assert edges.tolist() == [0, 500_000, 1_000_000, 1_500_000]
@@ -266,14 +299,16 @@ def test_split_and_assign_preserve_counts_at_borders():
     assert offsets.tolist() == [0, 3, 6, 8]
     parts = [t[offsets[k] : offsets[k + 1]].tolist() for k in range(len(edges) - 1)]
     assert parts == [[0, 1, 499_999], [500_000, 500_000, 999_999], [1_000_000, 1_234_567]]
-    boxes_t = np.array([1_499_999, 0, 500_000, 499_999, 1_500_000])
-    assert seg.assign_to_segments(boxes_t, edges).tolist() == [2, 0, 1, 0, -1]
     assert seg.recording_edges(None, None, 500_000).tolist() == []
 
 
-def test_window_edges():
-    assert seg.window_edges(1000, 1000 + 120, 50).tolist() == [1000, 1050, 1100, 1150]
-    assert seg.window_edges(0, 100, 50).tolist() == [0, 50, 100]
+def test_grid_windows_edges():
+    from fastvid.events.windows import grid_windows
+
+    g = grid_windows(1000, 1000 + 120, 50)
+    assert g.start.tolist() == [1000, 1050, 1100] and g.stop.tolist() == [1050, 1100, 1150]
+    g = grid_windows(0, 100, 50)
+    assert g.start.tolist() == [0, 50] and g.stop.tolist() == [50, 100]
 
 
 def test_read_dat_equals_the_plain_numpy_reader_of_the_benchmark(tmp_path):

@@ -107,6 +107,16 @@ def test_brace_pattern_list_and_pipe(shard_dir, tmp_path):
         open_shard_set("pipe:false", cache=cache)
 
 
+def test_a_tar_list_without_kind_is_refused_by_the_core_reader(shard_dir, tmp_path):
+    # No manifest names the kind of piped tars, and the core assumes none: the caller passes it.
+    piped = [f"pipe:cat {shard_dir}/train-00000{i}.tar" for i in range(3)]
+    cache = ShardCache(tmp_path / "cache", 1 << 30)
+    with pytest.raises(ValueError, match=r"pipe:cat .*: these shards have no manifest\.json naming their kind; pass kind="):
+        reader.open_shard_set(piped, cache=cache)
+    assert keys_labels(reader.open_shard_set(piped, kind="video", cache=cache)) == keys_labels(open_shard_set(shard_dir))
+    assert reader.open_shard_set(shard_dir).num_samples == 7  # a set's manifest names its kind
+
+
 def test_wids_reads_fastvid_shard_sets(shard_dir):
     wids = pytest.importorskip("wids")
     index = json.loads((shard_dir / fmt.WIDS_INDEX_NAME).read_text())

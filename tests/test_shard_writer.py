@@ -290,6 +290,23 @@ def test_bad_arguments_are_clear(tmp_path):
     assert read_manifest(tmp_path / "strict")["failures"][0]["source"] == "x/0.bad"
 
 
+def test_atomic_path_leaves_no_temp_and_the_old_file_when_the_body_raises(tmp_path):
+    from fastvid.store.atomic import atomic_path
+
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_path(target) as tmp:
+            assert tmp.parent == tmp_path and f".tmp-{os.getpid()}" in tmp.name
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
 def test_manifest_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest"):
         read_manifest(tmp_path)

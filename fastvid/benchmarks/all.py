@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastvid import _gpu
 from fastvid.benchmarks.common import device_info, write_json
+from fastvid.store.atomic import atomic_path
 
 KINDS = ("loader", "events", "crop", "train", "events-io")
 
@@ -64,10 +65,9 @@ def write_chart(speedups: dict, path: Path, device: str) -> None:
     ax.set_xlabel("speed-up vs in-run baseline (x, log scale)")
     ax.set_title(f"fastvid bench all on {device}", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def run(args) -> int:

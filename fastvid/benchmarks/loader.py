@@ -5,7 +5,7 @@
 
 Every backend reads the same videos in the same run: the registered backends (fastvid.pipeline.backends)
 that can decode the shard set on the device, from the shards; "dali-video" (DALI's own
-`fn.readers.video` on the original files, the "DALI alone" peer) and "baseline" (fastvid.video.baseline:
+`fn.readers.video` on the original files, the "DALI alone" peer) and "baseline" (fastvid.benchmarks.baseline:
 PyAV random access into the original files, torch transforms, DataLoader) from the files named by the
 samples' json "source" (or found under --videos). Without --shards, a Kinetics-like set is generated
 in --work-dir (320x240 H.264 clips of 10 s at 25 fps, sharded to VP9 for the CPU or H.264 for the GPU),
@@ -399,7 +399,7 @@ def run_benchmark(shards=None, *, videos=None, backends=("all",), device="auto",
 def _factories(wanted, shards, videos, device, *, batch_size, clip_len, frame_stride, preset, workers, result) -> dict:
     """backend -> (make: () -> a fresh loader, kind: "video" | "baseline" | "peer"); a backend that cannot be
     set up gets its error in result["backends"]."""
-    from fastvid.video.baseline import baseline_loader, videos_from_shards
+    from fastvid.benchmarks.baseline import baseline_loader, videos_from_shards
     from fastvid.video.loader import Augmentation, ClipSampling, Execution, Output, VideoLoader
 
     out = {}

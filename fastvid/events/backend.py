@@ -157,8 +157,8 @@ class StreamCursor:
         self.window += 1
         return pieces, a, b, int(self.windows.label_t[w]), self.first + w
 
-    def window_boxes(self, w: int, b: int) -> np.ndarray:
-        """Boxes of the window just played (index w of its plan, stop b): box_from <= t < stop."""
+    def window_boxes(self, b: int) -> np.ndarray:
+        """Boxes of the window just played (stop b): box_from <= t < stop."""
         return self.boxes[:int(np.searchsorted(self.boxes["t"], b, "left"))]
 
 
@@ -314,7 +314,7 @@ class EventBackend:
             if cur.recording.boxes is not None:  # read at open (RVT's selection)
                 boxes = window_boxes(cur.recording.boxes, plan, window, self.select)
             else:
-                boxes = window_boxes(cur.window_boxes(window, t1), plan, window, self.select)
+                boxes = window_boxes(cur.window_boxes(t1), plan, window, self.select)
             rows[b] = _Row(item, cur.recording.name, pieces, t0, t1, label, boxes)
         chunk = self._assemble(rows)
         self.stats.add("assemble", time.perf_counter() - tic)

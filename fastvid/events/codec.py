@@ -44,7 +44,6 @@ EVENTS_EVB_EXT = "events.evb"
 EVENT_EXTS = (EVENTS_EVB_EXT, EVENTS_ZST_EXT, EVENTS_EXT)
 EVENT_CODECS = ("zstd", "deflate", "stored")  # of the npz layout (version 1)
 EVENT_LAYOUTS = ("blocks", "npz")
-BLOCK_CODECS = blocks.BLOCK_CODECS  # of the block layout (version 2)
 NPZ_SLACK_BYTES = 1 << 16  # zip + .npy headers of the five members, with room to spare
 BOXES_EXT = "boxes.npy"
 META_EXT = "json"

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fastvid.events.types import EVENT_DTYPE
+from fastvid.store.atomic import atomic_path
 
 # On-disk DAT event: timestamp + packed address word.
 DAT_EVENT_SIZE = 8
@@ -176,17 +177,6 @@ def dat_index_range(path_or_header, t_start=None, t_end=None) -> tuple[int, int]
     i0 = 0 if t_start is None else _bisect_left(ts, int(t_start))
     i1 = header.num_events if t_end is None else _bisect_left(ts, int(t_end), lo=i0)
     return i0, i1
-
-
-def decode_dat_words(t_raw: np.ndarray, words: np.ndarray) -> np.ndarray:
-    """Unpack DAT timestamps + address words into an EVENT_DTYPE array."""
-    words = np.asarray(words, dtype=np.uint32)
-    out = np.empty(len(words), EVENT_DTYPE)
-    out["t"] = t_raw
-    out["x"] = words & _X_MASK
-    out["y"] = (words >> _Y_SHIFT) & _Y_MASK
-    out["p"] = (words >> _P_SHIFT) & 1
-    return out
 
 
 def read_dat(
@@ -456,9 +446,7 @@ def write_dat(path: str | os.PathLike, events: np.ndarray, sensor_size=(304, 240
     width, height = sensor_size
     header = (f"% Data file containing Event2D events.\n% Version 2\n% Height {int(height)}\n% Width {int(width)}\n"
               ).encode("ascii") + bytes([event_type, DAT_EVENT_SIZE])
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(header)
         raw.tofile(f)
-    tmp.replace(path)
     return path

@@ -240,8 +240,3 @@ def source_format(name: str) -> SourceFormat:
         return SOURCE_FORMATS[name]
     except KeyError:
         raise ValueError(f"unknown event dataset format {name!r}; known: {', '.join(SOURCE_FORMATS)}") from None
-
-
-def find_gen1_recordings(src: str | os.PathLike) -> list[tuple[str, Path, Path | None]]:
-    """(recording name, *_td.dat, matching *_bbox.npy or None) under `src`, sorted by name."""
-    return [(r.name, r.events, r.boxes) for r in find_recordings(src, GEN1)]

@@ -228,12 +228,3 @@ def decode_representation(data, windows=None, out=None, out_zeroed: bool = False
     """Whole ``.evr`` bytes -> (n, C, H, W) uint8 of `windows` (indices into the segment's grid; None: all)."""
     index = RepIndex.parse(memoryview(data)[:RepIndex.table_end(data)], len(data))
     return index.decode(data, windows, 0, out, out_zeroed)
-
-
-def representation_info(data) -> dict:
-    return dict(RepIndex.parse(memoryview(data)[:RepIndex.table_end(data)], len(data)).header)
-
-
-def representation_fields(fields) -> list[str]:
-    """The precomputed representation fields of a sample (by extension)."""
-    return sorted(ext for ext in fields if ext.endswith(REP_SUFFIX))

@@ -51,15 +51,6 @@ def _pairs(opened, fetch: bool = True) -> list[tuple[Path, Path]]:
     return [(tar, idx if idx is not None else index_path_for(tar)) for tar, idx in opened.pairs()]
 
 
-def shard_set_options(shards) -> dict:
-    """The writer's options of a shard set directory ({} for a list of tars)."""
-    if not isinstance(shards, (str, os.PathLike)):
-        return {}
-    from fastvid.store.reader import open_files
-
-    return (open_files(shards, tables=False).manifest or {}).get("options", {})
-
-
 @dataclasses.dataclass(frozen=True)
 class SegmentRef:
     """Where one segment sample lives: its tar and the (offset, size) of each field."""

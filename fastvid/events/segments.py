@@ -48,20 +48,3 @@ def split_sorted(times: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """
     return np.searchsorted(np.asarray(times), np.asarray(edges), side="left").astype(np.int64)
 
-
-def assign_to_segments(times: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Segment index of each time (any order), -1 for times outside [edges[0], edges[-1])."""
-    times = np.asarray(times, dtype=np.int64)
-    idx = np.searchsorted(np.asarray(edges), times, side="right") - 1
-    outside = (idx < 0) | (idx >= len(edges) - 1)
-    idx[outside] = -1
-    return idx
-
-
-def window_edges(t_begin: int, t_end: int, window_us: int) -> np.ndarray:
-    """Edges of consecutive windows of `window_us` starting at t_begin and covering [t_begin, t_end)."""
-    window_us = int(window_us)
-    if window_us <= 0:
-        raise ValueError(f"window duration must be positive, got {window_us} us")
-    n = max(1, -(-(int(t_end) - int(t_begin)) // window_us))
-    return int(t_begin) + np.arange(n + 1, dtype=np.int64) * window_us

@@ -20,8 +20,9 @@ import numpy as np
 
 from fastvid.events import io as evio
 from fastvid.events import segments as seglib
-from fastvid.events.codec import (BLOCK_CODECS, BOXES_EXT, EVENT_CODECS, EVENT_LAYOUTS, META_EXT, encode_boxes,
-                                        encode_event_field, segment_key)
+from fastvid.events.blocks import BLOCK_CODECS
+from fastvid.events.codec import (BOXES_EXT, EVENT_CODECS, EVENT_LAYOUTS, META_EXT, encode_boxes, encode_event_field,
+                                  segment_key)
 from fastvid.events.layouts import find_recordings, source_format
 
 

@@ -1,8 +1,9 @@
 """The registry of loader backends: (kind, name) -> factory and "can it decode these shards on this device?".
 
 Every backend follows fastvid.pipeline.contract (`epoch_chunks(epoch, work)` yields Chunk | Failure), so
-loaders, `fastvid bench loader` and `fastvid doctor` treat them alike. Kinds register their backends and
-their `auto` preference per device (fastvid.video.kind, fastvid.events.kind); `backend="auto"` takes the
+loaders, `fastvid bench loader` and `fastvid doctor` treat them alike. A kind with a choice of decoders
+registers them and its `auto` preference per device here (the video kind: fastvid.video.kind; the events
+kind has one backend, fastvid.events.backend.EventBackend, and builds it directly); `backend="auto"` takes the
 first backend of that order that can decode the set on the device (so videos below NVDEC's 128x128
 minimum fall back to a CPU decoder instead of failing on the GPU).
 """

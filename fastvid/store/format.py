@@ -50,7 +50,7 @@ def check_key(key: str, where: str) -> str:
 
 
 def check_split(split: str) -> str:
-    if not isinstance(split, str) or not SPLIT_PATTERN.match(split):
+    if not isinstance(split, str) or not SPLIT_PATTERN.fullmatch(split):  # fullmatch: no trailing newline
         raise ValueError(f"split {split!r}: use letters, digits and '_' only (it starts every shard name)")
     return split
 

@@ -76,7 +76,7 @@ def summarize(out_dir, verify: bool = False) -> dict:
                 problems.append(f"{shard['name']}: {count} samples in the tar, manifest says {shard['samples']}")
             if verify:
                 problems += _verify_bytes(shard, tar) + _verify_index(shard, shard_file, tar)
-                problems += _verify_meta(shard, shard_file, tar, manifest["kind"], opened)
+                problems += _verify_meta(shard, shard_file, tar, manifest["kind"])
             if stream is not None:
                 stream.done(i)
     finally:
@@ -170,7 +170,7 @@ def _verify_index(shard: dict, shard_file, tar) -> list[str]:
     return []
 
 
-def _verify_meta(shard: dict, shard_file, tar, kind: str, opened) -> list[str]:
+def _verify_meta(shard: dict, shard_file, tar, kind: str) -> list[str]:
     """The shard's metadata file (when it has one) lists the tar's samples, in order."""
     from pathlib import Path
 

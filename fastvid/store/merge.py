@@ -14,13 +14,13 @@ from fastvid.store.format import PARTIAL_MANIFEST_PATTERN
 from fastvid.store.format import MANIFEST_NAME
 from fastvid.store.manifest import load_manifest_file, write_json_atomic, write_wids_index
 
-PART_PATTERN = PARTIAL_MANIFEST_PATTERN
 # Keys that legitimately differ between the parts of one job.
 PER_NODE_KEYS = ("node_rank", "num_samples", "shards", "failures")
 
 
 def find_parts(out_dir: Path) -> list[Path]:
-    return sorted((p for p in out_dir.iterdir() if PART_PATTERN.match(p.name)), key=lambda p: int(PART_PATTERN.match(p.name).group(1)))
+    return sorted((p for p in out_dir.iterdir() if PARTIAL_MANIFEST_PATTERN.match(p.name)),
+                  key=lambda p: int(PARTIAL_MANIFEST_PATTERN.match(p.name).group(1)))
 
 
 def merge_manifests(out_dir, *, allow_missing: bool = False) -> dict:

@@ -2,7 +2,7 @@
 read every shard's index and per-shard metadata) and hand it to the reader of its `kind`.
 
     opened = open_files("s3://bucket/k400/train")            # OpenedSet: manifest, kind, shard tables
-    video_set = open_shard_set("shards/k400/train")          # the video reader's ShardSet (kind "video")
+    video_set = open_shard_set("shards/k400/train")          # read by the manifest's kind: a video ShardSet
 
 A spec is a shard set directory or URL prefix (with manifest.json), a manifest.json address, one tar
 address, a brace pattern (`dir/train-{000000..000009}.tar`), a `pipe:` command, or a list of these.
@@ -371,7 +371,7 @@ class _MetadataLoader:
                 return shardmeta.parse(kept.read_bytes(), str(kept), kind=self.kind, keys=keys)
             except ValueError:
                 pass  # a stale or damaged copy: compute it again
-        return self._compute(f, keys, kept)
+        return self._compute(f, kept)
 
     def _kept_path(self, f: ShardFile, name: str | None) -> Path | None:
         """Where computed metadata is kept: beside a local tar whose directory is writable, else the cache."""
@@ -388,7 +388,7 @@ class _MetadataLoader:
         ident = hashlib.sha1(f"{f.address}|{f.sha256 or f.tag or _stamp(f.tar)}".encode()).hexdigest()[:16]
         return cache.side_path(f"{ident}-{name}")
 
-    def _compute(self, f: ShardFile, keys: list[str], kept: Path | None) -> shardmeta.ShardMeta:
+    def _compute(self, f: ShardFile, kept: Path | None) -> shardmeta.ShardMeta:
         if f.streamed:  # only the byte ranges of the components needed, never the whole tar
             read_ranges = lambda spans: remote.read_ranges(f.address, spans)  # noqa: E731
         else:
@@ -433,10 +433,14 @@ def _stamp(path: Path) -> str:
 
 def open_shard_set(spec, *, kind: str | None = None, cache=None):
     """Open `spec` once and read it with the reader of its manifest's kind (or `kind` for tar lists
-    without a manifest); a `kind` that disagrees with the manifest is an error."""
+    without a manifest, which name no kind: there `kind` is required); a `kind` that disagrees with the
+    manifest is an error."""
     if kind is not None:
         kinds.reader_for(kind)  # unknown kinds fail here, naming the known ones
-    opened = open_files(spec, cache, kind=kind or "video")
+    opened = open_files(spec, cache, kind=kind)
     if kind is not None and opened.kind is not None and opened.kind != kind:
         raise ValueError(f"{opened.spec}: shard set holds {opened.kind!r} samples, this reader needs kind {kind!r}")
-    return kinds.reader_for(opened.kind or kind or "video").open(opened)
+    if opened.kind is None and kind is None:
+        raise ValueError(f"{opened.spec}: these shards have no manifest.json naming their kind; pass kind= (one of "
+                         f"{', '.join(sorted(kinds.kinds()))}) to open a tar list")
+    return kinds.reader_for(opened.kind or kind).open(opened)

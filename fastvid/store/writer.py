@@ -45,8 +45,9 @@ from typing import Any, Callable, Sequence
 
 from fastvid.store import kinds, shardmeta, tarindex
 from fastvid.store.atomic import with_path, write_text_atomic
-from fastvid.store.format import (FORMAT, KEY_PATTERN, MANIFEST_NAME, OPTIONAL_SHARD_HASHES, SHARD_KEYS, VERSION,
-                                  meta_name_for, partial_manifest_name, plain_file_name, shard_name, shard_prefix)
+from fastvid.store.format import (FORMAT, MANIFEST_NAME, OPTIONAL_SHARD_HASHES, SHARD_KEYS, VERSION, check_key,
+                                  check_split, meta_name_for, partial_manifest_name, plain_file_name, shard_name,
+                                  shard_prefix)
 from fastvid.store.manifest import write_json_atomic, write_wids_index
 
 DEFAULT_MAX_SAMPLES = 1000
@@ -440,8 +441,7 @@ class ShardJob:
             raise ValueError(f"max_samples must be >= 1, got {self.max_samples}")
         if self.max_shard_bytes is not None and self.max_shard_bytes < 1:
             raise ValueError(f"max_shard_bytes must be >= 1, got {self.max_shard_bytes}")
-        if not re.fullmatch(r"[A-Za-z0-9_]+", self.split):
-            raise ValueError(f"split {self.split!r}: use letters, digits and '_' only (it starts every shard name)")
+        check_split(self.split)
         return self
 
     @property
@@ -510,8 +510,7 @@ def _changes(old: dict, new: dict) -> str:
 def _check_keys(items) -> None:
     seen = set()
     for item in items:
-        if not KEY_PATTERN.match(item.key):
-            raise ValueError(f"{item.source}: sample key {item.key!r} must be non-empty with no dots or whitespace")
+        check_key(item.key, item.source)
         if item.key in seen:
             raise ValueError(f"{item.source}: duplicate sample key {item.key!r}")
         seen.add(item.key)

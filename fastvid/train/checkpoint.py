@@ -21,20 +21,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from fastvid.store.atomic import atomic_path
+
 
 def atomic_save(obj, path: str | os.PathLike) -> Path:
     """torch.save to a temp name in the same directory, then rename: a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, hidden=True) as tmp:
+            torch.save(obj, tmp)
     except Exception as exc:  # a full disk: torch's message names neither file
         raise RuntimeError(f"could not write {path}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

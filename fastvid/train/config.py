@@ -368,3 +368,24 @@ def config_from_args(args: argparse.Namespace, cls):
         if f.name in given and f.metadata.get("flag", Flag("")).repeat:
             given[f.name] = dict(given[f.name])  # KEY=VALUE pairs
     return build_config(cls, given)
+
+
+def training_command(cls, task_title: str, epilog: str, make_task: typing.Callable):
+    """The `add_arguments(parser)`, `config_from_args(args)` and `run(args) -> int` of a training command
+    (fastvid.cli's command module interface): flags generated from config class `cls` (the task's own under
+    `task_title`), `epilog` under --help, and `run` training `make_task(config)` with the one Trainer.
+    `make_task` imports its task when called, so --help stays torch-free."""
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.epilog = epilog
+        add_arguments(parser, cls, task_title)
+
+    def from_args(args: argparse.Namespace):
+        return config_from_args(args, cls)
+
+    def run(args: argparse.Namespace) -> int:
+        from fastvid.train.trainer import Trainer
+
+        return Trainer(make_task(from_args(args))).run()
+
+    return add, from_args, run

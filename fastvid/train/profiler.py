@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from fastvid.store.atomic import atomic_path
 from fastvid.train.config import parse_step_range
 
 
@@ -39,8 +40,7 @@ class StepProfiler:
         if self.active:
             self.prof.stop()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            self.prof.export_chrome_trace(str(tmp))
-            tmp.replace(self.path)
+            with atomic_path(self.path) as tmp:
+                self.prof.export_chrome_trace(str(tmp))
             self.active, self.done = False, True
             print(f"profiler trace written to {self.path}", flush=True)

@@ -78,7 +78,3 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> tuple[nn.M
             if device.type != "cuda":
                 m.__class__ = CPUSyncBatchNorm
     return model, converted
-
-
-def count_sync_batchnorm(model: nn.Module) -> int:
-    return sum(isinstance(m, (nn.SyncBatchNorm, CPUSyncBatchNorm)) for m in model.modules())

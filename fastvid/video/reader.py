@@ -51,10 +51,6 @@ class ShardSet:
         return sum(len(s) for s in self.shards)
 
     @property
-    def shard_sizes(self) -> list[int]:
-        return [len(s) for s in self.shards]
-
-    @property
     def streamed(self) -> bool:
         """Whether the tars are fetched while a rank reads them (a remote set): see fastvid.store.stream."""
         opened = self.extra.get("opened")
@@ -188,12 +184,6 @@ class TarHandles:
         for _, f in self._open.values():
             f.close()
         self._open.clear()
-
-
-def key_from_source_info(info: str) -> str:
-    """DALI's source_info for a webdataset sample is 'tar:offset:member'; the key is the member up to its first dot."""
-    member = info.rsplit(":", 1)[-1]
-    return os.path.basename(member).split(".", 1)[0]
 
 
 def read_sample(shard_set, item, handle=None) -> tuple[str, bytes, int, dict]:

@@ -97,12 +97,6 @@ def _source_frames(positions: np.ndarray, step: int | float) -> np.ndarray:
     return np.floor(positions.astype(np.float64) * step).astype(np.int64)
 
 
-def resampled_frames(num_frames: int, fps: float | None, frame_rate: float | None) -> np.ndarray:
-    """Source frame indices of a video resampled to `frame_rate` (VideoClips._resample_video_idx)."""
-    length, step = _resampling(num_frames, fps, frame_rate)
-    return _source_frames(np.arange(length, dtype=np.int64), step)
-
-
 def _check_grid_options(clip_len: int, frame_stride: int, step_between_clips: int, short_videos: str) -> None:
     if clip_len < 1 or frame_stride < 1 or step_between_clips < 1:
         raise ValueError(f"clip_len, frame_stride and step_between_clips must be >= 1 "
@@ -188,40 +182,6 @@ def segment_indices(num_frames: int, num_segments: int, train: bool, rng: np.ran
     return np.minimum(np.floor(starts + offsets).astype(np.int64), num_frames - 1)
 
 
-# ---- legacy helpers (the torchvision-style baseline loader in fastvid.video.baseline uses these) ---
-
-def frame_step(frame_stride: int, fps: float | None = None, frame_rate: float | None = None) -> float:
-    """Distance in source frames between two sampled frames."""
-    if frame_stride < 1:
-        raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
-    if frame_rate is None or not fps or fps <= 0:
-        return float(frame_stride)
-    if frame_rate <= 0:
-        raise ValueError(f"frame_rate must be > 0, got {frame_rate}")
-    return float(frame_stride) * float(fps) / float(frame_rate)
-
-
-def clip_frame_indices(start: int, clip_len: int, step: float, num_frames: int) -> np.ndarray:
-    """Frame indices of one clip starting at `start`; indices past the end repeat the last frame."""
-    offsets = np.floor(np.arange(clip_len) * step + 1e-9).astype(np.int64)
-    return np.minimum(int(start) + offsets, max(int(num_frames) - 1, 0))
-
-
-def sample_clip_indices(num_frames: int, *, clip_len: int, frame_stride: int, clips_per_video: int = 1, train: bool = True,
-                        fps: float | None = None, frame_rate: float | None = None, seed: int = 0, epoch: int = 0,
-                        key: str = "") -> np.ndarray:
-    """(clips_per_video, clip_len) frame indices with random (train) or evenly spaced (eval) starts, short videos padded."""
-    if num_frames < 1:
-        raise ValueError(f"sample {key!r} has no frames (num_frames={num_frames})")
-    step = frame_step(frame_stride, fps, frame_rate)
-    high = max(int(num_frames) - (int(math.floor((clip_len - 1) * step)) + 1), 0)
-    if train:
-        starts = sample_rng(seed, epoch, key, 0).integers(0, high + 1, size=clips_per_video)
-    else:
-        starts = np.floor(np.linspace(0, high, clips_per_video) + 0.5).astype(np.int64)
-    return np.stack([clip_frame_indices(s, clip_len, step, num_frames) for s in starts])
-
-
 # ---- epoch plans --------------------------------------------------------------------------------
 
 def rank_ranges(num_samples: int, world_size: int) -> list[tuple[int, int]]:
@@ -229,13 +189,6 @@ def rank_ranges(num_samples: int, world_size: int) -> list[tuple[int, int]]:
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     return [(num_samples * r // world_size, num_samples * (r + 1) // world_size) for r in range(world_size)]
-
-
-def shard_order(num_shards: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """Order of the tar shards in one epoch (the DALI reader's path order): a (seed, epoch) permutation when shuffling."""
-    if not shuffle:
-        return np.arange(num_shards)
-    return epoch_rng(seed, epoch, 0x5A4D).permutation(num_shards)
 
 
 def train_items(grid_sizes: list[list[int]], keys: list[list[str]], *, clips_per_video: int, seed: int, epoch: int,

@@ -15,17 +15,10 @@ EPILOG = ("Exit status: 0 done; 1 error; 75 (EX_TEMPFAIL) preempted: SIGTERM sto
           "step, skipped evaluation and saved OUTPUT/checkpoint.pth; rerun with --resume OUTPUT/checkpoint.pth to continue.")
 
 
-def add_arguments(parser) -> None:
-    parser.epilog = EPILOG
-    C.add_arguments(parser, TrainConfig, "video classification options")
-
-
-def config_from_args(args) -> TrainConfig:
-    return C.config_from_args(args, TrainConfig)
-
-
-def run(args) -> int:
-    from fastvid.train.trainer import Trainer
+def _task(cfg: TrainConfig):
     from fastvid.video.task import VideoClassification
 
-    return Trainer(VideoClassification(config_from_args(args))).run()
+    return VideoClassification(cfg)
+
+
+add_arguments, config_from_args, run = C.training_command(TrainConfig, "video classification options", EPILOG, _task)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from fastvid.events.detect.evaluate import BBOX_SUFFIX, as_boxes
+from fastvid.store.atomic import atomic_path
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -61,12 +62,6 @@ def save_box_sets(path: str | os.PathLike, sets: dict[str, np.ndarray]) -> Path:
     """Write {recording: boxes} as an uncompressed .npz under a temp name, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **{name: as_boxes(boxes) for name, boxes in sets.items()})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path, hidden=True) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{name: as_boxes(boxes) for name, boxes in sets.items()})
     return path

@@ -6,6 +6,7 @@ names, with the detector's defaults) plus the event detector's own; flags are ge
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastvid.train import config as C
 from fastvid.train.config import TrainerConfig, option, retune
@@ -78,6 +79,6 @@ class DetectConfig(TrainerConfig):
             raise ValueError("window_ms must be > 0, max_zoom >= 1 and flip_p in [0, 1]")
 
 
-
-def build_detect_config(overrides: dict | None = None) -> DetectConfig:
-    return C.build_config(DetectConfig, overrides)
+def build_detect_config(overrides: dict | None = None, config_path: str | Path | None = None) -> DetectConfig:
+    """DetectConfig from defaults, then the YAML file (if any), then explicit `overrides`."""
+    return C.build_config(DetectConfig, overrides, config_path)

@@ -17,17 +17,10 @@ EPILOG = ("Exit status: 0 done; 1 error; 75 (EX_TEMPFAIL) preempted: SIGTERM sto
           "--resume OUTPUT/checkpoint.pth on the same number of processes to continue.")
 
 
-def add_arguments(parser) -> None:
-    parser.epilog = EPILOG
-    C.add_arguments(parser, DetectConfig, "event detection options")
-
-
-def config_from_args(args) -> DetectConfig:
-    return C.config_from_args(args, DetectConfig)
-
-
-def run(args) -> int:
+def _task(cfg: DetectConfig):
     from fastvid.events.detect.task import EventDetection
-    from fastvid.train.trainer import Trainer
 
-    return Trainer(EventDetection(config_from_args(args))).run()
+    return EventDetection(cfg)
+
+
+add_arguments, config_from_args, run = C.training_command(DetectConfig, "event detection options", EPILOG, _task)

@@ -1,26 +1,65 @@
-"""The torchvision-reference-style baseline loader that `fastvid bench loader` compares against.
+"""The torchvision-reference-style baseline loader that `fastvid bench loader` compares fastvid's loaders
+against: benchmark code only (no training path uses it), kept apart from the video kind.
 
 What torchvision's video classification reference does per clip, without fastvid's shards: open the
 ORIGINAL video file, seek to the clip's start timestamp, decode with PyAV up to its end (every frame in
 between is converted to RGB, as `torchvision.io.read_video` does), take every `frame_stride`-th frame,
 then in torch: resize the whole frames to 128x171, random crop 112 (centre for eval), flip, normalize,
-in a torch DataLoader with worker processes. Clip starts come from the same pure sampler as fastvid's
-loaders, so both read the same amount of video per clip.
+in a torch DataLoader with worker processes. One clip per video, placed by the baseline's own simple
+sampler below (random start in training, evenly spaced starts in evaluation, short videos padded with the
+last frame; not fastvid's clip grid), seeded by (seed, epoch, key) as fastvid's loaders are.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastvid.video import sampling
 from fastvid.video.presets import get_preset, normalization
 from fastvid.video.pyav_backend import _worker_init  # one thread per decode worker, as the PyAV backend
+from fastvid.video.sampling import sample_rng
 
+
+# ---- clip starts: the baseline's own simple sampler (not the torchvision clip grid of fastvid.video.sampling) ----
+
+def frame_step(frame_stride: int, fps: float | None = None, frame_rate: float | None = None) -> float:
+    """Distance in source frames between two sampled frames."""
+    if frame_stride < 1:
+        raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
+    if frame_rate is None or not fps or fps <= 0:
+        return float(frame_stride)
+    if frame_rate <= 0:
+        raise ValueError(f"frame_rate must be > 0, got {frame_rate}")
+    return float(frame_stride) * float(fps) / float(frame_rate)
+
+
+def clip_frame_indices(start: int, clip_len: int, step: float, num_frames: int) -> np.ndarray:
+    """Frame indices of one clip starting at `start`; indices past the end repeat the last frame."""
+    offsets = np.floor(np.arange(clip_len) * step + 1e-9).astype(np.int64)
+    return np.minimum(int(start) + offsets, max(int(num_frames) - 1, 0))
+
+
+def sample_clip_indices(num_frames: int, *, clip_len: int, frame_stride: int, clips_per_video: int = 1, train: bool = True,
+                        fps: float | None = None, frame_rate: float | None = None, seed: int = 0, epoch: int = 0,
+                        key: str = "") -> np.ndarray:
+    """(clips_per_video, clip_len) frame indices with random (train) or evenly spaced (eval) starts, short videos padded."""
+    if num_frames < 1:
+        raise ValueError(f"sample {key!r} has no frames (num_frames={num_frames})")
+    step = frame_step(frame_stride, fps, frame_rate)
+    high = max(int(num_frames) - (int(math.floor((clip_len - 1) * step)) + 1), 0)
+    if train:
+        starts = sample_rng(seed, epoch, key, 0).integers(0, high + 1, size=clips_per_video)
+    else:
+        starts = np.floor(np.linspace(0, high, clips_per_video) + 0.5).astype(np.int64)
+    return np.stack([clip_frame_indices(s, clip_len, step, num_frames) for s in starts])
+
+
+# ---- reading and transforming clips ----
 
 def probe_video(path) -> dict:
     """num_frames, fps, time base and start time of a file (the reference caches this in a pre-pass)."""
@@ -77,8 +116,8 @@ class BaselineClipDataset(torch.utils.data.Dataset):
         path, label = self.videos[i]
         info = self.infos[i]
         key = Path(path).stem
-        idx = sampling.sample_clip_indices(info["num_frames"], clip_len=self.clip_len, frame_stride=self.frame_stride,
-                                           train=self.train, seed=self.seed, epoch=self.epoch, key=key)[0]
+        idx = sample_clip_indices(info["num_frames"], clip_len=self.clip_len, frame_stride=self.frame_stride,
+                                  train=self.train, seed=self.seed, epoch=self.epoch, key=key)[0]
         frames = torch.from_numpy(read_clip(path, idx, info))  # (T, H, W, 3) uint8
         # torchvision reference transforms: ConvertImageDtype -> Resize -> RandomCrop -> HFlip -> Normalize -> (C, T, H, W)
         video = frames.permute(0, 3, 1, 2).float() / 255.0
