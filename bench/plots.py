@@ -31,8 +31,10 @@ def _when(result: dict) -> str:
 
 def _loader(ax) -> None:
     """clips/s of each loader backend against the torchvision-style baseline of the same run."""
-    runs = [("loader-cpu.json", "60 videos,\nshards 320x240"), ("loader-cpu-short128.json", "60 videos,\nshards short side 128"),
-            ("loader-cpu-short128-480.json", "480 videos,\nshards short side 128")]
+    runs = [("loader-cpu.json", "60 videos, 320x240\nAMD EPYC, 11-21"),
+            ("loader-cpu-short128.json", "60 videos, short\nside 128, EPYC, 11-21"),
+            ("loader-cpu-short128-480.json", "480 videos, short side\n128, EPYC, 11-30 (load 4-8)"),
+            ("loader-cpu-short128-480-xeon.json", "480 videos, short side\n128, Intel Xeon, 12-07")]
     backends = ("pyav", "dali", "baseline")
     width = 0.8 / len(backends)
     for i, backend in enumerate(backends):
@@ -46,8 +48,8 @@ def _loader(ax) -> None:
     ax.set_xticks([g + width for g in range(len(runs))], [label for _, label in runs], fontsize=8)
     ax.set_ylabel("clips/s (16x112x112, batch 16)")
     ax.legend(fontsize=8, title="backend", title_fontsize=8)
-    ax.set_title("Video loader on the CPU: ratio to the baseline of the same run above each bar\n"
-                 f"({_when(_load(runs[0][0]))} and {_when(_load(runs[-1][0]))[-10:]})", fontsize=9)
+    ax.set_title("Video loader on 2-core CPUs (2026): ratio to the baseline of the same run above each bar",
+                 fontsize=9)
 
 
 def _event_kernels(ax) -> None:
