@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastvid.store.atomic import atomic_path
@@ -167,9 +168,26 @@ def _loader_rate(make_loader, batches: int) -> tuple[float, dict]:
         loader.close()
 
 
-def diagnose(*, shards, model: str = "r3d_18", device: str = "auto", backend: str = "auto", batch_size: int = 8,
-             clip_len: int = 16, frame_stride: int = 2, preset: str = "video_resnet", samples: int = 16, batches: int = 6,
-             workers: int | None = None, model_width: int | None = None, tune: bool = False) -> dict:
+@dataclass(frozen=True)
+class DoctorOptions:
+    """What `diagnose` times and how (the `fastvid doctor` flags besides --shards and --out; defaults as the CLI's)."""
+
+    model: str = "r3d_18"
+    model_width: int | None = None  # None: the model's own width
+    device: str = "auto"
+    backend: str = "auto"  # "auto": what the loader picks
+    batch_size: int = 8
+    clip_len: int = 16
+    frame_stride: int = 2
+    preset: str = "video_resnet"
+    samples: int = 16  # samples timed per stage
+    batches: int = 6  # loader batches timed end to end
+    workers: int | None = None  # None: the cores
+    tune: bool = False  # also try threads x prefetch settings on the loader
+
+
+def diagnose(shards, options: DoctorOptions | None = None) -> dict:
+    """Time every stage of `shards` into the model, name the bottleneck and its knob (doctor.json's content)."""
     import torch
 
     from fastvid import _gpu
@@ -178,40 +196,41 @@ def diagnose(*, shards, model: str = "r3d_18", device: str = "auto", backend: st
     from fastvid.pipeline import backends
     from fastvid.train.models import get_model
 
-    device = _gpu.resolve_device(device)
-    workers = workers or backends.cpu_count()
+    o = options or DoctorOptions()
+    device = _gpu.resolve_device(o.device)
+    workers = o.workers or backends.cpu_count()
 
     def make_loader(threads=workers, prefetch=2):
         n = min(threads, workers) if threads else workers
-        return VideoLoader(shards, batch_size, ClipSampling(clip_len=clip_len, frame_stride=frame_stride), seed=0,
-                           augmentation=Augmentation(preset), output=Output(device=device),
-                           execution=Execution(backend=backend, num_threads=n, num_workers=n, prefetch=prefetch))
+        return VideoLoader(shards, o.batch_size, ClipSampling(clip_len=o.clip_len, frame_stride=o.frame_stride), seed=0,
+                           augmentation=Augmentation(o.preset), output=Output(device=device),
+                           execution=Execution(backend=o.backend, num_threads=n, num_workers=n, prefetch=prefetch))
 
     probe = make_loader()
     chosen = probe.backend
-    work = probe.epoch_work(0)[:samples]
+    work = probe.epoch_work(0)[:o.samples]
     per_clip = _time_stages(probe.shard_set, probe.config, work, device)
     batch = next(iter(probe))
     probe.close()
-    uint8 = torch.randint(0, 256, (batch["video"].shape[0], clip_len, *batch["video"].shape[-2:], 3), dtype=torch.uint8)
+    uint8 = torch.randint(0, 256, (batch["video"].shape[0], o.clip_len, *batch["video"].shape[-2:], 3), dtype=torch.uint8)
     per_clip["host-to-device"] = _time_h2d(uint8, device)
-    kwargs = {"width": model_width} if model_width else {}
-    net = get_model(model, num_classes=max(probe.num_classes, 2), **kwargs).to(device)
+    kwargs = {"width": o.model_width} if o.model_width else {}
+    net = get_model(o.model, num_classes=max(probe.num_classes, 2), **kwargs).to(device)
     per_clip["training step"] = _replay_step(net, batch, device)
     # CPU stages run on `workers` processes/threads at once; device stages run one at a time.
     parallel = {"tar read": workers, "demux": workers, "decode": workers, "crop/resize/normalize": workers if device == "cpu" else 1,
                 "host-to-device": 1, "training step": 1}
     rates = {s: parallel[s] / per_clip[s] if per_clip[s] > 0 else float("inf") for s in STAGES}
-    loader_rate, loader_stages = _loader_rate(make_loader, batches)
+    loader_rate, loader_stages = _loader_rate(make_loader, o.batches)
     bottleneck = min(STAGES, key=lambda s: rates[s])
     data_bound = loader_rate < rates["training step"]
     if not data_bound:
         bottleneck = "training step"
     line = summary_line(bottleneck, rates, loader_rate, chosen)
     result = {
-        "device_info": device_info(), "device": device, "shards": str(shards), "model": model, "backend": chosen,
-        "config": {"batch_size": batch_size, "clip_len": clip_len, "frame_stride": frame_stride, "preset": preset,
-                   "samples": len(work), "batches": batches, "workers": workers},
+        "device_info": device_info(), "device": device, "shards": str(shards), "model": o.model, "backend": chosen,
+        "config": {"batch_size": o.batch_size, "clip_len": o.clip_len, "frame_stride": o.frame_stride, "preset": o.preset,
+                   "samples": len(work), "batches": o.batches, "workers": workers},
         "stages": {s: {"ms_per_clip": float(sig(1000 * per_clip[s])), "parallelism": parallel[s],
                        "clips_per_s": float(sig(rates[s]))}
                    for s in STAGES},
@@ -219,11 +238,11 @@ def diagnose(*, shards, model: str = "r3d_18", device: str = "auto", backend: st
         "replay_ceiling_clips_per_s": float(sig(rates["training step"])), "data_bound": data_bound,
         "bottleneck": bottleneck, "knob": KNOBS[bottleneck], "summary": line,
     }
-    if tune:
+    if o.tune:
         trials = []
         for threads in sorted({1, max(1, workers // 2), workers}):
             for prefetch in (2, 4):
-                rate, _ = _loader_rate(lambda t=threads, p=prefetch: make_loader(t, p), batches)
+                rate, _ = _loader_rate(lambda t=threads, p=prefetch: make_loader(t, p), o.batches)
                 trials.append({"threads": threads, "prefetch": prefetch, "clips_per_s": float(sig(rate))})
         best = max(trials, key=lambda t: t["clips_per_s"])
         result["tune"] = {"trials": trials, "best": best}
@@ -282,10 +301,11 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"doctor: timing stages of {args.shards} ...", file=sys.stderr, flush=True)
-    result = diagnose(shards=args.shards, model=args.model, device=args.device, backend=args.backend,
-                      batch_size=args.batch_size, clip_len=args.clip_len, frame_stride=args.frame_stride, preset=args.preset,
-                      samples=args.samples, batches=args.batches, workers=args.workers, model_width=args.model_width,
-                      tune=args.tune)
+    options = DoctorOptions(model=args.model, model_width=args.model_width, device=args.device, backend=args.backend,
+                            batch_size=args.batch_size, clip_len=args.clip_len, frame_stride=args.frame_stride,
+                            preset=args.preset, samples=args.samples, batches=args.batches, workers=args.workers,
+                            tune=args.tune)
+    result = diagnose(args.shards, options)
     write_json(result, out / "doctor.json")
     write_png(result, out / "doctor.png")
     print(table(result))

@@ -59,33 +59,20 @@ def _command(module, name: str, argv: list[str]) -> int:
     return int(module.run(parser.parse_args(argv)) or 0)
 
 
-def run(args) -> int:
-    t_start = time.time()
-    device = _gpu.resolve_device(args.device)
-    on_gpu = device.startswith("cuda")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    epochs = args.epochs or 30
-    # CPU: DALI's CPU decoder reads VP9 only, so shards are VP9; GPU: H.264 for NVDEC.
-    shard_codec = "h264" if on_gpu else "vp9"
-
-    print(f"[1/4] generating motion dataset under {out / 'videos'}")
-    _generate(out, args.videos_per_class, args.seed, codec="libx264")
-
+def _shard(out: Path, codec: str, seed: int) -> None:
+    """`fastvid shard videos` on the train and val videos, into out/shards/{train,val}."""
     from fastvid.video import cli as shard_videos
-    from fastvid.video import train_cli
 
-    print(f"[2/4] sharding with `fastvid shard videos` (codec {shard_codec})")
     for split in ("train", "val"):
         _command(shard_videos, "shard videos", [str(out / "videos" / split), str(out / "shards" / split), "--layout", "kinetics",
-              "--codec", shard_codec, "--split", split, "--max-samples", "64", "--seed", str(args.seed)])
+              "--codec", codec, "--split", split, "--max-samples", "64", "--seed", str(seed)])
 
-    print(f"[3/4] training for {epochs} epochs on {device} (each epoch prints a line with the ETA of the rest)")
-    train_dir = out / "train"
-    model = args.model or "r3d_18"
+
+def _train_argv(args, out: Path, device: str, epochs: int) -> list[str]:
+    """The `fastvid train` command line of the quickstart (without --resume)."""
     train_argv = [
         "--data-path", str(out / "shards"), "--train-dir", "train", "--val-dir", "val",
-        "--model", model, "--device", device, "--backend", args.backend, "--output-dir", str(train_dir),
+        "--model", args.model or "r3d_18", "--device", device, "--backend", args.backend, "--output-dir", str(out / "train"),
         "--epochs", str(epochs), "--clip-len", "8", "--frame-stride", "2", "--clips-per-video", "2", "--batch-size", "16",
         "--lr", "0.01", "--lr-warmup-epochs", "1", "--lr-milestones", str(max(int(epochs * 0.75), 2)),
         "--train-resize-size", "64", "80", "--train-crop-size", "56", "56", "--val-resize-size", "64", "80",
@@ -98,17 +85,27 @@ def run(args) -> int:
     ]
     if args.model is None:
         train_argv += ["--model-width", "16"]  # a quarter-width R3D-18: the real architecture, CPU-sized
-    # Resume a finished or interrupted run of the same model; another model starts training afresh.
+    return train_argv
+
+
+def _prepare_resume(train_dir: Path, model: str) -> list[str]:
+    """Resume a finished or interrupted run of the same model (returns the --resume arguments, if any);
+    another model starts training afresh."""
     model_marker = train_dir / ".quickstart-model"
     if model_marker.exists() and model_marker.read_text() != model:
         import shutil
 
         shutil.rmtree(train_dir)
-    if (train_dir / "checkpoint.pth").exists():
-        train_argv += ["--resume", str(train_dir / "checkpoint.pth")]
+    resume = ["--resume", str(train_dir / "checkpoint.pth")] if (train_dir / "checkpoint.pth").exists() else []
     train_dir.mkdir(parents=True, exist_ok=True)
     model_marker.write_text(model)
+    return resume
+
+
+def _train(train_argv: list[str], train_dir: Path) -> int:
+    """Run `fastvid train`; returns 0, or PREEMPTED_EXIT_CODE when training was preempted (and checkpointed)."""
     from fastvid.train.preempt import PREEMPTED_EXIT_CODE
+    from fastvid.video import train_cli
 
     # On CPU the trainer leaves a core to the decoders (fastvid.train.trainer.choose_cpu_threads).
     rc = _command(train_cli, "train", train_argv)
@@ -119,8 +116,11 @@ def run(args) -> int:
         return PREEMPTED_EXIT_CODE
     if rc != 0:
         raise RuntimeError(f"`fastvid train {' '.join(train_argv)}` failed with exit status {rc}")
+    return 0
 
-    print("[4/4] summary")
+
+def _summarize(out: Path, train_dir: Path, backend: str, device: str, t_start: float) -> tuple[dict, list[dict]]:
+    """The summary of the finished run (summary.json's content) and the per-epoch metrics rows."""
     rows = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     if not rows:
         raise RuntimeError(f"{train_dir / 'metrics.jsonl'} has no rows: training wrote no metrics")
@@ -133,16 +133,49 @@ def run(args) -> int:
         "val_acc5": round(last["val_acc5"], 2) if last.get("val_acc5") is not None else None,
         "train_clips_per_s": last.get("clips_per_s"),
         "data_wait_frac": last.get("data_wait_frac"),
-        "backend": last.get("backend", args.backend),
+        "backend": last.get("backend", backend),
         "device": device,
         "epochs": len(rows),
         "seconds": round(time.time() - t_start, 1),
     }
+    return summary, rows
+
+
+def _write_outputs(out: Path, summary: dict, rows: list[dict]) -> None:
+    """DIR/summary.json and DIR/report.png, and the summary on stdout."""
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_report(rows, out / "report.png", chance=summary["chance_acc1"])
     print(json.dumps(summary, indent=2))
     print(f"quickstart: {summary['num_classes']} classes, val top-1 {summary['val_acc1']:.1f}% (chance {summary['chance_acc1']}%), "
-          f"{summary['train_clips_per_s']} train clips/s on {device}, {summary['seconds']} s; report: {out / 'report.png'}")
+          f"{summary['train_clips_per_s']} train clips/s on {summary['device']}, {summary['seconds']} s; report: {out / 'report.png'}")
+
+
+def run(args) -> int:
+    t_start = time.time()
+    device = _gpu.resolve_device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    epochs = args.epochs or 30
+    # CPU: DALI's CPU decoder reads VP9 only, so shards are VP9; GPU: H.264 for NVDEC.
+    shard_codec = "h264" if device.startswith("cuda") else "vp9"
+
+    print(f"[1/4] generating motion dataset under {out / 'videos'}")
+    _generate(out, args.videos_per_class, args.seed, codec="libx264")
+
+    print(f"[2/4] sharding with `fastvid shard videos` (codec {shard_codec})")
+    _shard(out, shard_codec, args.seed)
+
+    print(f"[3/4] training for {epochs} epochs on {device} (each epoch prints a line with the ETA of the rest)")
+    train_dir = out / "train"
+    train_argv = _train_argv(args, out, device, epochs)
+    train_argv += _prepare_resume(train_dir, args.model or "r3d_18")
+    rc = _train(train_argv, train_dir)
+    if rc != 0:
+        return rc  # preempted: no summary; the rerun resumes
+
+    print("[4/4] summary")
+    summary, rows = _summarize(out, train_dir, args.backend, device, t_start)
+    _write_outputs(out, summary, rows)
     return 0
 
 
