@@ -125,9 +125,10 @@ def test_cuda_reads_torch_cuda_tensors_in_place():
 
 
 def test_crop_benchmark_runs():
-    from fastvid.benchmarks.crop import run_benchmark
+    from fastvid.benchmarks.crop import CropBench, run_benchmark
 
-    result = run_benchmark(device="cpu", batch=2, clip_len=2, height=48, width=64, out_size=32, repeats=1, progress=False)
+    result = run_benchmark(CropBench(device="cpu", batch=2, clip_len=2, height=48, width=64, out_size=32, repeats=1,
+                                     progress=False))
     impls = {r["implementation"] for r in result["results"]}
     assert impls == {"numba", "torch_interpolate"}
     assert all(r["clips_per_s"] > 0 for r in result["results"])

@@ -136,10 +136,10 @@ def test_pinned_cuda_label_windows_match_cpu(labelled_set):
 
 def test_events_io_benchmark_stages_count_every_event(tmp_path):
     """The steady-state benchmark, tiny: every generated event goes through each measured stage."""
-    from fastvid.benchmarks.events_io import run_benchmark
+    from fastvid.benchmarks.events_io import EventsIOBench, run_benchmark
 
-    r = run_benchmark(device="cpu", work_dir=str(tmp_path), quick=True, recordings=2, duration_s=0.3, rate_meps=0.05,
-                      batch_size=2, baseline=False, repeats=1)
+    r = run_benchmark(EventsIOBench(device="cpu", work_dir=str(tmp_path), quick=True, recordings=2, duration_s=0.3,
+                                    rate_meps=0.05, batch_size=2, baseline=False, repeats=1))
     n = r["data"]["events"]
     assert r["stages"]["read"]["events"] == n == r["loader"]["events"] == r["loader_stages_synced"]["events"]
     decode = r["stages"]["decode_one_thread"]

@@ -529,10 +529,10 @@ def test_uint8_kernels_equal_float32_clamped():
 
 def test_events_shards_benchmark_paths_cover_the_same_windows(tmp_path):
     """The side-by-side benchmark, tiny: every path goes over the same windows and events as the DAT baseline."""
-    from fastvid.benchmarks.events_shards import format_table, run_benchmark
+    from fastvid.benchmarks.events_shards import EventsShardsBench, format_table, run_benchmark
 
-    r = run_benchmark(work_dir=str(tmp_path), recordings=2, duration_s=0.3, rate_meps=0.05, repeats=1, batch=4,
-                      layouts=["npz-zstd (v1 default)", "blocks-lz4"], tonic_windows=2)
+    r = run_benchmark(EventsShardsBench(work_dir=str(tmp_path), recordings=2, duration_s=0.3, rate_meps=0.05, repeats=1,
+                                        batch=4, layouts=["npz-zstd (v1 default)", "blocks-lz4"], tonic_windows=2))
     dat = r["paths"]["dat"]
     assert dat["windows"] == 2 * 6 and dat["events"] == r["data"]["events"]
     for name, row in r["paths"].items():

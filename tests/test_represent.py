@@ -332,13 +332,13 @@ def test_cuda_request_without_a_gpu_is_a_clear_error():
 
 
 def test_events_benchmark_runs_and_reports_every_row():
-    from fastvid.benchmarks.events import run_benchmark, synthetic_windows
+    from fastvid.benchmarks.events import EventsBench, run_benchmark, synthetic_windows
 
     ev, offsets = synthetic_windows(3, 500, 50_000)
     assert offsets.tolist() == [0, 500, 1000, 1500]
     assert (np.diff(ev["t"][:500]) >= 0).all() and ev["t"][500] >= 50_000  # sorted inside, windows in order
-    result = run_benchmark(device="cpu", kinds=("voxel_grid", "histogram"), events_per_window=500, batch=2, repeats=1,
-                           progress=False)
+    result = run_benchmark(EventsBench(device="cpu", kinds=("voxel_grid", "histogram"), events_per_window=500, batch=2,
+                                       repeats=1, progress=False))
     modes = {(r["kind"], r["mode"]) for r in result["results"]}
     assert modes == {(k, m) for k in ("voxel_grid", "histogram")
                      for m in ("single", "batched", "numpy_add_at", "numpy_add_at_batched")}

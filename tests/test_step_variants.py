@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastvid.benchmarks.step_variants import GPU_VARIANTS, Variant, loss_after, measure_variants, variants_by_name
+from fastvid.benchmarks.step_variants import (GPU_VARIANTS, StepVariantsBench, Variant, loss_after, measure_variants,
+                                              variants_by_name)
 from fastvid.train.models import get_model
 
 
@@ -21,7 +22,7 @@ SHAPE = dict(batch_size=4, clip_len=4, crop=32, num_classes=5, steps=2, warmup=1
 
 def test_cpu_variants_are_timed_and_match_eager_numerics():
     cpu = torch.device("cpu")
-    res = measure_variants(build, cpu, variants_by_name(["eager", "eager_channels_last"], cpu), **SHAPE)
+    res = measure_variants(build, cpu, variants_by_name(["eager", "eager_channels_last"], cpu), StepVariantsBench(**SHAPE))
     eager, cl = res["variants"]["eager"], res["variants"]["eager_channels_last"]
     assert eager["loss"] == eager["reference_loss"]  # the same computation as the reference
     assert cl["numerics_ok"] and abs(cl["loss"] - cl["reference_loss"]) <= 1e-3 * cl["reference_loss"] + 1e-4
@@ -43,7 +44,7 @@ def test_the_numerics_check_can_tell_a_different_training_run():
 @pytest.mark.slow
 def test_gpu_variants_match_eager_within_tolerance():
     cuda = torch.device("cuda")
-    res = measure_variants(lambda: build().to(cuda), cuda, list(GPU_VARIANTS), **{**SHAPE, "steps": 3})
+    res = measure_variants(lambda: build().to(cuda), cuda, list(GPU_VARIANTS), StepVariantsBench(**{**SHAPE, "steps": 3}))
     assert set(res["variants"]) == {v.name for v in GPU_VARIANTS}
     for name, entry in res["variants"].items():
         assert entry["numerics_ok"], (name, entry)

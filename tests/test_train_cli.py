@@ -215,10 +215,10 @@ def test_torchrun_two_ranks_syncbn_resume_and_test_only(shard_root, tmp_path):
 
 @pytest.mark.slow
 def test_bench_train_reports_both_measurements(shard_root):
-    from fastvid.benchmarks.train import run_benchmark
+    from fastvid.benchmarks.train import TrainBench, run_benchmark
 
-    res = run_benchmark(models=["r3d_18"], shards=shard_root / "train", device="cpu", backend="pyav", tiny=True, steps=3, warmup=1,
-                        repeats=2, variants=["eager"])
+    res = run_benchmark(TrainBench(models=["r3d_18"], shards=shard_root / "train", device="cpu", backend="pyav", tiny=True,
+                                   steps=3, warmup=1, repeats=2, variants=["eager"]))
     entry = res["models"]["r3d_18"]
     step = res["step_variants"]["r3d_18"]
     assert step["best"] == "eager" and step["variants"]["eager"]["numerics_ok"] and step["variants"]["eager"]["clips_per_s"] > 0

@@ -1,8 +1,8 @@
 """`fastvid bench all`: every benchmark that fits the device, one JSON and one PNG chart.
 
-Each benchmark module exposes `run_benchmark(**kwargs) -> dict`; this module only prepares the
-shared small dataset, calls them in turn (a failing one is recorded, not fatal) and draws the
-speed-ups each reports against its own in-run baseline.
+Each benchmark module exposes an options dataclass and `run_benchmark(options) -> dict`; this module
+only prepares the shared small dataset, calls them in turn (a failing one is recorded, not fatal) and
+draws the speed-ups each reports against its own in-run baseline.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from fastvid.benchmarks.common import device_info, write_json
 from fastvid.store.atomic import atomic_path
 
 KINDS = ("loader", "events", "crop", "train", "events-io")
+# kind -> its module's options dataclass (every one has device, work_dir and quick)
+OPTIONS = {"loader": "LoaderBench", "events": "EventsBench", "crop": "CropBench", "train": "TrainBench",
+           "events-io": "EventsIOBench"}
 
 
 def add_arguments(p):
@@ -86,7 +89,8 @@ def run(args) -> int:
         t0 = time.time()
         try:
             mod = BENCHMARKS[kind][0]()
-            res = mod.run_benchmark(device=device, work_dir=str(work / kind), quick=args.quick)
+            options = getattr(mod, OPTIONS[kind])(device=device, work_dir=str(work / kind), quick=args.quick)
+            res = mod.run_benchmark(options)
             results["benchmarks"][kind] = {"ok": True, "seconds": round(time.time() - t0, 1), "result": res}
         except Exception as exc:  # one broken benchmark must not hide the others' numbers
             traceback.print_exc()

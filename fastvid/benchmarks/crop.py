@@ -8,6 +8,8 @@ transform does it. Timings are interleaved round-robin; the median is reported.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 
 from fastvid.benchmarks.common import device_info, kernel_devices, median_seconds, write_json
@@ -26,12 +28,25 @@ def add_arguments(p):
     p.add_argument("--json", default=None, help="write the result here ('-' prints it)")
 
 
-def run_benchmark(device="auto", batch=8, clip_len=16, height=256, width=340, out_size=224, dtype="float32",
-                  repeats=10, quick=False, progress=True, work_dir=None) -> dict:
-    """Time the fused kernel and the torch F.interpolate baseline per device; returns a JSON-ready dict.
+@dataclass
+class CropBench:
+    """Options of `run_benchmark` (the CLI flags' defaults)."""
 
-    `quick` shrinks the batch and repeats for a smoke run; `work_dir` is accepted for `bench all` (unused).
-    """
+    device: str = "auto"          # "auto" (cuda if visible, plus cpu), "cpu", "cuda" or "all"
+    batch: int = 8                # clips per call
+    clip_len: int = 16
+    height: int = 256             # input frame size
+    width: int = 340
+    out_size: int = 224           # square output side
+    dtype: str = "float32"        # output dtype: float32, float16 or bfloat16
+    repeats: int = 10             # timed calls per measurement (median reported)
+    quick: bool = False           # shrink the batch and repeats: a smoke run
+    progress: bool = True         # tqdm progress bar
+    work_dir: str | None = None   # accepted for `bench all` (unused)
+
+
+def run_benchmark(options: CropBench) -> dict:
+    """Time the fused kernel and the torch F.interpolate baseline per device; returns a JSON-ready dict."""
     import torch
     from tqdm import tqdm
 
@@ -39,32 +54,33 @@ def run_benchmark(device="auto", batch=8, clip_len=16, height=256, width=340, ou
     from fastvid.kernels import crop_resize_normalize, crop_resize_normalize_reference
     from fastvid.video.presets import IMAGENET_MEAN, IMAGENET_STD
 
-    if quick:
-        batch, clip_len, repeats = min(batch, 2), min(clip_len, 8), min(repeats, 3)
-    out_dtype = getattr(torch, dtype)
+    o = options
+    if o.quick:
+        o = replace(o, batch=min(o.batch, 2), clip_len=min(o.clip_len, 8), repeats=min(o.repeats, 3))
+    out_dtype = getattr(torch, o.dtype)
     rng = np.random.default_rng(0)
-    frames_np = rng.integers(0, 256, (batch, clip_len, height, width, 3), dtype=np.uint8)
-    boxes = sample_multiscale_boxes(height, width, batch, seed=0, out_size=out_size)
-    flip = rng.random(batch) < 0.5
+    frames_np = rng.integers(0, 256, (o.batch, o.clip_len, o.height, o.width, 3), dtype=np.uint8)
+    boxes = sample_multiscale_boxes(o.height, o.width, o.batch, seed=0, out_size=o.out_size)
+    flip = rng.random(o.batch) < 0.5
     rows = []
-    for dev in tqdm(kernel_devices(device, "crop"), desc="bench crop", disable=not progress):
+    for dev in tqdm(kernel_devices(o.device, "crop"), desc="bench crop", disable=not o.progress):
         frames = torch.from_numpy(frames_np).to(dev)
         sync = torch.cuda.synchronize if dev == "cuda" else None
         fns = {
-            "fused": lambda: crop_resize_normalize(frames, boxes, out_size, flip=flip, mean=IMAGENET_MEAN, std=IMAGENET_STD, device=dev, out_dtype=out_dtype),
-            "torch_interpolate": lambda: crop_resize_normalize_reference(frames, boxes, out_size, flip=flip, mean=IMAGENET_MEAN, std=IMAGENET_STD).to(out_dtype),
+            "fused": lambda: crop_resize_normalize(frames, boxes, o.out_size, flip=flip, mean=IMAGENET_MEAN, std=IMAGENET_STD, device=dev, out_dtype=out_dtype),
+            "torch_interpolate": lambda: crop_resize_normalize_reference(frames, boxes, o.out_size, flip=flip, mean=IMAGENET_MEAN, std=IMAGENET_STD).to(out_dtype),
         }
-        seconds, best = median_seconds(fns, repeats, sync, with_min=True)
+        seconds, best = median_seconds(fns, o.repeats, sync, with_min=True)
         for impl, sec in seconds.items():
             rows.append({"device": dev, "implementation": impl if impl != "fused" else ("numba" if dev == "cpu" else "cupy cuda"),
-                         "ms_per_batch": sec * 1e3, "clips_per_s": batch / sec,
-                         "best_clips_per_s": batch / best[impl],
+                         "ms_per_batch": sec * 1e3, "clips_per_s": o.batch / sec,
+                         "best_clips_per_s": o.batch / best[impl],
                          "speedup_vs_torch": seconds["torch_interpolate"] / sec})
     return {
         "benchmark": "crop",
         "device_info": device_info(),
-        "config": {"batch": batch, "clip_len": clip_len, "height": height, "width": width, "out_size": out_size,
-                   "dtype": dtype, "repeats": repeats, "statistic": "median",
+        "config": {"batch": o.batch, "clip_len": o.clip_len, "height": o.height, "width": o.width, "out_size": o.out_size,
+                   "dtype": o.dtype, "repeats": o.repeats, "statistic": "median",
                    "boxes": "sample_multiscale_boxes (TSM scales, 13 fixed offsets)", "input": "uint8 on the device"},
         "results": rows,
         "speedup_vs_torch_interpolate": {f"fused_{r['device']}_vs_torch_interpolate": r["speedup_vs_torch"]
@@ -81,8 +97,8 @@ def format_table(result: dict) -> str:
 
 
 def run(args) -> int:
-    result = run_benchmark(args.device, args.batch, args.clip_len, args.height, args.width, args.out_size, args.dtype,
-                           args.repeats)
+    result = run_benchmark(CropBench(device=args.device, batch=args.batch, clip_len=args.clip_len, height=args.height,
+                                     width=args.width, out_size=args.out_size, dtype=args.dtype, repeats=args.repeats))
     print(format_table(result))
     cfg = result["config"]
     print(f"crop: {cfg['batch']}x{cfg['clip_len']} frames {cfg['height']}x{cfg['width']} -> {cfg['out_size']} "

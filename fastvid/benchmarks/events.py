@@ -9,6 +9,7 @@ calls and the baseline are interleaved round-robin, and the median (and the best
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -47,76 +48,45 @@ def synthetic_windows(n_windows: int, events_per_window: int, window_us: int, se
     return ev, offsets
 
 
-def run_benchmark(device="auto", kinds=ALL_KINDS, events_per_window=33_000, window_us=50_000, batch=16, bins=5,
-                  repeats=20, sensor_size=GEN1_SENSOR_SIZE, cuda_batch=128, quick=False, progress=True,
-                  work_dir=None) -> dict:
-    """Measure every (kind, device, single/batched) plus the np.add.at baseline; returns a JSON-ready dict.
+@dataclass
+class EventsBench:
+    """Options of `run_benchmark` (the CLI flags' defaults)."""
 
-    `quick` shrinks repeats and batches for a smoke run; `work_dir` is accepted for `bench all` (unused:
-    the windows are generated in memory).
-    """
-    import torch
+    device: str = "auto"                  # "auto" (cuda if visible, plus cpu), "cpu", "cuda" or "all"
+    kinds: tuple[str, ...] = ALL_KINDS    # representations to time
+    events_per_window: int = 33_000
+    window_us: int = 50_000
+    batch: int = 16                       # windows per batched call on the CPU
+    bins: int = 5
+    repeats: int = 20                     # timed calls per measurement (median reported)
+    sensor_size: tuple[int, int] = GEN1_SENSOR_SIZE  # (width, height)
+    cuda_batch: int = 128                 # windows per batched call on the GPU
+    quick: bool = False                   # shrink repeats and batches: a smoke run
+    progress: bool = True                 # tqdm progress bar
+    work_dir: str | None = None           # accepted for `bench all` (unused: the windows are generated in memory)
+
+
+def run_benchmark(options: EventsBench) -> dict:
+    """Measure every (kind, device, single/batched) plus the np.add.at baseline; returns a JSON-ready dict."""
     from tqdm import tqdm
 
-    from fastvid.events.representations import represent, represent_batch, represent_batch_reference, represent_reference
-
-    if quick:
-        repeats, batch, cuda_batch = min(repeats, 5), min(batch, 4), min(cuda_batch, 16)
-    devices = kernel_devices(device, "events")
-    ev, offsets = synthetic_windows(max(batch, cuda_batch if "cuda" in devices else 0), events_per_window, window_us,
-                                    sensor_size)
-    one = ev[:events_per_window]
+    o = options
+    if o.quick:
+        o = replace(o, repeats=min(o.repeats, 5), batch=min(o.batch, 4), cuda_batch=min(o.cuda_batch, 16))
+    devices = kernel_devices(o.device, "events")
+    ev, offsets = synthetic_windows(max(o.batch, o.cuda_batch if "cuda" in devices else 0), o.events_per_window,
+                                    o.window_us, o.sensor_size)
     rows = []
-    jobs = [(kind, dev) for kind in kinds for dev in devices]
-    for kind, dev in tqdm(jobs, desc="bench events", disable=not progress):
-        n_batch = cuda_batch if dev == "cuda" else batch
-        batch_offsets = offsets[:n_batch + 1]
-        if dev == "cuda":
-            cols = {k: torch.from_numpy(np.ascontiguousarray(ev[k][:batch_offsets[-1]])).cuda() for k in ("t", "x", "y", "p")}
-            one_cols = {k: v[:events_per_window] for k, v in cols.items()}
-            sync = torch.cuda.synchronize
-        else:
-            cols, one_cols, sync = ev[:batch_offsets[-1]], one, None
-        # Single-window calls and the numpy baseline are interleaved with each other; batched calls are
-        # timed on their own, so the worker threads they wake do not slow the single-threaded ones down.
-        single = {"single": lambda: represent(one_cols, kind, sensor_size, bins=bins, device=dev)}
-        if dev == "cpu":
-            single["numpy_add_at"] = lambda: represent_reference(one, kind, sensor_size, bins=bins)
-        batched = {"batched": lambda: represent_batch(cols, batch_offsets, kind, sensor_size, bins=bins, device=dev)}
-        if dev == "cpu":  # the same windows into one fresh (N, C, H, W) array: the fair batched baseline
-            batched["numpy_add_at_batched"] = lambda: represent_batch_reference(cols, batch_offsets, kind, sensor_size,
-                                                                                bins=bins)
-        seconds, best = median_seconds(single, repeats, sync, with_min=True)
-        seconds_b, best_b = median_seconds(batched, repeats, sync, with_min=True)
-        seconds.update(seconds_b)
-        best.update(best_b)
-        for mode, sec in seconds.items():
-            is_batch = mode.startswith("batched") or mode.endswith("_batched")
-            n_events = int(batch_offsets[-1]) if is_batch else events_per_window
-            rows.append({"kind": kind, "device": dev, "mode": mode,
-                         "implementation": "numpy np.add.at" if mode.startswith("numpy") else
-                         {"cpu": "numba", "cuda": "cupy cuda"}[dev],
-                         "windows": n_batch if is_batch else 1, "events": n_events,
-                         "ms_per_call": sec * 1e3, "events_per_s": n_events / sec,
-                         "best_ms_per_call": best[mode] * 1e3, "best_events_per_s": n_events / best[mode]})
-    # Single calls are compared with the single-window baseline, batched calls with the batched one
-    # (the GPU's batched calls too: the CPU numpy baseline is what they replace).
-    speedups = {}
-    for kind in kinds:
-        base = {m: next((r for r in rows if r["kind"] == kind and r["mode"] == m), None)
-                for m in ("numpy_add_at", "numpy_add_at_batched")}
-        for r in rows:
-            if r["kind"] != kind or r["mode"].startswith("numpy"):
-                continue
-            ref = base["numpy_add_at_batched" if r["mode"] == "batched" else "numpy_add_at"]
-            if ref:
-                speedups[_speedup_key(kind, r["device"], r["mode"])] = r["events_per_s"] / ref["events_per_s"]
-    result = {
+    jobs = [(kind, dev) for kind in o.kinds for dev in devices]
+    for kind, dev in tqdm(jobs, desc="bench events", disable=not o.progress):
+        rows += _time_kind(o, kind, dev, ev, offsets)
+    speedups = _speedups(rows, o.kinds)
+    return {
         "benchmark": "events",
         "device_info": device_info(),
-        "config": {"events_per_window": events_per_window, "window_us": window_us, "batch": batch,
-                   "cuda_batch": cuda_batch if "cuda" in devices else None, "bins": bins,
-                   "repeats": repeats, "sensor_size": list(sensor_size), "statistic": "median",
+        "config": {"events_per_window": o.events_per_window, "window_us": o.window_us, "batch": o.batch,
+                   "cuda_batch": o.cuda_batch if "cuda" in devices else None, "bins": o.bins,
+                   "repeats": o.repeats, "sensor_size": list(o.sensor_size), "statistic": "median",
                    "input": "structured numpy array on cpu; torch CUDA columns already on the GPU for cuda"},
         "results": rows,
         "speedup_vs_numpy_add_at": speedups,
@@ -127,7 +97,64 @@ def run_benchmark(device="auto", kinds=ALL_KINDS, events_per_window=33_000, wind
                         (r["events_per_s"] for r in rows if r["kind"] == "voxel_grid" and r["device"] == "cuda"
                          and r["mode"] == "batched"), None)},
     }
-    return result
+
+
+def _time_kind(o: EventsBench, kind: str, dev: str, ev, offsets) -> list[dict]:
+    """The rows of one kind on one device: single-window and batched calls, plus the numpy baselines on the CPU."""
+    import torch
+
+    from fastvid.events.representations import represent, represent_batch, represent_batch_reference, represent_reference
+
+    sensor_size, bins = o.sensor_size, o.bins
+    one = ev[:o.events_per_window]
+    n_batch = o.cuda_batch if dev == "cuda" else o.batch
+    batch_offsets = offsets[:n_batch + 1]
+    if dev == "cuda":
+        cols = {k: torch.from_numpy(np.ascontiguousarray(ev[k][:batch_offsets[-1]])).cuda() for k in ("t", "x", "y", "p")}
+        one_cols = {k: v[:o.events_per_window] for k, v in cols.items()}
+        sync = torch.cuda.synchronize
+    else:
+        cols, one_cols, sync = ev[:batch_offsets[-1]], one, None
+    # Single-window calls and the numpy baseline are interleaved with each other; batched calls are
+    # timed on their own, so the worker threads they wake do not slow the single-threaded ones down.
+    single = {"single": lambda: represent(one_cols, kind, sensor_size, bins=bins, device=dev)}
+    if dev == "cpu":
+        single["numpy_add_at"] = lambda: represent_reference(one, kind, sensor_size, bins=bins)
+    batched = {"batched": lambda: represent_batch(cols, batch_offsets, kind, sensor_size, bins=bins, device=dev)}
+    if dev == "cpu":  # the same windows into one fresh (N, C, H, W) array: the fair batched baseline
+        batched["numpy_add_at_batched"] = lambda: represent_batch_reference(cols, batch_offsets, kind, sensor_size,
+                                                                            bins=bins)
+    seconds, best = median_seconds(single, o.repeats, sync, with_min=True)
+    seconds_b, best_b = median_seconds(batched, o.repeats, sync, with_min=True)
+    seconds.update(seconds_b)
+    best.update(best_b)
+    rows = []
+    for mode, sec in seconds.items():
+        is_batch = mode.startswith("batched") or mode.endswith("_batched")
+        n_events = int(batch_offsets[-1]) if is_batch else o.events_per_window
+        rows.append({"kind": kind, "device": dev, "mode": mode,
+                     "implementation": "numpy np.add.at" if mode.startswith("numpy") else
+                     {"cpu": "numba", "cuda": "cupy cuda"}[dev],
+                     "windows": n_batch if is_batch else 1, "events": n_events,
+                     "ms_per_call": sec * 1e3, "events_per_s": n_events / sec,
+                     "best_ms_per_call": best[mode] * 1e3, "best_events_per_s": n_events / best[mode]})
+    return rows
+
+
+def _speedups(rows: list[dict], kinds) -> dict:
+    """Single calls are compared with the single-window baseline, batched calls with the batched one
+    (the GPU's batched calls too: the CPU numpy baseline is what they replace)."""
+    speedups = {}
+    for kind in kinds:
+        base = {m: next((r for r in rows if r["kind"] == kind and r["mode"] == m), None)
+                for m in ("numpy_add_at", "numpy_add_at_batched")}
+        for r in rows:
+            if r["kind"] != kind or r["mode"].startswith("numpy"):
+                continue
+            ref = base["numpy_add_at_batched" if r["mode"] == "batched" else "numpy_add_at"]
+            if ref:
+                speedups[_speedup_key(kind, r["device"], r["mode"])] = r["events_per_s"] / ref["events_per_s"]
+    return speedups
 
 
 def _speedup_key(kind: str, device: str, mode: str) -> str:
@@ -145,8 +172,9 @@ def format_table(result: dict) -> str:
 
 
 def run(args) -> int:
-    result = run_benchmark(args.device, tuple(args.kinds), args.events_per_window, args.window_us, args.batch, args.bins,
-                           args.repeats, cuda_batch=args.cuda_batch)
+    result = run_benchmark(EventsBench(device=args.device, kinds=tuple(args.kinds), events_per_window=args.events_per_window,
+                                       window_us=args.window_us, batch=args.batch, bins=args.bins, repeats=args.repeats,
+                                       cuda_batch=args.cuda_batch))
     print(format_table(result))
     single = result["targets"]["voxel_grid numba single >= 5x np.add.at"]
     batched = result["targets"]["voxel_grid numba batched >= 5x np.add.at (batched)"]

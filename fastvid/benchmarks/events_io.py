@@ -13,7 +13,7 @@ unless --shards is given):
   concatenating the batch; wait: the training loop waiting for a host batch; transfer; represent);
 * baseline: the no-shard way, read each window from the DAT file (memory-mapped binary search) and
   build its representation with one `represent` call per window; the ratio is loader vs baseline.
-`run_benchmark(...) -> dict` is what `fastvid bench all` calls.
+`run_benchmark(EventsIOBench(...)) -> dict` is what `fastvid bench all` calls.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -202,75 +203,107 @@ def _run_loader(loader, repeats: int, device: str) -> dict:
             "stage_events_per_s": {k: (ev / v if v > 0 else None) for k, v in stages.items()}}
 
 
-def run_benchmark(device: str = "auto", work_dir: str = "bench_work/events-io", quick: bool = False, shards=None,
-                  recordings: int | None = None, duration_s: float | None = None, rate_meps: float = 0.67,
-                  segment_ms: float = 500.0, window_ms: float = 50.0, batch_size: int | None = None,
-                  representation: str = "stacked_histogram", bins: int = 10, baseline: bool = True,
-                  repeats: int | None = None, numba_threads: int | None = None, compress_level: int = 1,
-                  codec: str = "lz4", num_workers: int | None = None, dtype: str = "float32",
-                  count_cutoff: float | None = None) -> dict:
+@dataclass
+class EventsIOBench:
+    """Options of `run_benchmark` (the CLI flags' defaults; None: a default that depends on `quick`)."""
+
+    device: str = "auto"
+    work_dir: str = "bench_work/events-io"  # where generated recordings and shards are kept
+    quick: bool = False                     # small inputs (a smoke run, not for reporting)
+    shards: str | Path | None = None        # an existing event shard set (default: generate GEN1-like data and shard it)
+    recordings: int | None = None           # generated recordings (default 32; quick 2)
+    duration_s: float | None = None         # seconds per generated recording (default 4; quick 1)
+    rate_meps: float = 0.67                 # generated event rate, M events/s (GEN1 average: 0.67)
+    segment_ms: float = 500.0
+    window_ms: float = 50.0
+    batch_size: int | None = None           # parallel streams (default 16; quick 2)
+    representation: str = "stacked_histogram"
+    bins: int = 10
+    baseline: bool = True                   # also time the per-window DAT read baseline
+    repeats: int | None = None              # timed runs per measurement, best kept (default 3; quick 1)
+    numba_threads: int | None = None        # threads of the CPU representation kernels (default: numba's)
+    compress_level: int = 1                 # shard codec level for generated data (0 = stored)
+    codec: str = "lz4"                      # shard codec for generated data
+    num_workers: int | None = None          # loader reader threads (default: the loader's)
+    dtype: str = "float32"                  # loader output dtype
+    count_cutoff: float | None = None       # cap of the histogram counts (RVT's count_cutoff)
+
+
+def run_benchmark(options: EventsIOBench) -> dict:
     from fastvid import _gpu
     from fastvid.benchmarks.common import device_info
-    from fastvid.events.sequence import Encoding, EventExecution, EventSequenceLoader, Windowing
-    from fastvid.events.writing import shard_events
 
-    device = _gpu.resolve_device(device)
-    recordings = recordings or (2 if quick else 32)
-    duration_s = duration_s or (1.0 if quick else 4.0)
-    batch_size = batch_size or (2 if quick else 16)
-    repeats = repeats or (1 if quick else 3)
-    if numba_threads:  # the CPU kernels' thread count (oversubscribed CPUs make parallel regions stall)
+    o, quick = options, options.quick
+    o = replace(o, device=_gpu.resolve_device(o.device), recordings=o.recordings or (2 if quick else 32),
+                duration_s=o.duration_s or (1.0 if quick else 4.0), batch_size=o.batch_size or (2 if quick else 16),
+                repeats=o.repeats or (1 if quick else 3))
+    if o.numba_threads:  # the CPU kernels' thread count (oversubscribed CPUs make parallel regions stall)
         import numba
 
-        numba.set_num_threads(numba_threads)
-    work = Path(work_dir)
-    result = {"device": device, "device_info": device_info(), "quick": quick, "repeats": repeats,
-              "representation": representation, "numba_threads": _numba_threads(),
-              "load_average_before": _load_average(), "batch_size": batch_size, "dtype": dtype,
-              "count_cutoff": count_cutoff, "bins": bins, "window_ms": window_ms, "segment_ms": segment_ms,
-              "codec": codec, "compress_level": compress_level, "gen1_events_per_s_of_recording": GEN1_EVENTS_PER_S}
-    src = None
+        numba.set_num_threads(o.numba_threads)
+    result = {"device": o.device, "device_info": device_info(), "quick": o.quick, "repeats": o.repeats,
+              "representation": o.representation, "numba_threads": _numba_threads(),
+              "load_average_before": _load_average(), "batch_size": o.batch_size, "dtype": o.dtype,
+              "count_cutoff": o.count_cutoff, "bins": o.bins, "window_ms": o.window_ms, "segment_ms": o.segment_ms,
+              "codec": o.codec, "compress_level": o.compress_level, "gen1_events_per_s_of_recording": GEN1_EVENTS_PER_S}
+    src, shards = None, o.shards
     if shards is None:
-        src = work / "gen1_like"
-        result["data"] = make_gen1_like(src, recordings, duration_s, rate_meps)
-        shards = work / f"shards_{int(segment_ms)}ms"
-        if shards.exists():  # our own output of an earlier run: shard again so the timing is real
-            shutil.rmtree(shards)
-        start = time.perf_counter()
-        shard_events(src, shards, segment_ms=segment_ms, compress_level=compress_level, codec=codec,
-                     layout="npz" if codec in ("deflate", "stored") else "blocks")
-        seconds = time.perf_counter() - start
-        result["shard"] = {"seconds": round(seconds, 3), "events_per_s": result["data"]["events"] / seconds}
-        raw_bytes = sum(p.stat().st_size for p in src.glob("*_td.dat"))
-        shard_bytes = sum(p.stat().st_size for p in Path(shards).glob("*.tar"))
-        result["shard"]["bytes_per_event"] = shard_bytes / max(result["data"]["events"], 1)
-        result["shard"]["dat_bytes_per_event"] = raw_bytes / max(result["data"]["events"], 1)
+        src, shards = _generate_and_shard(o, result)
 
-    result["stages"] = bench_stages(shards, repeats)
+    result["stages"] = bench_stages(shards, o.repeats)
     result["decode"] = result["stages"]["decode_one_thread"]["shards"]  # (key kept for earlier result files)
+    sensor_size = _loader_runs(o, shards, result)
 
-    windowing = Windowing(window_ms=window_ms, shuffle=False)
-    encoding = Encoding(representation, bins=bins, dtype=dtype, count_cutoff=count_cutoff)
-
-    def loader_of(**execution):
-        return EventSequenceLoader(shards, batch_size, windowing, encoding,
-                                   EventExecution(device=device, num_workers=num_workers, **execution))
-
-    loader = loader_of()
-    _warm_up(representation, bins, loader.sensor_size, device)
-    result["loader"] = _run_loader(loader, repeats, device)
-    result["loader_vs_gen1_real_time"] = result["loader"]["real_time_x"]
-    # The same run with the device synchronized around transfer and represent: per-stage seconds.
-    result["loader_stages_synced"] = _run_loader(loader_of(sync_timing=True), 1, device)
-
-    if baseline and src is not None:
-        runs = [bench_baseline(src, window_ms, representation, bins, loader.sensor_size, device,
-                               max_windows=None if quick else 400) for _ in range(repeats)]
+    if o.baseline and src is not None:
+        runs = [bench_baseline(src, o.window_ms, o.representation, o.bins, sensor_size, o.device,
+                               max_windows=None if o.quick else 400) for _ in range(o.repeats)]
         result["baseline_dat_per_window"] = max(runs, key=lambda r: r["events_per_s"])
         result["speedup_loader_vs_dat_per_window"] = (result["loader"]["events_per_s"]
                                                       / result["baseline_dat_per_window"]["events_per_s"])
     result["load_average_after"] = _load_average()
     return result
+
+
+def _generate_and_shard(o: EventsIOBench, result: dict) -> tuple[Path, Path]:
+    """GEN1-like recordings in the work dir, sharded afresh (timed: result["data"], result["shard"])."""
+    from fastvid.events.writing import shard_events
+
+    work = Path(o.work_dir)
+    src = work / "gen1_like"
+    result["data"] = make_gen1_like(src, o.recordings, o.duration_s, o.rate_meps)
+    shards = work / f"shards_{int(o.segment_ms)}ms"
+    if shards.exists():  # our own output of an earlier run: shard again so the timing is real
+        shutil.rmtree(shards)
+    start = time.perf_counter()
+    shard_events(src, shards, segment_ms=o.segment_ms, compress_level=o.compress_level, codec=o.codec,
+                 layout="npz" if o.codec in ("deflate", "stored") else "blocks")
+    seconds = time.perf_counter() - start
+    result["shard"] = {"seconds": round(seconds, 3), "events_per_s": result["data"]["events"] / seconds}
+    raw_bytes = sum(p.stat().st_size for p in src.glob("*_td.dat"))
+    shard_bytes = sum(p.stat().st_size for p in Path(shards).glob("*.tar"))
+    result["shard"]["bytes_per_event"] = shard_bytes / max(result["data"]["events"], 1)
+    result["shard"]["dat_bytes_per_event"] = raw_bytes / max(result["data"]["events"], 1)
+    return src, shards
+
+
+def _loader_runs(o: EventsIOBench, shards, result: dict):
+    """`EventSequenceLoader` end to end, then once more synchronized per stage; returns the set's sensor size."""
+    from fastvid.events.sequence import Encoding, EventExecution, EventSequenceLoader, Windowing
+
+    windowing = Windowing(window_ms=o.window_ms, shuffle=False)
+    encoding = Encoding(o.representation, bins=o.bins, dtype=o.dtype, count_cutoff=o.count_cutoff)
+
+    def loader_of(**execution):
+        return EventSequenceLoader(shards, o.batch_size, windowing, encoding,
+                                   EventExecution(device=o.device, num_workers=o.num_workers, **execution))
+
+    loader = loader_of()
+    _warm_up(o.representation, o.bins, loader.sensor_size, o.device)
+    result["loader"] = _run_loader(loader, o.repeats, o.device)
+    result["loader_vs_gen1_real_time"] = result["loader"]["real_time_x"]
+    # The same run with the device synchronized around transfer and represent: per-stage seconds.
+    result["loader_stages_synced"] = _run_loader(loader_of(sync_timing=True), 1, o.device)
+    return loader.sensor_size
 
 
 def add_arguments(p):
@@ -303,13 +336,8 @@ def run(args) -> int:
     from fastvid.benchmarks.common import write_json
 
     device = _gpu.resolve_device(args.device)
-    result = run_benchmark(device=device, work_dir=args.work_dir, quick=args.quick, shards=args.shards,
-                           recordings=args.recordings, duration_s=args.duration_s, rate_meps=args.rate_meps,
-                           segment_ms=args.segment_ms, window_ms=args.window_ms, batch_size=args.batch_size,
-                           representation=args.representation, bins=args.bins, baseline=not args.no_baseline,
-                           repeats=args.repeats, numba_threads=args.numba_threads,
-                           compress_level=args.compress_level, codec=args.codec, num_workers=args.num_workers,
-                           dtype=args.dtype, count_cutoff=args.count_cutoff)
+    taken = {f.name: getattr(args, f.name) for f in fields(EventsIOBench) if f.name not in ("device", "baseline")}
+    result = run_benchmark(EventsIOBench(**taken, device=device, baseline=not args.no_baseline))
     path = args.json or f"bench/results/events-io-{'cuda' if device.startswith('cuda') else 'cpu'}.json"
     write_json(result, path)
     lines = [f"events-io on {result['device_info']['device']} ({result['representation']}, bins {result['bins']}, "

@@ -24,7 +24,7 @@ interleaved round-robin so that a busy machine slows them all alike), it times:
 * ``tonic``: tonic's `ToFrame` (n_time_bins = bins) on the DAT windows, when tonic is installed.
 
 Every path reports events/s and windows/s (median and best of the repeats) and its ratio to ``dat``.
-`run_benchmark(...) -> dict`; the CLI writes bench/results/events-shards-<device>.json.
+`run_benchmark(EventsShardsBench(...)) -> dict`; the CLI writes bench/results/events-shards-<device>.json.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -360,37 +361,66 @@ def _paths(sets, windows, window_us, window_ms, bins, sensor, batch, device, dty
     return paths
 
 
-def run_benchmark(work_dir="bench_work/events-shards", recordings=32, duration_s=4.0, rate_meps=1.0, segment_ms=500.0,
-                  window_ms=50.0, bins=10, batch=16, repeats=3, layouts=None, device="cpu", dtype="float32",
-                  tonic_windows=64, quick=False) -> dict:
+@dataclass
+class EventsShardsBench:
+    """Options of `run_benchmark` (the CLI flags' defaults)."""
+
+    work_dir: str = "bench_work/events-shards"  # where generated recordings and shard sets go
+    recordings: int = 32                        # generated recordings
+    duration_s: float = 4.0                     # seconds per generated recording
+    rate_meps: float = 1.0                      # events per second of recording, in millions (GEN1: ~0.67)
+    segment_ms: float = 500.0
+    window_ms: float = 50.0
+    bins: int = 10
+    batch: int = 16                             # windows per step (loader streams)
+    repeats: int = 3
+    layouts: list[str] | None = None            # names in LAYOUTS to write and time (None: all)
+    device: str = "cpu"
+    dtype: str = "float32"                      # loader output dtype
+    tonic_windows: int = 64                     # windows timed through tonic's ToFrame (it is slow)
+    quick: bool = False                         # small inputs (a smoke run, not for reporting)
+
+
+def run_benchmark(options: EventsShardsBench) -> dict:
     from fastvid import _gpu
     from fastvid.benchmarks.common import device_info
     from fastvid.benchmarks.events_io import _load_average, _warm_up, make_gen1_like
 
-    device = _gpu.resolve_device(device)
-    if quick:
-        recordings, duration_s, repeats, layouts = 2, 1.0, 1, layouts or QUICK_LAYOUTS
-    layouts = list(layouts or LAYOUTS)
-    work = Path(work_dir)
-    result = {"benchmark": "events-shards", "device": device, "device_info": device_info(),
+    o = replace(options, device=_gpu.resolve_device(options.device))
+    if o.quick:
+        o = replace(o, recordings=2, duration_s=1.0, repeats=1, layouts=o.layouts or QUICK_LAYOUTS)
+    layouts = list(o.layouts or LAYOUTS)
+    work = Path(o.work_dir)
+    result = {"benchmark": "events-shards", "device": o.device, "device_info": device_info(),
               "command": " ".join(["fastvid", "bench", "events-shards", *sys.argv[3:]]) if "bench" in sys.argv else None,
-              "load_average_before": _load_average(), "repeats": repeats, "batch": batch, "bins": bins,
-              "window_ms": window_ms, "segment_ms": segment_ms, "dtype": dtype, "representation": "stacked_histogram",
+              "load_average_before": _load_average(), "repeats": o.repeats, "batch": o.batch, "bins": o.bins,
+              "window_ms": o.window_ms, "segment_ms": o.segment_ms, "dtype": o.dtype, "representation": "stacked_histogram",
               "statistic": "median of the repeats (best also listed); ratios use the medians"}
     src = work / "gen1_like"
-    result["data"] = make_gen1_like(src, recordings, duration_s, rate_meps)
+    result["data"] = make_gen1_like(src, o.recordings, o.duration_s, o.rate_meps)
     sensor = (304, 240)
-    window_us = int(round(window_ms * 1000))
+    window_us = int(round(o.window_ms * 1000))
     windows = _windows(src, window_us)
-    sets = _make_sets(src, work, layouts, segment_ms, window_ms, bins)
+    sets = _make_sets(src, work, layouts, o.segment_ms, o.window_ms, o.bins)
     result["layouts"] = {name: {"options": LAYOUTS[name], "write_seconds": s["write_seconds"],
                                 "bytes_per_event": s["tar_bytes"] / result["data"]["events"]} for name, s in sets.items()}
     for name, stats in _layout_stats(sets, window_us).items():
         result["layouts"][name].update(stats)
     has_tonic = _gpu.has_module("tonic")
-    paths = _paths(sets, windows, window_us, window_ms, bins, sensor, batch, device, dtype,
-                   windows[:tonic_windows] if has_tonic else None)
-    _warm_up("stacked_histogram", bins, sensor, device)
+    paths = _paths(sets, windows, window_us, o.window_ms, o.bins, sensor, o.batch, o.device, o.dtype,
+                   windows[:o.tonic_windows] if has_tonic else None)
+    _warm_up("stacked_histogram", o.bins, sensor, o.device)
+    result["paths"] = _time_paths(paths, o.repeats)
+    result["tonic"] = "measured" if has_tonic else "skipped (tonic not installed)"
+    result["load_average_after"] = _load_average()
+    result["target"] = _targets(result["paths"])
+    if not o.quick:
+        shutil.rmtree(work, ignore_errors=True) if os.environ.get("FASTVID_BENCH_CLEAN") else None
+    return result
+
+
+def _time_paths(paths: dict, repeats: int) -> dict:
+    """One untimed pass of every path, then `repeats` timed passes interleaved round-robin; a row per path."""
     counts, stages = {}, {}
     for name, fn in paths.items():  # steady state: caches, page cache and compiled kernels warm
         counts[name] = fn()[:2]
@@ -406,21 +436,21 @@ def run_benchmark(work_dir="bench_work/events-shards", recordings=32, duration_s
             for name in paths}
     for row in rows.values():
         row["x_dat"] = row["windows_per_s"] / rows["dat"]["windows_per_s"]  # same windows: = the events/s ratio
-    result["paths"] = rows
-    result["tonic"] = "measured" if has_tonic else "skipped (tonic not installed)"
-    result["load_average_after"] = _load_average()
+    return rows
+
+
+def _targets(rows: dict) -> dict:
+    """The issue's targets: the best shard path and the loader against dat, the uint8 paths against dat's uint8 kernel."""
     shard_rows = {n: r["x_dat"] for n, r in rows.items() if n.startswith(("shards:", "precomputed", "windows->"))}
     best = max(shard_rows, key=shard_rows.get)
-    result["target"] = {"issue 19: best shard path >= 2x dat": {"path": best, "x_dat": shard_rows[best]},
-                        "loader (EventSequenceLoader, float32) best x dat": max(
-                            r["x_dat"] for n, r in rows.items() if n.startswith("shards:"))}
+    target = {"issue 19: best shard path >= 2x dat": {"path": best, "x_dat": shard_rows[best]},
+              "loader (EventSequenceLoader, float32) best x dat": max(
+                  r["x_dat"] for n, r in rows.items() if n.startswith("shards:"))}
     if "dat (uint8 kernel)" in rows:
         u8 = rows["dat (uint8 kernel)"]["windows_per_s"]
-        result["target"]["uint8 paths x dat (uint8 kernel)"] = {
+        target["uint8 paths x dat (uint8 kernel)"] = {
             n: r["windows_per_s"] / u8 for n, r in rows.items() if n.startswith(("windows->", "precomputed (uint8"))}
-    if not quick:
-        shutil.rmtree(work, ignore_errors=True) if os.environ.get("FASTVID_BENCH_CLEAN") else None
-    return result
+    return target
 
 
 def format_table(result: dict) -> str:
@@ -460,11 +490,11 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from dataclasses import fields
+
     from fastvid.benchmarks.common import write_json
 
-    result = run_benchmark(args.work_dir, args.recordings, args.duration_s, args.rate_meps, args.segment_ms, args.window_ms,
-                           args.bins, args.batch, args.repeats, args.layouts, args.device, args.dtype, args.tonic_windows,
-                           args.quick)
+    result = run_benchmark(EventsShardsBench(**{f.name: getattr(args, f.name) for f in fields(EventsShardsBench)}))
     path = args.json or f"bench/results/events-shards-{'cuda' if result['device'].startswith('cuda') else 'cpu'}.json"
     write_json(result, path)
     print(format_table(result) + f"\n  -> {path}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from fastvid import _gpu
@@ -323,58 +324,104 @@ def available_backends(shard_set, device: str) -> list[str]:
     return names
 
 
-def run_benchmark(shards=None, *, videos=None, backends=("all",), device="auto", work_dir="bench_work/loader",
-                  quick=False, batch_size=DEFAULTS["batch_size"], clip_len=DEFAULTS["clip_len"], frame_stride=DEFAULTS["frame_stride"],
-                  preset=DEFAULTS["preset"], batches=DEFAULTS["batches"], warmup=DEFAULTS["warmup"], workers=None, step_ms=0.0,
-                  num_videos=DEFAULTS["num_videos"], shard_short_side=None, repeats=1) -> dict:
-    """Measure each backend on the same videos; returns the result dict (also used by `fastvid bench all`)."""
-    import torch
+@dataclass
+class LoaderBench:
+    """Options of `run_benchmark` (the CLI flags' defaults)."""
 
+    shards: str | Path | None = None           # shard set directory (None: generate one in work_dir)
+    videos: str | Path | None = None           # the original videos, for the peers (None: json "source")
+    backends: tuple[str, ...] = ("all",)       # backends and peers; "all": every one that can decode the set
+    device: str = "auto"
+    work_dir: str = "bench_work/loader"        # where the generated videos and shards are kept
+    quick: bool = False                        # fewer batches and videos: a smoke run
+    batch_size: int = DEFAULTS["batch_size"]
+    clip_len: int = DEFAULTS["clip_len"]
+    frame_stride: int = DEFAULTS["frame_stride"]
+    preset: str = DEFAULTS["preset"]
+    batches: int = DEFAULTS["batches"]         # timed batches per backend (after warm-up)
+    warmup: int = DEFAULTS["warmup"]           # untimed batches first
+    workers: int | None = None                 # threads (DALI) / worker processes (PyAV, baseline); None: cores
+    step_ms: float = 0.0                       # simulated training step per batch, to measure data-wait
+    num_videos: int = DEFAULTS["num_videos"]   # videos to generate without shards
+    shard_short_side: int | None = None        # without shards: shard the generated videos at this short side
+    repeats: int = 1                           # runs per backend, interleaved; medians reported
+
+
+def run_benchmark(options: LoaderBench) -> dict:
+    """Measure each backend on the same videos; returns the result dict (also used by `fastvid bench all`)."""
     from fastvid.pipeline import backends as registry
+
+    o = replace(options, device=_gpu.resolve_device(options.device), workers=options.workers or registry.cpu_count())
+    if o.quick:
+        o = replace(o, batches=min(o.batches, 4), warmup=1, num_videos=min(o.num_videos, 24), batch_size=min(o.batch_size, 8))
+    generated = None
+    if o.shards is None:
+        o, generated = _generate(o)
+    wanted = _wanted_backends(o)
+    result = {"device_info": device_info(), "device": o.device, "shards": str(o.shards), "shard_set": describe_shards(o.shards),
+              "generated": generated,
+              "config": {"batch_size": o.batch_size, "clip_len": o.clip_len, "frame_stride": o.frame_stride, "preset": o.preset,
+                         "batches": o.batches, "warmup": o.warmup, "workers": o.workers, "step_ms": o.step_ms,
+                         "repeats": o.repeats, "backends": wanted},
+              "backends": {}}
+    factories = _factories(wanted, o, result)
+    runs = _steady_state_runs(factories, o, result)
+    for backend, rs in runs.items():
+        if rs and backend not in result["backends"]:
+            median = sorted(rs, key=lambda r: r["clips_per_s"])[len(rs) // 2]
+            result["backends"][backend] = {**median, "runs_clips_per_s": [r["clips_per_s"] for r in rs]}
+    _first_batch_times(factories, result, o.repeats)
+    base = result["backends"].get("baseline", {}).get("clips_per_s")
+    if base:
+        result["speedup_vs_baseline"] = {b: round(r["clips_per_s"] / base, 2) for b, r in result["backends"].items()
+                                         if b != "baseline" and "clips_per_s" in r}
+    return result
+
+
+def _generate(o: LoaderBench) -> tuple[LoaderBench, dict]:
+    """A Kinetics-like set made (or reused) in work_dir: the options with its shards (and videos), and its description."""
+    cuda = o.device.startswith("cuda")
+    src, shards = make_dataset(o.work_dir, num_videos=o.num_videos, num_frames=64 if o.quick else 250,
+                               codec="h264" if cuda else "vp9", short_side=o.shard_short_side)
+    generated = {"videos": str(src), "num_videos": o.num_videos, "frames": 64 if o.quick else 250, "size": "320x240",
+                 "source_codec": "h264 (gop 50)", "shard_codec": "h264" if cuda else "vp9",
+                 "shard_short_side": o.shard_short_side}
+    return replace(o, shards=shards, videos=o.videos or src), generated
+
+
+def _wanted_backends(o: LoaderBench) -> list[str]:
+    """The backends asked for, with "all" expanded to every backend that decodes the set here, plus the peers."""
     from fastvid.video.reader import open_shard_set
 
-    device = _gpu.resolve_device(device)
-    cuda = device.startswith("cuda")
-    workers = workers or registry.cpu_count()
-    if quick:
-        batches, warmup, num_videos, batch_size = min(batches, 4), 1, min(num_videos, 24), min(batch_size, 8)
-    generated = None
-    if shards is None:
-        src, shards = make_dataset(work_dir, num_videos=num_videos, num_frames=64 if quick else 250,
-                                   codec="h264" if cuda else "vp9", short_side=shard_short_side)
-        videos = videos or src
-        generated = {"videos": str(src), "num_videos": num_videos, "frames": 64 if quick else 250, "size": "320x240",
-                     "source_codec": "h264 (gop 50)", "shard_codec": "h264" if cuda else "vp9",
-                     "shard_short_side": shard_short_side}
-    wanted = list(backends)
+    wanted = list(o.backends)
     if "all" in wanted:
+        cuda = o.device.startswith("cuda")
         wanted = [b for b in wanted if b != "all"]
-        wanted += [b for b in available_backends(open_shard_set(shards), device) if b not in wanted]
+        wanted += [b for b in available_backends(open_shard_set(o.shards), o.device) if b not in wanted]
         # DALI's CPU video reader cannot decode the H.264 source files: its peer runs on the GPU only.
         wanted += [b for b in PEERS if b not in wanted and (b != "dali-video" or (cuda and _gpu.dali_available()))]
-    sync = torch.cuda.synchronize if cuda else None
-    result = {"device_info": device_info(), "device": device, "shards": str(shards), "shard_set": describe_shards(shards),
-              "generated": generated,
-              "config": {"batch_size": batch_size, "clip_len": clip_len, "frame_stride": frame_stride, "preset": preset,
-                         "batches": batches, "warmup": warmup, "workers": workers, "step_ms": step_ms,
-                         "repeats": repeats, "backends": wanted},
-              "backends": {}}
-    factories = _factories(wanted, shards, videos, device, batch_size=batch_size, clip_len=clip_len,
-                           frame_stride=frame_stride, preset=preset, workers=workers, result=result)
-    streams, loaders = _streams(factories, device, quick)
+    return wanted
+
+
+def _steady_state_runs(factories: dict, o: LoaderBench, result: dict) -> dict[str, list[dict]]:
+    """backend -> its `repeats` measurements; a backend that fails gets its error in result["backends"]."""
+    import torch
+
+    sync = torch.cuda.synchronize if o.device.startswith("cuda") else None
+    streams, loaders = _streams(factories, o.device, o.quick)
     # Repeats interleave the backends, so a load change on a shared machine hits all of them; only one
     # backend runs at a time (its epoch is closed before the next backend starts; persistent workers idle).
     runs: dict[str, list[dict]] = {b: [] for b in streams}
     try:
-        for repeat in range(repeats):
+        for repeat in range(o.repeats):
             for backend, (make_iter, clips_of, stages) in streams.items():
                 if backend in result["backends"]:
                     continue
-                print(f"bench loader: {backend} on {device} (run {repeat + 1}/{repeats}) ...", file=sys.stderr, flush=True)
+                print(f"bench loader: {backend} on {o.device} (run {repeat + 1}/{o.repeats}) ...", file=sys.stderr, flush=True)
                 stream = _endless(make_iter, first_epoch=repeat)
                 try:
-                    runs[backend].append(_measure(stream, batches=batches, warmup=warmup, step_s=step_ms / 1000,
-                                                  clips_of=clips_of, sync=sync, stages=stages, device=device))
+                    runs[backend].append(_measure(stream, batches=o.batches, warmup=o.warmup, step_s=o.step_ms / 1000,
+                                                  clips_of=clips_of, sync=sync, stages=stages, device=o.device))
                 except Exception as exc:
                     result["backends"][backend] = {"error": f"{type(exc).__name__}: {exc}"}
                     continue
@@ -384,19 +431,10 @@ def run_benchmark(shards=None, *, videos=None, backends=("all",), device="auto",
     finally:
         for loader in loaders:
             loader.close()
-    for backend, rs in runs.items():
-        if rs and backend not in result["backends"]:
-            median = sorted(rs, key=lambda r: r["clips_per_s"])[len(rs) // 2]
-            result["backends"][backend] = {**median, "runs_clips_per_s": [r["clips_per_s"] for r in rs]}
-    _first_batch_times(factories, result, repeats)
-    base = result["backends"].get("baseline", {}).get("clips_per_s")
-    if base:
-        result["speedup_vs_baseline"] = {b: round(r["clips_per_s"] / base, 2) for b, r in result["backends"].items()
-                                         if b != "baseline" and "clips_per_s" in r}
-    return result
+    return runs
 
 
-def _factories(wanted, shards, videos, device, *, batch_size, clip_len, frame_stride, preset, workers, result) -> dict:
+def _factories(wanted: list[str], o: LoaderBench, result: dict) -> dict:
     """backend -> (make: () -> a fresh loader, kind: "video" | "baseline" | "peer"); a backend that cannot be
     set up gets its error in result["backends"]."""
     from fastvid.benchmarks.baseline import baseline_loader, videos_from_shards
@@ -406,19 +444,19 @@ def _factories(wanted, shards, videos, device, *, batch_size, clip_len, frame_st
     for backend in wanted:
         try:
             if backend == "baseline":
-                vids = videos_from_shards(shards, videos)
+                vids = videos_from_shards(o.shards, o.videos)
                 out[backend] = (lambda epoch=0, vids=vids: baseline_loader(
-                    vids, batch_size=batch_size, clip_len=clip_len, frame_stride=frame_stride, num_workers=workers,
-                    preset=preset, epoch=epoch), "baseline")
+                    vids, batch_size=o.batch_size, clip_len=o.clip_len, frame_stride=o.frame_stride, num_workers=o.workers,
+                    preset=o.preset, epoch=epoch), "baseline")
             elif backend == "dali-video":
-                out[backend] = (dali_video_peer(videos_from_shards(shards, videos), batch_size=batch_size, clip_len=clip_len,
-                                                frame_stride=frame_stride, preset=preset, device=device,
-                                                num_threads=workers), "peer")
+                out[backend] = (dali_video_peer(videos_from_shards(o.shards, o.videos), batch_size=o.batch_size,
+                                                clip_len=o.clip_len, frame_stride=o.frame_stride, preset=o.preset,
+                                                device=o.device, num_threads=o.workers), "peer")
             else:
                 out[backend] = (lambda backend=backend: VideoLoader(
-                    shards, batch_size, ClipSampling(clip_len=clip_len, frame_stride=frame_stride),
-                    augmentation=Augmentation(preset), output=Output(device=device),
-                    execution=Execution(backend=backend, num_threads=workers, num_workers=workers)), "video")
+                    o.shards, o.batch_size, ClipSampling(clip_len=o.clip_len, frame_stride=o.frame_stride),
+                    augmentation=Augmentation(o.preset), output=Output(device=o.device),
+                    execution=Execution(backend=backend, num_threads=o.workers, num_workers=o.workers)), "video")
         except Exception as exc:  # e.g. a package missing: the other backends still report
             result["backends"][backend] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
@@ -487,11 +525,8 @@ def run(args) -> int:
         raise ValueError(f"--backends: unknown {sorted(unknown)}; choose from {', '.join(sorted(known))}")
     if args.shards is not None and not Path(args.shards).is_dir():
         raise FileNotFoundError(f"{args.shards}: shard set directory does not exist")
-    result = run_benchmark(args.shards, videos=args.videos, backends=backends, device=args.device, work_dir=args.work_dir,
-                           batch_size=args.batch_size, clip_len=args.clip_len, frame_stride=args.frame_stride,
-                           preset=args.preset, batches=args.batches, warmup=args.warmup, workers=args.workers,
-                           step_ms=args.step_ms, num_videos=args.num_videos, shard_short_side=args.shard_short_side,
-                           repeats=args.repeats)
+    taken = {f.name: getattr(args, f.name) for f in fields(LoaderBench) if f.name not in ("backends", "quick")}
+    result = run_benchmark(LoaderBench(**taken, backends=tuple(backends)))
     write_json(result, args.json)
     rows = [f"{b}: {r['clips_per_s']} clips/s, data-wait {r['data_wait_ms_mean']} ms/batch, {r['cpu_cores_used']} cores"
             + (f", first batch {r['time_to_first_batch_s']} s" if "time_to_first_batch_s" in r else "")

@@ -125,48 +125,75 @@ def loss_after(build, device, v: Variant, batch_size: int, steps: int, shape: di
     return float(loss)
 
 
-def measure_variants(build, device: torch.device, variants: list[Variant], *, batch_size: int, clip_len: int, crop: int,
-                     num_classes: int, steps: int, warmup: int, repeats: int, check_steps: int = 8, lr: float = 0.01) -> dict:
+@dataclass(frozen=True)
+class StepVariantsBench:
+    """Options of `measure_variants`: the synthetic input and the timing."""
+
+    batch_size: int        # the default batch size (a Variant may set its own)
+    clip_len: int
+    crop: int              # square crop size
+    num_classes: int
+    steps: int             # timed steps per repeat
+    warmup: int            # untimed steps first
+    repeats: int           # timed windows; the best is reported
+    check_steps: int = 8   # steps trained before the loss is compared with eager fp32
+    lr: float = 0.01
+
+
+def measure_variants(build, device: torch.device, variants: list[Variant], options: StepVariantsBench) -> dict:
     """{variant name: {clips_per_s, loss, reference_loss, tolerance, numerics_ok, config}} plus "best"."""
-    shape = dict(clip_len=clip_len, crop=crop, num_classes=num_classes)
     previous = torch.backends.cudnn.benchmark
     references: dict[int, float] = {}
     out = {}
     try:
         for v in variants:
-            bs = v.batch_size or batch_size
-            if bs not in references:
-                torch.backends.cudnn.benchmark = False
-                references[bs] = loss_after(build, device, Variant("eager_fp32"), bs, check_steps, shape, lr)
-            torch.backends.cudnn.benchmark = v.cudnn_benchmark
-            loss = loss_after(build, device, v, bs, check_steps, shape, lr)
-            rtol, atol = AMP_TOL if v.amp else FP32_TOL
-            ref = references[bs]
-            entry = {"config": dataclasses.asdict(v), "batch_size": bs, "loss": round(loss, 5), "reference_loss": round(ref, 5),
-                     "tolerance": {"rtol": rtol, "atol": atol, "steps": check_steps},
-                     "numerics_ok": bool(abs(loss - ref) <= atol + rtol * abs(ref))}
-            model = _fresh(build, v.channels_last)
-            step = _step_fn(model, device, v, lr)
-            data = _batches(2, bs, clip_len, crop, num_classes, device, v.channels_last, seed=2)
-            for i in range(warmup):
-                step(*data[i % 2])
-            _sync(device)
-            rates = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for i in range(steps):
-                    step(*data[i % 2])
-                _sync(device)
-                rates.append(bs * steps / (time.perf_counter() - t0))
-            entry.update(clips_per_s=round(max(rates), 2), all_clips_per_s=[round(r, 2) for r in rates])
-            if device.type == "cuda":
-                entry["max_mem_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-                torch.cuda.reset_peak_memory_stats(device)
+            bs = v.batch_size or options.batch_size
+            entry, loss, ref = _check_numerics(build, device, v, bs, options, references)
+            entry.update(_time_variant(build, device, v, bs, options))
             out[v.name] = entry
             print(f"  step variant {v.name}: {entry['clips_per_s']:.1f} clips/s, loss {loss:.4f} vs eager fp32 {ref:.4f} "
                   f"({'ok' if entry['numerics_ok'] else 'OUT OF TOLERANCE'})", flush=True)
-            del model, step, data
     finally:
         torch.backends.cudnn.benchmark = previous
     good = {k: e for k, e in out.items() if e["numerics_ok"]}
     return {"variants": out, "best": max(good, key=lambda k: good[k]["clips_per_s"]) if good else None}
+
+
+def _check_numerics(build, device, v: Variant, bs: int, o: StepVariantsBench,
+                    references: dict[int, float]) -> tuple[dict, float, float]:
+    """The variant's loss after `check_steps` steps against eager fp32's at the same batch size (cached in
+    `references`): the result entry so far, the loss and the reference loss."""
+    shape = dict(clip_len=o.clip_len, crop=o.crop, num_classes=o.num_classes)
+    if bs not in references:
+        torch.backends.cudnn.benchmark = False
+        references[bs] = loss_after(build, device, Variant("eager_fp32"), bs, o.check_steps, shape, o.lr)
+    torch.backends.cudnn.benchmark = v.cudnn_benchmark
+    loss = loss_after(build, device, v, bs, o.check_steps, shape, o.lr)
+    rtol, atol = AMP_TOL if v.amp else FP32_TOL
+    ref = references[bs]
+    entry = {"config": dataclasses.asdict(v), "batch_size": bs, "loss": round(loss, 5), "reference_loss": round(ref, 5),
+             "tolerance": {"rtol": rtol, "atol": atol, "steps": o.check_steps},
+             "numerics_ok": bool(abs(loss - ref) <= atol + rtol * abs(ref))}
+    return entry, loss, ref
+
+
+def _time_variant(build, device, v: Variant, bs: int, o: StepVariantsBench) -> dict:
+    """clips/s of the variant's step from a fresh model: warm-up, then the best of `repeats` windows of `steps` steps."""
+    model = _fresh(build, v.channels_last)
+    step = _step_fn(model, device, v, o.lr)
+    data = _batches(2, bs, o.clip_len, o.crop, o.num_classes, device, v.channels_last, seed=2)
+    for i in range(o.warmup):
+        step(*data[i % 2])
+    _sync(device)
+    rates = []
+    for _ in range(o.repeats):
+        t0 = time.perf_counter()
+        for i in range(o.steps):
+            step(*data[i % 2])
+        _sync(device)
+        rates.append(bs * o.steps / (time.perf_counter() - t0))
+    out = {"clips_per_s": round(max(rates), 2), "all_clips_per_s": [round(r, 2) for r in rates]}
+    if device.type == "cuda":
+        out["max_mem_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        torch.cuda.reset_peak_memory_stats(device)
+    return out

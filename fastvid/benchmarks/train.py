@@ -15,6 +15,7 @@ Without --shards a Kinetics-like shard set is generated in --work-dir (fastvid.b
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -140,38 +141,83 @@ def _read_classes(shards) -> list:
     return read_manifest(shards)["classes"]
 
 
-def run_benchmark(*, models=None, shards=None, device="auto", backend="auto", tiny=None, batch_size=None, clip_len=None,
-                  crop=None, resize=None, steps=None, warmup=None, amp=None, channels_last=None, compile=False, workers=None,
-                  work_dir="bench_work/train", quick=False, model_kwargs=None, repeats=None, variants=None) -> dict:
-    """Measure every model from synthetic on-device clips and from the shard loader; returns the result dict."""
-    from fastvid.video.loader import Augmentation, ClipSampling, Execution, Output, VideoLoader
-    from fastvid.train.models import get_model
+@dataclass
+class TrainBench:
+    """Options of `run_benchmark`; None takes the configuration's value (GPU_DEFAULTS, or TINY_DEFAULTS when tiny)."""
 
-    device = torch.device(_gpu.resolve_device(device))
-    tiny = (device.type == "cpu" or quick) if tiny is None else tiny
-    d = dict(TINY_DEFAULTS if tiny else GPU_DEFAULTS)
-    over = dict(models=models, batch_size=batch_size, clip_len=clip_len, crop=crop, resize=resize, steps=steps, warmup=warmup,
-                amp=amp, channels_last=channels_last, model_kwargs=model_kwargs, repeats=repeats)
-    d.update({k: v for k, v in over.items() if v is not None})
-    if quick:
-        d.update(steps=min(d["steps"], 6), warmup=min(d["warmup"], 2), repeats=1)
+    models: list[str] | None = None         # model names
+    shards: str | Path | None = None        # training shard set (None: generate one in work_dir)
+    device: str = "auto"
+    backend: str = "auto"                   # loader backend: auto, dali or pyav
+    tiny: bool | None = None                # tiny configuration (None: on the CPU or when quick)
+    batch_size: int | None = None
+    clip_len: int | None = None
+    crop: int | None = None                 # square crop size
+    resize: tuple[int, int] | None = None   # resize before the crop
+    steps: int | None = None                # timed steps per measurement
+    warmup: int | None = None               # untimed steps first (cudnn autotune, decoder start)
+    amp: bool | None = None                 # bf16 autocast
+    channels_last: bool | None = None
+    compile: bool = False                   # torch.compile the model
+    workers: int | None = None              # loader threads/workers (None: all cores; no worker processes when tiny)
+    work_dir: str = "bench_work/train"      # where a generated shard set is kept
+    quick: bool = False                     # fewer steps, one repeat: a smoke run
+    model_kwargs: dict | None = None        # get_model keyword arguments
+    repeats: int | None = None              # timed windows per measurement; the best is reported
+    variants: list[str] | None = None       # also time these model-step variants ([""]: the device's default list)
+
+
+def run_benchmark(options: TrainBench) -> dict:
+    """Measure every model from synthetic on-device clips and from the shard loader; returns the result dict."""
+    o = options
+    device = torch.device(_gpu.resolve_device(o.device))
+    tiny = (device.type == "cpu" or o.quick) if o.tiny is None else o.tiny
+    d = _settings(o, tiny)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    shards = o.shards
     if shards is None:
         from fastvid.benchmarks.loader import make_dataset
 
         kw = dict(num_videos=24, num_frames=48, height=72, width=96) if tiny else {}
-        _, shards = make_dataset(work_dir, codec="h264" if device.type == "cuda" else "vp9", **kw)
+        _, shards = make_dataset(o.work_dir, codec="h264" if device.type == "cuda" else "vp9", **kw)
     # The synthetic ceilings are measured before the loader exists: a DALI pipeline starts decoding
     # (prefetching) as soon as it is built and would steal CPU from the loader-free measurement.
     num_classes = len(_read_classes(shards))
     result = {
         "benchmark": "train", "device": str(device), "device_info": device_info(),
-        "config": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}, "compile": compile, "shards": str(shards)},
+        "config": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}, "compile": o.compile, "shards": str(shards)},
         "models": {},
         # Other work on the machine skews CPU timings; the 1-minute load average at the start says how much.
         "load_avg_1min_at_start": round(__import__("os").getloadavg()[0], 2),
     }
+    build = _builder(d, num_classes, device, o.compile)
+    if o.variants is not None:
+        _measure_step_variants(result, o.variants, d, num_classes, device)
+    for name in d["models"]:
+        model, step = build(name)
+        synth = _measure(step, _synthetic_batches(d["batch_size"], d["clip_len"], d["crop"], num_classes, device),
+                         d["steps"], d["warmup"], device, d["channels_last"], d["repeats"])
+        result["models"][name] = {"params": sum(p.numel() for p in model.parameters()), "synthetic": synth}
+        del model, step
+    _measure_from_shards(result, build, d, shards, o, device, tiny)
+    return result
+
+
+def _settings(o: TrainBench, tiny: bool) -> dict:
+    """The configuration's defaults overridden by the options that are set; `quick` shortens the runs."""
+    d = dict(TINY_DEFAULTS if tiny else GPU_DEFAULTS)
+    over = {k: getattr(o, k) for k in ("models", "batch_size", "clip_len", "crop", "resize", "steps", "warmup", "amp",
+                                       "channels_last", "model_kwargs", "repeats")}
+    d.update({k: v for k, v in over.items() if v is not None})
+    if o.quick:
+        d.update(steps=min(d["steps"], 6), warmup=min(d["warmup"], 2), repeats=1)
+    return d
+
+
+def _builder(d: dict, num_classes: int, device, compile: bool):
+    """build(name) -> (a freshly seeded model in training mode, its training step)."""
+    from fastvid.train.models import get_model
 
     def build(name):
         torch.manual_seed(0)
@@ -183,30 +229,34 @@ def run_benchmark(*, models=None, shards=None, device="auto", backend="auto", ti
         model.train()
         return model, _make_step(torch.compile(model) if compile else model, device, d["amp"])
 
-    if variants is not None:
-        from fastvid.benchmarks.step_variants import measure_variants, variants_by_name
+    return build
 
-        chosen = variants_by_name([v for v in variants if v], device)
-        for name in d["models"]:
-            print(f"{name}: model-step variants", flush=True)
-            result.setdefault("step_variants", {})[name] = measure_variants(
-                lambda name=name: get_model(name, num_classes=num_classes, **d["model_kwargs"]).to(device).train(),
-                device, chosen, batch_size=d["batch_size"], clip_len=d["clip_len"], crop=d["crop"], num_classes=num_classes,
-                steps=d["steps"], warmup=d["warmup"], repeats=d["repeats"])
 
+def _measure_step_variants(result: dict, variants: list[str], d: dict, num_classes: int, device) -> None:
+    """result["step_variants"][model]: the model-step variants from synthetic input (fastvid.benchmarks.step_variants)."""
+    from fastvid.benchmarks.step_variants import StepVariantsBench, measure_variants, variants_by_name
+    from fastvid.train.models import get_model
+
+    chosen = variants_by_name([v for v in variants if v], device)
+    options = StepVariantsBench(batch_size=d["batch_size"], clip_len=d["clip_len"], crop=d["crop"], num_classes=num_classes,
+                                steps=d["steps"], warmup=d["warmup"], repeats=d["repeats"])
     for name in d["models"]:
-        model, step = build(name)
-        synth = _measure(step, _synthetic_batches(d["batch_size"], d["clip_len"], d["crop"], num_classes, device),
-                         d["steps"], d["warmup"], device, d["channels_last"], d["repeats"])
-        result["models"][name] = {"params": sum(p.numel() for p in model.parameters()), "synthetic": synth}
-        del model, step
+        print(f"{name}: model-step variants", flush=True)
+        result.setdefault("step_variants", {})[name] = measure_variants(
+            lambda name=name: get_model(name, num_classes=num_classes, **d["model_kwargs"]).to(device).train(),
+            device, chosen, options)
+
+
+def _measure_from_shards(result: dict, build, d: dict, shards, o: TrainBench, device, tiny: bool) -> None:
+    """Every model again, fed by one VideoLoader over the shard set; its ratio to the synthetic ceiling."""
+    from fastvid.video.loader import Augmentation, ClipSampling, Execution, Output, VideoLoader
 
     loader = VideoLoader(str(shards), d["batch_size"],
                          ClipSampling(clip_len=d["clip_len"], frame_stride=d["frame_stride"], clips_per_video=d["clips_per_video"]),
                          train=True, augmentation=Augmentation(crop_size=(d["crop"], d["crop"]), resize_size=tuple(d["resize"])),
                          output=Output(device=device.type, channels_last=d["channels_last"]),
-                         execution=Execution(backend=backend, num_threads=workers,
-                                             num_workers=workers if workers is not None else (0 if tiny else None)))
+                         execution=Execution(backend=o.backend, num_threads=o.workers,
+                                             num_workers=o.workers if o.workers is not None else (0 if tiny else None)))
     result["config"].update(backend=loader.backend, videos=loader.num_videos)
     for name in d["models"]:
         model, step = build(name)
@@ -221,15 +271,14 @@ def run_benchmark(*, models=None, shards=None, device="auto", backend="auto", ti
         print(f"{name}: synthetic {synth['clips_per_s']:.1f} clips/s | shards {real['clips_per_s']:.1f} clips/s "
               f"(data wait {100 * real['data_wait_frac']:.1f}%) | ratio {entry['shards_vs_synthetic_ratio']:.2f}", flush=True)
         del model, step
-    return result
 
 
 def run(args) -> int:
-    res = run_benchmark(models=args.models.split(",") if args.models else None, shards=args.shards, device=args.device,
-                        backend=args.backend, tiny=args.tiny or None, batch_size=args.batch_size, clip_len=args.clip_len,
-                        crop=args.crop, steps=args.steps, warmup=args.warmup, amp=args.amp, channels_last=args.channels_last,
-                        compile=args.compile, workers=args.workers, work_dir=args.work_dir,
-                        variants=None if args.variants is None else args.variants.split(","))
+    res = run_benchmark(TrainBench(
+        models=args.models.split(",") if args.models else None, shards=args.shards, device=args.device,
+        backend=args.backend, tiny=args.tiny or None, batch_size=args.batch_size, clip_len=args.clip_len, crop=args.crop,
+        steps=args.steps, warmup=args.warmup, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+        workers=args.workers, work_dir=args.work_dir, variants=None if args.variants is None else args.variants.split(",")))
     out = args.json or f"bench/results/train-{'cpu' if res['device'] == 'cpu' else 'gpu'}.json"
     write_json(res, out)
     if out != "-":
