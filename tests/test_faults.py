@@ -264,8 +264,11 @@ def _interrupt_shard_videos_while_encoding(shard_root: Path, out: Path, sig: int
     whole process group as a terminal's Ctrl-C or a scheduler does); check it stops cleanly and leaves nothing."""
     import psutil
 
+    # SIGINT at its default in the job, as a terminal leaves it: a test run started in the background (`cmd &` in a
+    # script) inherits SIGINT ignored, and an ignored signal stays ignored across exec.
     proc = subprocess.Popen(shard_cmd(raw_videos(shard_root), out, "--workers", "2"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env(), start_new_session=to_group)
+                            stderr=subprocess.PIPE, text=True, env=env(), start_new_session=to_group,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     workers: list[int] = []
 
     def encoding():
