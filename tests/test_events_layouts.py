@@ -110,7 +110,7 @@ def gen1_src(tmp_path_factory):
 
 
 SET_LAYOUTS = {"npz-zstd": dict(layout="npz", codec="zstd"), "blocks-lz4": dict(layout="blocks", codec="lz4"),
-               "blocks-zstd-packed-raw": dict(layout="blocks", codec="zstd", xy_column="packed", time_column="raw"),
+               "blocks-zstd-packed-raw": dict(layout="blocks", codec="zstd", xy="packed", time="raw"),
                "blocks-none-2ms": dict(layout="blocks", codec="none", block_ms=2.0)}
 
 
@@ -120,13 +120,13 @@ def test_every_layout_loads_the_same_windows(gen1_src, tmp_path):
     import torch
 
     from conftest import event_loader
-    from fastvid.events.writing import shard_events
+    from fastvid.events.writing import EventLayout, shard_events
     from fastvid.store.manifest import read_manifest
 
     steps = {}
     for name, kw in SET_LAYOUTS.items():
         out = tmp_path / name
-        manifest = shard_events(gen1_src, out, segment_ms=300, **kw)
+        manifest = shard_events(gen1_src, out, segment_ms=300, storage=EventLayout(**kw))
         version = 1 if kw["layout"] == "npz" else 2
         assert read_manifest(out)["options"]["layout_version"] == version
         loader = event_loader(out, 2, window_ms=50, bins=3, shuffle=False, num_workers=2)
@@ -153,14 +153,14 @@ def test_every_layout_loads_the_same_windows(gen1_src, tmp_path):
 
 def test_window_read_touches_only_its_blocks(tmp_path):
     """A 50 ms window of a 500 ms segment in 5 ms blocks reads the json, the block table and ~10 of ~100 blocks."""
-    from fastvid.events.writing import shard_events
+    from fastvid.events.writing import EventLayout, shard_events
 
     src = tmp_path / "src"
     src.mkdir()
     ts, xs, ys, ps = random_events(100_000, 1_000_000, seed=3, width=64, height=48)
     write_gen1_dat(src / "dense_td.dat", ts, xs, ys, ps, width=64, height=48)
     out = tmp_path / "blocks"
-    shard_events(src, out, segment_ms=500, layout="blocks", codec="none", require_boxes=False)
+    shard_events(src, out, segment_ms=500, storage=EventLayout("blocks", "none"), require_boxes=False)
     reads = []
 
     class CountingReader(SegmentReader):
@@ -485,10 +485,10 @@ def test_gpu_shard_windows_to_representations_match_cpu(gen1_src, tmp_path):
 
     from fastvid.events.representations import represent_batch
     from fastvid.events.gpu_decode import decode_windows
-    from fastvid.events.writing import shard_events
+    from fastvid.events.writing import EventLayout, shard_events
 
     out = tmp_path / "gpu"
-    shard_events(gen1_src, out, segment_ms=300, layout="blocks", codec="lz4")
+    shard_events(gen1_src, out, segment_ms=300, storage=EventLayout("blocks", "lz4"))
     with SegmentReader() as reader:
         items = []
         for ref in index_segments(out):

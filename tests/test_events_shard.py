@@ -219,7 +219,7 @@ def test_corrupt_event_data_is_one_clear_error(gen1_dir, tmp_path, layout, codec
 
     src, _ = gen1_dir
     out = tmp_path / "shards"
-    evwriting.shard_events(src, out, segment_ms=500, max_samples=3, layout=layout, codec=codec)
+    evwriting.shard_events(src, out, segment_ms=500, max_samples=3, storage=evwriting.EventLayout(layout, codec))
     victim, idx = shard_files(out)[0]
     key, fields = indexed_samples(victim, idx)[0]
     offset, size = fields[ext]

@@ -266,7 +266,7 @@ def run_benchmark(options: EventsIOBench) -> dict:
 
 def _generate_and_shard(o: EventsIOBench, result: dict) -> tuple[Path, Path]:
     """GEN1-like recordings in the work dir, sharded afresh (timed: result["data"], result["shard"])."""
-    from fastvid.events.writing import shard_events
+    from fastvid.events.writing import EventLayout, shard_events
 
     work = Path(o.work_dir)
     src = work / "gen1_like"
@@ -275,8 +275,8 @@ def _generate_and_shard(o: EventsIOBench, result: dict) -> tuple[Path, Path]:
     if shards.exists():  # our own output of an earlier run: shard again so the timing is real
         shutil.rmtree(shards)
     start = time.perf_counter()
-    shard_events(src, shards, segment_ms=o.segment_ms, compress_level=o.compress_level, codec=o.codec,
-                 layout="npz" if o.codec in ("deflate", "stored") else "blocks")
+    shard_events(src, shards, segment_ms=o.segment_ms,
+                 storage=EventLayout("npz" if o.codec in ("deflate", "stored") else "blocks", o.codec, o.compress_level))
     seconds = time.perf_counter() - start
     result["shard"] = {"seconds": round(seconds, 3), "events_per_s": result["data"]["events"] / seconds}
     raw_bytes = sum(p.stat().st_size for p in src.glob("*_td.dat"))

@@ -40,14 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
-# name -> shard_events keyword arguments (layout, codec, level, block options)
+# name -> fastvid.events.writing.EventLayout fields (layout, codec, level, block options)
 LAYOUTS = {
     "npz-zstd (v1 default)": dict(layout="npz", codec="zstd"),
     "blocks-zstd": dict(layout="blocks", codec="zstd"),
     "blocks-lz4": dict(layout="blocks", codec="lz4"),
-    "blocks-none": dict(layout="blocks", codec="none", compress_level=0),
-    "blocks-lz4-packed-xy": dict(layout="blocks", codec="lz4", xy_column="packed"),
-    "blocks-lz4-raw-t": dict(layout="blocks", codec="lz4", time_column="raw"),
+    "blocks-none": dict(layout="blocks", codec="none", level=0),
+    "blocks-lz4-packed-xy": dict(layout="blocks", codec="lz4", xy="packed"),
+    "blocks-lz4-raw-t": dict(layout="blocks", codec="lz4", time="raw"),
     "blocks-lz4-1ms": dict(layout="blocks", codec="lz4", block_ms=1.0),
     "blocks-lz4-25ms": dict(layout="blocks", codec="lz4", block_ms=25.0),
 }
@@ -308,17 +308,16 @@ def _summary(timings: list, events: int, windows: int, extra=None) -> dict:
 
 
 def _make_sets(src: Path, work: Path, layouts, segment_ms, window_ms, bins) -> dict:
-    from fastvid.events.writing import shard_events
+    from fastvid.events.writing import EventLayout, shard_events
 
     sets = {}
     for name in layouts:
-        kw = dict(LAYOUTS[name])
         out = work / ("shards-" + "".join(c if c.isalnum() or c == "-" else "_" for c in name))
         if out.exists():
             shutil.rmtree(out)
         precompute = [f"stacked_histogram:window_ms={window_ms:g}:bins={bins}"] if name == "blocks-lz4" else []
         start = time.perf_counter()
-        shard_events(src, out, segment_ms=segment_ms, precompute=precompute, **kw)
+        shard_events(src, out, segment_ms=segment_ms, storage=EventLayout(**LAYOUTS[name]), precompute=precompute)
         seconds = time.perf_counter() - start
         tar_bytes = sum(p.stat().st_size for p in out.glob("*.tar"))
         sets[name] = {"path": out, "write_seconds": round(seconds, 3), "tar_bytes": tar_bytes,

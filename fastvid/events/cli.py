@@ -38,7 +38,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from fastvid.events.writing import shard_events
+    from fastvid.events.writing import EventLayout, shard_events
 
     writer_kw = {"workers": args.workers, "seed": args.seed, "node_rank": args.node_rank,
                  "num_nodes": args.num_nodes, "strict": args.strict, "overwrite": args.overwrite}
@@ -47,9 +47,9 @@ def run(args) -> int:
     if args.max_shard_bytes is not None:
         writer_kw["max_shard_bytes"] = args.max_shard_bytes
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    codec = args.codec or ("lz4" if args.layout == "blocks" else "zstd")
+    storage = EventLayout(args.layout, args.codec or ("lz4" if args.layout == "blocks" else "zstd"),
+                          int(args.compress_level), float(args.block_ms), args.time_column, args.xy_column)
     shard_events(args.src, args.out, format=args.format, segment_ms=args.segment_ms, split=args.split,
-                 classes=classes, require_boxes=not args.allow_missing_boxes,
-                 compress_level=args.compress_level, codec=codec, layout=args.layout, block_ms=args.block_ms,
-                 time_column=args.time_column, xy_column=args.xy_column, precompute=args.precompute, **writer_kw)
+                 classes=classes, require_boxes=not args.allow_missing_boxes, storage=storage,
+                 precompute=args.precompute, **writer_kw)
     return 0  # the writer's summary names the failed recordings

@@ -126,8 +126,17 @@ class EventLayout:
     precompute: tuple = ()  # fastvid.events.precompute.RepresentationSpec, one field each
 
     def check(self) -> "EventLayout":
+        """This layout validated, with "none"/"stored" (no compression) spelled as its layout spells it, level 0."""
         if self.layout not in EVENT_LAYOUTS:
             raise ValueError(f"unknown event layout {self.layout!r}; choose one of {', '.join(EVENT_LAYOUTS)}")
+        if self.codec in ("none", "stored"):  # no level to choose; each layout's name for "uncompressed"
+            self = dataclasses.replace(self, codec="none" if self.layout == "blocks" else "stored", level=0)
+        if self.layout == "blocks":
+            from fastvid.events.blocks import TIME_LAYOUTS, XY_LAYOUTS
+
+            if self.time not in TIME_LAYOUTS or self.xy not in XY_LAYOUTS or not self.block_ms > 0:
+                raise ValueError(f"time column must be one of {TIME_LAYOUTS}, xy column one of {XY_LAYOUTS} and block_ms "
+                                 f"positive; got {self.time!r}, {self.xy!r}, {self.block_ms}")
         codecs = BLOCK_CODECS if self.layout == "blocks" else EVENT_CODECS
         if self.codec not in codecs:
             raise ValueError(f"codec {self.codec!r} is not one of the {self.layout} layout's: {', '.join(codecs)}")
@@ -207,34 +216,25 @@ def encode_segment(item: SegmentItem, compress_level: int = 1, codec: str = "zst
 
 
 def shard_events(src, out_dir, *, format: str = "gen1", segment_ms: float = 500.0, split: str = "train",
-                 classes=None, require_boxes: bool = True, compress_level: int = 1, codec: str = "lz4",
-                 layout: str = "blocks", block_ms: float = 5.0, time_column: str = "delta", xy_column: str = "split",
-                 precompute=(), **writer_kw) -> dict:
+                 classes=None, require_boxes: bool = True, storage: EventLayout | None = None, precompute=(),
+                 **writer_kw) -> dict:
     """Shard the event recordings under `src` into `out_dir`; returns the manifest.
 
     format: a key of fastvid.events.layouts.SOURCE_FORMATS ("gen1": *_td.dat, "gen4": *_td.h5,
     "raw": Prophesee EVT 2.0/3.0 *.raw; each with *_bbox.npy).
-    layout: "blocks" (default; ``events.evb``, a time index of `block_ms` blocks, codec "lz4" (default),
-    "zstd" or "none"; time_column "delta"/"raw", xy_column "split"/"packed") or "npz" (the version-1
-    layout: codec "zstd", "deflate" or "stored"); see fastvid.events.codec and fastvid.events.blocks.
-    compress_level: the codec's level (zstd 1-19, deflate 1-9, lz4 1 fast or 2-12 HC; 1, the default, is
-    fast), or 0 to store the columns uncompressed (largest, fastest to read).
+    storage: how the events are stored, an EventLayout (default: the "blocks" layout, ``events.evb``, a
+    time index of 5 ms blocks, lz4 at level 1). Its layout is "blocks" (codec "lz4", "zstd" or "none";
+    time "delta"/"raw", xy "split"/"packed", block_ms) or "npz" (the version-1 layout: codec "zstd",
+    "deflate" or "stored"); its level is the codec's (zstd 1-19, deflate 1-9, lz4 1 fast or 2-12 HC), or
+    0 to store the columns uncompressed (largest, fastest to read). See fastvid.events.codec and
+    fastvid.events.blocks.
     precompute: representations stored next to the events, as spec strings or RepresentationSpecs
     ("stacked_histogram:window_ms=50:bins=10", see fastvid.events.precompute).
     """
     from fastvid.events.precompute import parse_spec
 
     specs = tuple(parse_spec(p, segment_ms) if isinstance(p, str) else p for p in precompute)
-    if codec in ("none", "stored"):  # no level to choose; each layout's name for "uncompressed"
-        compress_level = 0
-        codec = "none" if layout == "blocks" else "stored"
-    spec_layout = EventLayout(layout, codec, int(compress_level), float(block_ms), time_column, xy_column, specs).check()
-    if spec_layout.layout == "blocks":
-        from fastvid.events.blocks import TIME_LAYOUTS, XY_LAYOUTS
-
-        if time_column not in TIME_LAYOUTS or xy_column not in XY_LAYOUTS or not block_ms > 0:
-            raise ValueError(f"time column must be one of {TIME_LAYOUTS}, xy column one of {XY_LAYOUTS} and block_ms "
-                             f"positive; got {time_column!r}, {xy_column!r}, {block_ms}")
+    spec_layout = dataclasses.replace(storage or EventLayout(), precompute=specs).check()
     fmt = source_format(format)
     # Decoded copies (raw) live in the output folder, one per node, only while the job runs.
     work_dir = Path(out_dir) / f".prepared-n{int(writer_kw.get('node_rank', 0))}" if fmt.prepare else None
