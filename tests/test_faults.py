@@ -264,9 +264,16 @@ def _interrupt_shard_videos_while_encoding(shard_root: Path, out: Path, sig: int
     whole process group as a terminal's Ctrl-C or a scheduler does); check it stops cleanly and leaves nothing."""
     import psutil
 
+    # Eight links to each clip (64 encodes, ~2.5 s; the 8 clips alone take 0.3 s): the signal cannot come after the
+    # job's last encode.
+    src = out.parent / "many"
+    for clip in raw_videos(shard_root).glob("*/*.mp4"):
+        (src / clip.parent.name).mkdir(parents=True, exist_ok=True)
+        for k in range(8):
+            (src / clip.parent.name / f"c{k}_{clip.name}").symlink_to(clip)
     # SIGINT at its default in the job, as a terminal leaves it: a test run started in the background (`cmd &` in a
     # script) inherits SIGINT ignored, and an ignored signal stays ignored across exec.
-    proc = subprocess.Popen(shard_cmd(raw_videos(shard_root), out, "--workers", "2"), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(shard_cmd(src, out, "--workers", "2"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=env(), start_new_session=to_group,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     workers: list[int] = []
