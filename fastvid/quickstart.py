@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from fastvid import _gpu
-from fastvid.store.atomic import atomic_path
+from fastvid.store.atomic import atomic_path, write_text_atomic
 
 
 def add_arguments(p):
@@ -143,7 +143,7 @@ def _summarize(out: Path, train_dir: Path, backend: str, device: str, t_start: f
 
 def _write_outputs(out: Path, summary: dict, rows: list[dict]) -> None:
     """DIR/summary.json and DIR/report.png, and the summary on stdout."""
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(json.dumps(summary, indent=2) + "\n", out / "summary.json")
     write_report(rows, out / "report.png", chance=summary["chance_acc1"])
     print(json.dumps(summary, indent=2))
     print(f"quickstart: {summary['num_classes']} classes, val top-1 {summary['val_acc1']:.1f}% (chance {summary['chance_acc1']}%), "

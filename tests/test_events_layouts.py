@@ -210,6 +210,18 @@ def test_cli_block_layout_with_precomputed_histograms_equal_the_loader(gen1_src,
             reader.read_representation(refs[0], "histogram_w50000_b1.evr")
 
 
+def test_storage_precompute_and_precompute_argument_both_store(gen1_src, tmp_path):
+    """Representations named in the EventLayout given as `storage` are written, next to those of `precompute`."""
+    from fastvid.events.precompute import parse_spec
+    from fastvid.events.writing import EventLayout, shard_events
+
+    a, b = parse_spec("stacked_histogram:window_ms=50:bins=3", 300), "stacked_histogram:window_ms=100:bins=2"
+    out = tmp_path / "both"
+    shard_events(gen1_src, out, segment_ms=300, storage=EventLayout("blocks", "lz4", precompute=(a,)), precompute=[b])
+    refs = index_segments(out)
+    assert refs and all(a.ext in ref.fields and parse_spec(b, 300).ext in ref.fields for ref in refs)
+
+
 @pytest.mark.parametrize("encoding,rep_codec", [("dense", "none"), ("dense", "lz4"), ("sparse", "zstd"), ("sparse", "none")])
 def test_precomputed_encodings_round_trip(encoding, rep_codec):
     from fastvid.events.precompute import compute_windows, decode_representation, encode_representation, parse_spec

@@ -70,6 +70,9 @@ def test_manifest_rules_reject_bad_sets(shard_dir, tmp_path):
     assert fmt.SHARD_NAME_PATTERN.match("val-n002-000007.tar") and not fmt.SHARD_NAME_PATTERN.match("../x-000001.tar")
     with pytest.raises(ValueError, match="no dots or whitespace"):
         fmt.check_key("a.b", "src.mp4")
+    with pytest.raises(ValueError, match="no dots or whitespace"):  # a newline would split the DALI index line
+        fmt.check_key("clip_0001\n", "src.mp4")
+    assert fmt.check_key("clip_0001", "src.mp4") == "clip_0001"
 
 
 def test_reader_is_chosen_by_kind(shard_dir, tmp_path):

@@ -384,6 +384,7 @@ def run_benchmark(options: EventsShardsBench) -> dict:
     from fastvid import _gpu
     from fastvid.benchmarks.common import device_info
     from fastvid.benchmarks.events_io import _load_average, _warm_up, make_gen1_like
+    from fastvid.events.writing import EventLayout
 
     o = replace(options, device=_gpu.resolve_device(options.device))
     if o.quick:
@@ -401,7 +402,8 @@ def run_benchmark(options: EventsShardsBench) -> dict:
     window_us = int(round(o.window_ms * 1000))
     windows = _windows(src, window_us)
     sets = _make_sets(src, work, layouts, o.segment_ms, o.window_ms, o.bins)
-    result["layouts"] = {name: {"options": LAYOUTS[name], "write_seconds": s["write_seconds"],
+    # options as the manifest spells them (layout, codec, compress_level, block_ms, time_column, xy_column)
+    result["layouts"] = {name: {"options": EventLayout(**LAYOUTS[name]).check().options(), "write_seconds": s["write_seconds"],
                                 "bytes_per_event": s["tar_bytes"] / result["data"]["events"]} for name, s in sets.items()}
     for name, stats in _layout_stats(sets, window_us).items():
         result["layouts"][name].update(stats)

@@ -101,9 +101,14 @@ def _make_video(path: Path, name: str, index: int, num_frames: int, height: int,
 
     from fastvid.video.synth import motion_clip, write_video
 
-    tmp = path.with_name("tmp_" + path.name)
-    write_video(tmp, motion_clip(name, num_frames, height, width, np.random.default_rng(index)), fps=fps, codec="h264", gop=gop)
-    tmp.replace(path)
+    tmp = path.with_name("tmp_" + path.name)  # keeps the suffix: write_video picks the container from it
+    try:
+        write_video(tmp, motion_clip(name, num_frames, height, width, np.random.default_rng(index)), fps=fps, codec="h264",
+                    gop=gop)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class _CpuClock:

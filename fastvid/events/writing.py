@@ -233,8 +233,9 @@ def shard_events(src, out_dir, *, format: str = "gen1", segment_ms: float = 500.
     """
     from fastvid.events.precompute import parse_spec
 
-    specs = tuple(parse_spec(p, segment_ms) if isinstance(p, str) else p for p in precompute)
-    spec_layout = dataclasses.replace(storage or EventLayout(), precompute=specs).check()
+    storage = storage or EventLayout()
+    specs = storage.precompute + tuple(parse_spec(p, segment_ms) if isinstance(p, str) else p for p in precompute)
+    spec_layout = dataclasses.replace(storage, precompute=specs).check()
     fmt = source_format(format)
     # Decoded copies (raw) live in the output folder, one per node, only while the job runs.
     work_dir = Path(out_dir) / f".prepared-n{int(writer_kw.get('node_rank', 0))}" if fmt.prepare else None

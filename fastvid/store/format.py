@@ -44,7 +44,7 @@ SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 
 def check_key(key: str, where: str) -> str:
-    if not isinstance(key, str) or not KEY_PATTERN.match(key):
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):  # fullmatch: no trailing newline
         raise ValueError(f"{where}: sample key {key!r} must be non-empty with no dots or whitespace")
     return key
 

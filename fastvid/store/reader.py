@@ -437,10 +437,18 @@ def open_shard_set(spec, *, kind: str | None = None, cache=None):
     manifest is an error."""
     if kind is not None:
         kinds.reader_for(kind)  # unknown kinds fail here, naming the known ones
+    else:
+        # A tar list names no kind unless a manifest sits beside it: find out from the manifest and addresses
+        # alone, before every shard's index is read (for remote tars, fetched).
+        _kind_of(open_files(spec, cache, tables=False))
     opened = open_files(spec, cache, kind=kind)
     if kind is not None and opened.kind is not None and opened.kind != kind:
         raise ValueError(f"{opened.spec}: shard set holds {opened.kind!r} samples, this reader needs kind {kind!r}")
-    if opened.kind is None and kind is None:
+    return kinds.reader_for(opened.kind or kind).open(opened)
+
+
+def _kind_of(opened: OpenedSet) -> str:
+    if opened.kind is None:
         raise ValueError(f"{opened.spec}: these shards have no manifest.json naming their kind; pass kind= (one of "
                          f"{', '.join(sorted(kinds.kinds()))}) to open a tar list")
-    return kinds.reader_for(opened.kind or kind).open(opened)
+    return opened.kind
