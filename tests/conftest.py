@@ -85,3 +85,15 @@ def event_loader(shards, batch_size, **kw):
         names = {f.name for f in fields(cls)}
         groups[name] = cls(**{k: kw.pop(k) for k in list(kw) if k in names})
     return EventSequenceLoader(shards, batch_size, **groups, **kw)
+
+
+def detection_shards(root, train: tuple[int, int], val: tuple[int, int]):
+    """Train and val event shard sets of the detector's generated scene (fastvid.events.detect.synth) under
+    root/shards; `train`/`val`: (recordings, duration in us). Returns root/shards."""
+    from fastvid.events.detect.synth import CLASSES, make_moving_boxes_gen1
+    from fastvid.events.writing import shard_events
+
+    for seed, (split, (count, duration_us)) in enumerate((("train", train), ("val", val)), start=1):
+        make_moving_boxes_gen1(root / "src" / split, count, duration_us=duration_us, seed=seed)
+        shard_events(root / "src" / split, root / "shards" / split, segment_ms=500, split=split, classes=list(CLASSES))
+    return root / "shards"

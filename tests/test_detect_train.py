@@ -16,18 +16,12 @@ import sys
 import pytest
 import torch
 
-from fastvid.events.detect.synth import CLASSES, make_moving_boxes_gen1
-from fastvid.events.writing import shard_events
-
 
 @pytest.fixture(scope="module")
 def det_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("det")
-    make_moving_boxes_gen1(root / "src" / "train", 16, duration_us=1_500_000, seed=1)
-    make_moving_boxes_gen1(root / "src" / "val", 3, duration_us=2_000_000, seed=2)
-    for split in ("train", "val"):
-        shard_events(root / "src" / split, root / "shards" / split, segment_ms=500, split=split, classes=list(CLASSES))
-    return root / "shards"
+    from conftest import detection_shards
+
+    return detection_shards(tmp_path_factory.mktemp("det"), train=(16, 1_500_000), val=(3, 2_000_000))
 
 
 def env():

@@ -20,15 +20,9 @@ from fastvid.train.trainer import Trainer
 
 @pytest.fixture(scope="module")
 def event_root(tmp_path_factory):
-    from fastvid.events.detect.synth import CLASSES, make_moving_boxes_gen1
-    from fastvid.events.writing import shard_events
+    from conftest import detection_shards
 
-    root = tmp_path_factory.mktemp("events")
-    make_moving_boxes_gen1(root / "src" / "train", 4, duration_us=1_000_000, seed=1)
-    make_moving_boxes_gen1(root / "src" / "val", 2, duration_us=1_000_000, seed=2)
-    for split in ("train", "val"):
-        shard_events(root / "src" / split, root / "shards" / split, segment_ms=500, split=split, classes=list(CLASSES))
-    return root / "shards"
+    return detection_shards(tmp_path_factory.mktemp("events"), train=(4, 1_000_000), val=(2, 1_000_000))
 
 
 def video_options(shard_root, out, **extra) -> dict:

@@ -253,6 +253,10 @@ class TrainerConfig:
                                   help="append one JSON line per training step and rank to FILE: the sample keys taken "
                                        "(fastvid.train.callbacks.KeyLog; tests and audits)")
 
+    def model_arguments(self) -> dict:
+        """The model builder's keyword arguments: --model-kwarg pairs, and --model-width as `width`."""
+        return {**self.model_kwargs, **({"width": self.model_width} if self.model_width else {})}
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -122,9 +122,7 @@ class VideoClassification(Task):
         from fastvid.video.models.pretrained import resolve_weights
 
         cfg = self.cfg
-        kwargs = dict(cfg.model_kwargs)
-        if cfg.model_width:
-            kwargs["width"] = cfg.model_width
+        kwargs = cfg.model_arguments()
         model = get_model(cfg.model, task=self.name, num_classes=(loaders.train or loaders.val).num_classes, **kwargs)
         if cfg.weights:
             fresh = load_weights(model, resolve_weights(cfg.weights, cfg.model), trust=cfg.trust_checkpoint)

@@ -161,9 +161,7 @@ class EventDetection(Task):
         from fastvid.train.models import get_model
 
         cfg = self.cfg
-        kwargs = dict(cfg.model_kwargs)
-        if cfg.model_width:
-            kwargs["width"] = cfg.model_width
+        kwargs = cfg.model_arguments()
         self.augment = SequenceAugment(cfg.batch_size, self.sensor, cfg.flip_p, cfg.max_zoom, cfg.seed, info.rank)
         return get_model(cfg.model, task=self.name, in_channels=self.in_channels, num_classes=len(self.classes), **kwargs)
 
