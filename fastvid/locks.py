@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
+import time
 from pathlib import Path
 
 LOCK_NAME = ".fastvid.lock"
@@ -33,8 +34,7 @@ def lock_directory(path: str | os.PathLike, what: str = "output directory", *, s
     try:
         fcntl.flock(f.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
+        holder = _holder(f)
         f.close()
         raise DirectoryInUse(f"{what} {path} is in use by {holder}; wait for it to finish or choose another directory "
                              f"(the lock is {lock_path}; it is released when that process exits)") from None
@@ -44,3 +44,15 @@ def lock_directory(path: str | os.PathLike, what: str = "output directory", *, s
     f.write(f"pid {os.getpid()} ({' '.join(sys.argv[:3])})" + (" and possibly other node writers" if shared else "") + "\n")
     f.flush()
     return f
+
+
+def _holder(f) -> str:
+    """The holder's record. A holder writes it right after taking the lock: a job refused in between (two
+    started together) waits up to 1 s for it rather than naming no one."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        f.seek(0)
+        holder = f.read().strip()
+        if holder or time.monotonic() > deadline:
+            return holder or "another process"
+        time.sleep(0.01)

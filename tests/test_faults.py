@@ -184,6 +184,28 @@ def test_second_training_into_the_same_output_dir_refuses_and_kill9_leaves_no_st
     lock_directory(out).close()  # no stale lock
 
 
+def test_a_job_refused_while_the_holder_writes_its_record_still_names_it(tmp_path):
+    """Two jobs started together: the loser can find the lock taken and its record not yet written; it waits
+    for the record instead of naming "another process"."""
+    from fastvid.locks import LOCK_NAME, DirectoryInUse, lock_directory
+
+    out = tmp_path / "racy"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time\n"
+        f"f = open({str(out / LOCK_NAME)!r}, 'a+'); fcntl.flock(f.fileno(), fcntl.LOCK_EX)\n"
+        "print('locked', flush=True); time.sleep(0.3)\n"
+        "f.write('pid 4242 (fastvid shard videos)\\n'); f.flush(); time.sleep(30)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DirectoryInUse, match=r"is in use by pid 4242 \(fastvid shard videos\)"):
+            lock_directory(out, "shard directory")
+    finally:
+        holder.kill()
+        holder.communicate(timeout=60)
+
+
 # ---- sharding: kill -9, reruns, --overwrite, encoder processes -------------------------------------------------
 
 def shard_cmd(src: Path, out: Path, *extra) -> list[str]:
