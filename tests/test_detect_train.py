@@ -57,15 +57,16 @@ def test_training_raises_map_far_above_untrained(det_root, tmp_path):
     base = base["val_mAP"]
 
     out = tmp_path / "run"
-    r = run_cli("train-events", *args_for(det_root, out, "--epochs", "6", "--eval-every", "3", "--lr-milestones", "5",
-                                          "--flip-p", "0.5"))
+    # The configuration measured in bench/results/detector-toy-cpu.json (label-aligned windows, the default).
+    r = run_cli("train-events", *args_for(det_root, out, "--batch-size", "8", "--lr", "6e-3", "--epochs", "10",
+                                          "--lr-milestones", "9", "--eval-every", "10", "--channels-last", "--flip-p", "0.5"))
     assert r.returncode == 0, r.stderr[-3000:]
     got = rows(out)
-    assert [g["epoch"] for g in got] == list(range(6))
+    assert [g["epoch"] for g in got] == list(range(10))
     assert got[-1]["train_loss"] < 0.6 * got[0]["train_loss"]
     final = got[-1]["val_mAP"]
-    # measured on the 2-core EPYC (2026-11-30): untrained 0.0, trained 0.27 (AP50 0.54)
-    assert final > max(0.1, 20 * base), (base, [g.get("val_mAP") for g in got])
+    # measured on the 2-core Intel Xeon (2026-12-07): untrained 0.0, trained 0.378 (AP50 0.71); seeds 0-3: 0.258-0.378
+    assert final > max(0.2, 20 * base), (base, [g.get("val_mAP") for g in got])
     assert got[-1]["val_AP50"] > 0.3
     # the saved detections score the same through `fastvid eval-events` (labels from the shard set)
     r = run_cli("eval-events", "--labels", str(det_root / "val"), "--detections", str(out / "val_detections.npz"),

@@ -584,3 +584,51 @@ def test_loader_reads_precomputed_windows_with_the_same_boxes(gen1_src, tmp_path
     for key, (x, boxes) in events.items():
         np.testing.assert_array_equal(stored[key][0], x)
         np.testing.assert_array_equal(np.asarray(stored[key][1]), np.asarray(boxes))
+
+
+def test_loader_skips_a_corrupt_precomputed_window_as_zero_padding(gen1_src, tmp_path):
+    """One stored histogram window made undecodable: with a failure budget the loader names its tar and key,
+    hands out that row as padding (zeros, not valid, no boxes) and every other window as the events path does."""
+    from fastvid.cli import main as fastvid_main
+    from fastvid.events.precompute import parse_spec
+    from fastvid.events.reading import SegmentReader, index_segments
+    from conftest import event_loader
+
+    out = tmp_path / "pre"
+    assert fastvid_main(["shard", "events", str(gen1_src), str(out), "--segment-ms", "300", "--codec", "zstd",
+                         "--precompute", "stacked_histogram:window_ms=50:bins=3"]) == 0
+    ext = parse_spec("stacked_histogram:window_ms=50:bins=3").ext
+    ref = index_segments(out)[1]
+    with SegmentReader() as reader:
+        index = reader.representation_index(ref, ext)
+    k = int(np.argmax(index.sizes))  # a window with events: its bytes are a zstd frame
+    start = ref.fields[ext][0] + int(index.byte_offsets[k])
+    with open(ref.tar, "r+b") as f:
+        f.seek(start)
+        f.write(b"\xff" * int(index.sizes[k]))
+
+    def by_window(precomputed, **kw):
+        loader = event_loader(out, 2, window_ms=50, bins=3, shuffle=False, dtype="uint8", precomputed=precomputed,
+                              window_mode="grid", **kw)
+        rows, padding = {}, []
+        for b in loader:
+            for i in range(len(b["recording"])):
+                if b["recording"][i]:
+                    rows[(b["recording"][i], int(b["t0"][i]))] = (b["x"][i].numpy(), b["boxes"][i])
+                else:
+                    padding.append((b["x"][i].numpy(), len(b["boxes"][i]), bool(b["valid"][i])))
+        return rows, padding, loader.stats
+
+    from fastvid.pipeline.contract import FailureBudgetExceeded
+
+    with pytest.raises(FailureBudgetExceeded, match=f"{ref.tar}: cannot decode segment '{ref.key}'"):
+        by_window(True, failure_budget=0)
+    events, _, _ = by_window(False)
+    stored, padding, stats = by_window(True, failure_budget=1)
+    assert stats["failures"] == 1 and stats["failed_keys"][0].startswith(ref.recording)
+    assert len(stored) == len(events) - 1 and set(stored) < set(events)
+    assert any(x.any() for x, _ in events.values())
+    for key, (x, boxes) in stored.items():
+        np.testing.assert_array_equal(x, events[key][0])
+        np.testing.assert_array_equal(np.asarray(boxes), np.asarray(events[key][1]))
+    assert padding and all(not x.any() and n == 0 and not valid for x, n, valid in padding)

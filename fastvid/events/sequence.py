@@ -53,6 +53,7 @@ from fastvid.events.backend import EventBackend, Recording
 from fastvid.events.codec import BOXES_EXT, META_EXT, decode_boxes
 from fastvid.events.reading import SegmentReader, index_segments, opened_segments
 from fastvid.events.windows import WINDOW_MODES, WindowPlan, make_windows
+from fastvid.pipeline.backends import cpu_count
 from fastvid.pipeline.contract import FailurePolicy, RebatchStats
 from fastvid.pipeline.runner import EpochBatches, FailureLimits, run_batches
 from fastvid.pipeline.stats import StageStats
@@ -237,7 +238,7 @@ class EventSequenceLoader:
         self.stage_stats = StageStats()
         self.stream_stats: dict = {}  # the last epoch's ShardStream statistics (streamed sets)
         self.stats = {"events": 0, "windows": 0, "padding_windows": 0, "failures": 0, "failed_keys": []}
-        workers = min(8, batch_size, os.cpu_count() or 1) if execution.num_workers is None else int(execution.num_workers)
+        workers = min(8, batch_size, cpu_count()) if execution.num_workers is None else int(execution.num_workers)
         select = None
         if windowing.mode == "labels" and windowing.labels != "all":  # RVT's selection supervises with filtered boxes
             select = functools.partial(label_rules.supervising_boxes, selection=windowing.labels,

@@ -87,7 +87,9 @@ def choose_cpu_threads(device: torch.device) -> int | None:
         return None
     import psutil
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from fastvid.pipeline.backends import cpu_count
+
+    cores = cpu_count()
     if torch.get_num_threads() not in {cores, os.cpu_count(), psutil.cpu_count(logical=False)}:
         return None
     threads = max(1, cores // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1) - 1)

@@ -4,7 +4,8 @@ decoupled head (box offsets, objectness, class logits per grid cell) on strides 
 
 `model(x, state) -> (out, state)`: x (B, C, H, W) one window per stream; out (B, N, 5 + num_classes)
 raw predictions over the N cells of all levels ([dx, dy, log w, log h, obj, cls...]); state: one
-(h, c) pair per stage (None before the first window). Builders register in the one model registry (fastvid.train.models, task "detection").
+(h, c) pair per stage (None before the first window). `model.forward_sequence(xs, resets, state)` runs T
+consecutive windows at once (what TBPTT training uses). Builders register in the one model registry (fastvid.train.models, task "detection").
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastvid.events.detect.state import reset_state
 from fastvid.train.models import register_model
 
 
@@ -95,22 +97,52 @@ class RecurrentDetector(nn.Module):
         self._grid_cache: dict = {}
 
     def forward(self, x, state=None):
+        """One window per stream: x (B, C, H, W) -> ((B, N, 5 + classes), new state)."""
+        feats, state = self._recurrent(self._stem(x), state)
+        return self._heads(feats), state
+
+    def forward_sequence(self, xs, resets, state=None, channels_last: bool = False):
+        """T consecutive windows per stream in one call: xs (T, B, C, H, W), resets (T, B) bool (zero a
+        stream's state before its window) -> ((T, B, N, 5 + classes), state after the last window).
+        Equal to T calls of forward; only the recurrent stages run window by window: the stem and the
+        pyramid + heads (most of the layers) run once over all T x B windows, which on a CPU, where
+        these small layers cost their per-call overhead, is most of the time."""
+        T, B = xs.shape[:2]
+        x = xs.flatten(0, 1)
+        x = self._stem(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+        x = x.view(T, B, *x.shape[1:])
+        per_window = []
+        for t in range(T):
+            state = reset_state(state, resets[t])
+            feats, state = self._recurrent(x[t], state)
+            per_window.append(feats)
+        feats = [torch.cat(level) for level in zip(*per_window)]  # each (T * B, C, h, w), time-major
+        out = self._heads(feats)
+        return out.view(T, B, *out.shape[1:]), state
+
+    def _stem(self, x):
         # Event counts span orders of magnitude: a signed log keeps the input scale tame for any representation.
-        x = torch.sign(x) * torch.log1p(x.abs())
-        x = self.stem(x)
+        return self.stem(torch.sign(x) * torch.log1p(x.abs()))
+
+    def _recurrent(self, x, state):
+        """The recurrent stages over one window: (the last three stages' features, the new state)."""
         state = state if state is not None else [None] * len(self.stages)
         feats, new_state = [], []
         for stage, s in zip(self.stages, state):
             x, s = stage(x, s)
             feats.append(x)
             new_state.append(s)
-        laterals = [lat(f) for lat, f in zip(self.lateral, feats[-3:])]
+        return feats[-3:], new_state
+
+    def _heads(self, feats):
+        """Top-down pyramid and the per-level heads -> (batch, N, 5 + classes) over the cells of all levels."""
+        laterals = [lat(f) for lat, f in zip(self.lateral, feats)]
         for i in range(len(laterals) - 2, -1, -1):
             laterals[i] = laterals[i] + F.interpolate(laterals[i + 1], size=laterals[i].shape[-2:], mode="nearest")
         outs = []
         for smooth, head, p in zip(self.smooth, self.heads, laterals):
             outs.append(head(smooth(p)).flatten(2).transpose(1, 2))
-        return torch.cat(outs, 1), new_state
+        return torch.cat(outs, 1)
 
     def grid(self, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(cell x/y indices (N, 2), cell strides (N,)) of the levels for an input of height x width."""

@@ -39,11 +39,12 @@ class Unrolled(nn.Module):
         self.channels_last = channels_last
 
     def forward(self, xs: torch.Tensor, resets: torch.Tensor, state):
-        outs = []
+        if hasattr(self.model, "forward_sequence"):
+            return self.model.forward_sequence(xs, resets, state, channels_last=self.channels_last)
+        outs = []  # a registered detector without a sequence forward: window by window
         for t in range(xs.shape[0]):
-            state = reset_state(state, resets[t])
             x = xs[t].contiguous(memory_format=torch.channels_last) if self.channels_last else xs[t]
-            out, state = self.model(x, state)
+            out, state = self.model(x, reset_state(state, resets[t]))
             outs.append(out)
         return torch.stack(outs), state
 
