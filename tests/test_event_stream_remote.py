@@ -73,3 +73,29 @@ def test_two_ranks_stream_half_the_set_each_and_match_the_local_windows(event_ro
             assert torch.equal(remote[key][0], x) and remote[key][1] == boxes
     finally:
         stop()
+
+
+def test_rvt_label_selection_reads_only_the_boxes_at_open(event_root, tmp_path, monkeypatch):
+    """RVT's selection needs every box at open: a streamed set serves their byte ranges only (no tar fetched
+    whole before the first step), and the selected windows and their boxes equal the local set's."""
+    monkeypatch.setenv("FASTVID_CACHE_DIR", str(tmp_path / "cache"))
+    ledger = Ledger()
+    base, stop = http_server(event_root, ledger)
+    kw = dict(window_ms=100, window_mode="labels", labels="rvt-gen1", representation="histogram", bins=1, device="cpu",
+              shuffle=True, seed=4)
+    set_bytes = sum(p.stat().st_size for p in (event_root / "data" / "ev").glob("*.tar"))
+    try:
+        local_loader = event_loader(event_root / "data" / "ev", 2, **kw)
+        local = _windows(local_loader)
+        everything = sum(len(w) for w in event_loader(event_root / "data" / "ev", 2, **{**kw, "labels": "all"}).windows)
+        assert 0 < sum(len(w) for w in local_loader.windows) < everything  # the selection keeps some label times
+        loader = event_loader(f"{base}/data/ev", 2, stream_window=2, **kw)
+        opened = sum(ledger.tar_bytes_by_rank("/data/ev").values())
+        assert 0 < opened < set_bytes / 20  # the boxes' ranges, not tars
+        assert not list((tmp_path / "cache").rglob("*.tar"))
+        remote = _windows(loader)
+        assert remote.keys() == local.keys()
+        for key, (x, boxes) in local.items():
+            assert torch.equal(remote[key][0], x) and remote[key][1] == boxes
+    finally:
+        stop()

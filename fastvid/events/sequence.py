@@ -129,11 +129,13 @@ def _check(batch_size: int, w: Windowing, e: Encoding, x: EventExecution) -> Non
         raise ValueError(f"count_cutoff must be > 0, got {e.count_cutoff}")
 
 
-def index_recordings(refs, reader: SegmentReader, boxes: bool = False, where="the event set") -> tuple[list[Recording], dict]:
+def index_recordings(refs, reader: SegmentReader, boxes: bool = False, where="the event set",
+                     fields: dict | None = None) -> tuple[list[Recording], dict]:
     """Recordings of an event shard set (segments in time order, clock, real end, label times) and the first
     segment's metadata (sensor size of sets without a manifest). Planning reads the per-shard metadata the
     store opened with the set (no sample read); segments without it cost one small read each. `boxes`: also
-    every box of each recording (one read per segment; RVT's label selection filters them)."""
+    every box of each recording (one read per segment, or from `fields`, {(shard, key): boxes field bytes}
+    read ahead; RVT's label selection filters them)."""
     by_rec: dict[str, list] = {}
     for ref in refs:
         by_rec.setdefault(ref.recording, []).append(ref)
@@ -150,7 +152,7 @@ def index_recordings(refs, reader: SegmentReader, boxes: bool = False, where="th
         t_begin = int(first["t0"])
         padded_end = t_begin + duration * len(segs)
         t_end = min(int(first.get("recording_t_end", padded_end)), padded_end)
-        all_boxes = _recording_boxes(reader, segs) if boxes else None
+        all_boxes = _recording_boxes(reader, segs, fields) if boxes else None
         times = np.unique(all_boxes["t"]).astype(np.int64) if boxes else _label_times(reader, segs)
         recordings.append(Recording(first["recording"], tuple(segs), t_begin, max(t_end, t_begin + 1), duration,
                                     times, all_boxes))
@@ -177,20 +179,42 @@ def _label_times(reader: SegmentReader, segs) -> np.ndarray:
     return np.unique(np.concatenate(times)) if times else np.zeros(0, np.int64)
 
 
-def _segment_boxes(reader: SegmentReader, ref) -> np.ndarray:
+def _segment_boxes(reader: SegmentReader, ref, fields: dict | None = None) -> np.ndarray:
+    data = fields.get((ref.shard, ref.key)) if fields is not None else None
     try:
-        return decode_boxes(reader.read_fields(ref, {BOXES_EXT})[BOXES_EXT])
+        return decode_boxes(data if data is not None else reader.read_fields(ref, {BOXES_EXT})[BOXES_EXT])
     except ValueError as exc:
         raise ValueError(f"{ref.tar}: cannot decode the boxes of segment {ref.key!r} ({exc})") from None
 
 
-def _recording_boxes(reader: SegmentReader, segs) -> np.ndarray:
-    """Every box of a recording, in time order (one small read per segment)."""
+def _recording_boxes(reader: SegmentReader, segs, fields: dict | None = None) -> np.ndarray:
+    """Every box of a recording, in time order (one small read per segment, or from `fields`)."""
     from fastvid.events.io import empty_boxes
 
-    parts = [_segment_boxes(reader, ref) for ref in segs if BOXES_EXT in ref.fields]
+    parts = [_segment_boxes(reader, ref, fields) for ref in segs if BOXES_EXT in ref.fields]
     boxes = np.concatenate(parts) if parts else empty_boxes()
     return boxes[np.argsort(boxes["t"], kind="stable")]
+
+
+def streamed_fields(opened, refs, ext: str, threads: int = 8) -> dict:
+    """{(shard, key): bytes} of field `ext` of every segment in `refs` that has it, read as byte ranges of the
+    set's tars (concurrent range requests per tar, `threads` tars at a time) without fetching any tar whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    by_shard: dict[int, list] = {}
+    for ref in refs:
+        if ext in ref.fields:
+            by_shard.setdefault(ref.shard, []).append(ref)
+
+    def read(shard: int):
+        got = opened.read_ranges(shard, [ref.fields[ext] for ref in by_shard[shard]])
+        return {(shard, ref.key): data for ref, data in zip(by_shard[shard], got)}
+
+    out: dict = {}
+    with ThreadPoolExecutor(max(1, min(threads, len(by_shard)))) as pool:
+        for part in pool.map(read, by_shard):
+            out.update(part)
+    return out
 
 
 def recording_windows(rec: Recording, w: Windowing, window_us: int, sensor_size) -> WindowPlan:
@@ -220,13 +244,11 @@ class EventSequenceLoader:
         self.epoch = 0
         refs, options = self._open(shards)
         # RVT's label selection filters every box of a recording: read them all at open (one read per segment;
-        # a streamed set is fetched whole for it)
+        # of a streamed set, the boxes' byte ranges only: its tars are still fetched as ranks read them)
         rvt = windowing.mode == "labels" and windowing.labels != "all"
-        if rvt and self._opened is not None:
-            self._opened.fetch_all()
-            self._opened = None
+        fields = streamed_fields(self._opened, refs, BOXES_EXT) if rvt and self._opened is not None else None
         with SegmentReader() as reader:
-            self.recordings, first_meta = index_recordings(refs, reader, boxes=rvt, where=shards)
+            self.recordings, first_meta = index_recordings(refs, reader, boxes=rvt, where=shards, fields=fields)
         if not self.recordings:
             raise ValueError(f"{shards}: the event shard set holds no segments")
         self.sensor_size = tuple(int(v) for v in (sensor_size or options.get("sensor_size") or first_meta["sensor_size"]))

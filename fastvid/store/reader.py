@@ -86,6 +86,12 @@ class OpenedSet:
                 self.cache.fetch(f.address, size_hint=f.bytes, tag=f.tag, sha256=f.sha256)
                 self.files[i] = dataclasses.replace(f, streamed=False)
 
+    def read_ranges(self, i: int, spans: list[tuple[int, int]]) -> list[bytes]:
+        """Byte ranges [(offset, size)] of shard `i` without fetching it: range requests while it is streamed
+        (small fields such as labels, at open), preads of the local file otherwise."""
+        f = self.files[i]
+        return remote.read_ranges(f.address if f.streamed else str(f.tar), spans)
+
     def stream(self, order, window: int = 4):
         """A ShardStream over this set for a rank reading the shards `order` (fastvid.store.stream)."""
         from fastvid.store.stream import ShardStream
