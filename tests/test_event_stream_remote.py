@@ -99,3 +99,64 @@ def test_rvt_label_selection_reads_only_the_boxes_at_open(event_root, tmp_path, 
             assert torch.equal(remote[key][0], x) and remote[key][1] == boxes
     finally:
         stop()
+
+
+def test_precomputed_windows_stream_each_tar_once_and_match_the_local_set(event_root, tmp_path, monkeypatch):
+    """Stored histograms of a streamed set: every tar is fetched exactly once (a shard is given back only when
+    its last window and that window's boxes are both read: with one window per segment, every window's boxes
+    are read while its histogram is), and windows and boxes equal the local set's."""
+    monkeypatch.setenv("FASTVID_CACHE_DIR", str(tmp_path / "cache"))
+    pre = event_root / "data" / "pre"
+    if not (pre / "manifest.json").exists():
+        shard_events(event_root / "src", pre, segment_ms=50, max_samples=2,
+                     precompute=["stacked_histogram:window_ms=50:bins=2"])
+    tars = len(list(pre.glob("*.tar")))
+    ledger = Ledger()
+    base, stop = http_server(event_root, ledger)
+    kw = dict(window_ms=50, representation="stacked_histogram", bins=2, dtype="uint8", device="cpu", shuffle=True,
+              seed=1, num_workers=2)
+    try:
+        local_loader = event_loader(pre, 2, **kw)
+        assert local_loader.precomputed is not None
+        local = _windows(local_loader)
+        for _ in range(2):  # two epochs, two cold caches
+            before = ledger.tar_gets("/data/pre")
+            loader = event_loader(f"{base}/data/pre", 2, stream_window=2, **kw)
+            assert loader.precomputed is not None
+            remote = _windows(loader)
+            assert ledger.tar_gets("/data/pre") - before == tars  # one GET per tar, none fetched twice
+            assert remote.keys() == local.keys()
+            for key, (x, boxes) in local.items():
+                assert torch.equal(remote[key][0], x) and remote[key][1] == boxes
+            monkeypatch.setenv("FASTVID_CACHE_DIR", str(tmp_path / "cache2"))
+    finally:
+        stop()
+
+
+@pytest.mark.parametrize("mode", ["grid", "labels"])
+def test_recordings_spanning_many_shards_stream_through_a_small_window(event_root, tmp_path, monkeypatch, mode):
+    """Each recording in 5 shards, 2 streams, a window of 2 shards: the stream fetches shards in the order
+    the steps first read them (not run by run, which would fill the window with one stream's shards and
+    leave the other waiting for good), each tar once, and the windows equal the local set's."""
+    monkeypatch.setenv("FASTVID_CACHE_DIR", str(tmp_path / "cache"))
+    many = event_root / "data" / "many"
+    if not (many / "manifest.json").exists():
+        shard_events(event_root / "src", many, segment_ms=100, max_samples=2)
+    tars = len(list(many.glob("*.tar")))
+    assert tars == 5 * RECORDINGS
+    ledger = Ledger()
+    base, stop = http_server(event_root, ledger)
+    kw = dict(window_ms=50, window_mode=mode, representation="histogram", bins=1, device="cpu", shuffle=True, seed=2,
+              num_workers=2)
+    try:
+        local = _windows(event_loader(many, 2, **kw))
+        loader = event_loader(f"{base}/data/many", 2, stream_window=2, **kw)
+        order, _ = loader._backend.plan_reads(loader.steps())
+        assert len(order) == tars
+        remote = _windows(loader)
+        assert ledger.tar_gets("/data/many") == tars
+        assert remote.keys() == local.keys()
+        for key, (x, boxes) in local.items():
+            assert torch.equal(remote[key][0], x) and remote[key][1] == boxes
+    finally:
+        stop()

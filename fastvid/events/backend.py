@@ -246,22 +246,32 @@ class EventBackend:
             thread.join(timeout=5)
 
     def plan_reads(self, steps) -> tuple[list[int], dict[int, int]]:
-        """The shards the steps read, in the order of their first read, and how many reads each gets (segments
-        of the runs' windows; one per window when representations are read precomputed)."""
-        order, counts = {}, collections.Counter()
-        for (s, b), last in sorted(runs(steps).items()):
+        """The shards the steps read, in the order of their first read (by step, then stream), and how many
+        reads each gets (segments of the runs' windows; one per window when representations are read
+        precomputed). A ShardStream fetches in this order within its window: ordered run by run instead, a
+        recording spanning more shards than the window would hold the window while the other streams wait
+        for theirs."""
+        first: dict[int, tuple[int, int]] = {}
+        counts = collections.Counter()
+
+        def note(shard: int, when: tuple[int, int]) -> None:
+            counts[shard] += 1
+            if shard not in first or when < first[shard]:
+                first[shard] = when
+
+        for (s, b), last in runs(steps).items():
             item = steps[s][b]
             rec, plan = self.recordings[item.recording], self.windows[item.recording]
+            sub = _sub_plan(plan, item.window, last)  # window i of the run plays at step s + i
             if self.precomputed is not None:
-                picks = [(int(plan.start[w]) - rec.t_begin) // rec.segment_us for w in range(item.window, last + 1)]
-            else:
-                picks = segments_needed(_sub_plan(plan, item.window, last), rec.t_begin, rec.segment_us,
-                                        len(rec.segments)).tolist()
-            for k in picks:
-                shard = rec.segments[k].shard
-                order.setdefault(shard, None)
-                counts[shard] += 1
-        return list(order), dict(counts)
+                for i, start in enumerate(sub.start.tolist()):
+                    note(rec.segments[(int(start) - rec.t_begin) // rec.segment_us].shard, (s + i, b))
+                continue
+            for k in segments_needed(sub, rec.t_begin, rec.segment_us, len(rec.segments)).tolist():
+                # the first window reaching into segment k (windows are in time order)
+                i = int(np.searchsorted(sub.stop, rec.t_begin + k * rec.segment_us, "right"))
+                note(rec.segments[k].shard, (s + min(i, len(sub) - 1), b))
+        return sorted(first, key=first.__getitem__), dict(counts)
 
     def _produce(self, steps, stop: threading.Event, stream=None):
         from fastvid.store.stream import ShardUse
@@ -344,9 +354,6 @@ class EventBackend:
                                            out=target[b:b + 1], out_zeroed=True)
             except (ValueError, OSError) as exc:
                 return Failure(f"{rec.name}@{row[b].window}", str(exc))
-            finally:
-                if use is not None:
-                    use.used(rec.segments[k].shard)
             return None
 
         def read_group(group):
@@ -371,6 +378,10 @@ class EventBackend:
             rows[b] = _Row(item, rec.name, [], t0, t1, int(plan.label_t[item.window]),
                            window_boxes(boxes, plan, item.window, self.select))
         done = [got for f in reads for got in f.result()] if reads is not None else [read(b) for b in wanted]
+        if use is not None:  # only now: the window and its segment's boxes are both read (a shard's last use frees it)
+            for b in wanted:
+                rec, k = where[b][:2]
+                use.used(rec.segments[k].shard)
         for b, got in zip(wanted, done):
             bad = got or failures.get(b)
             if bad is not None:

@@ -134,7 +134,7 @@ def index_recordings(refs, reader: SegmentReader, boxes: bool = False, where="th
     """Recordings of an event shard set (segments in time order, clock, real end, label times) and the first
     segment's metadata (sensor size of sets without a manifest). Planning reads the per-shard metadata the
     store opened with the set (no sample read); segments without it cost one small read each. `boxes`: also
-    every box of each recording (one read per segment, or from `fields`, {(shard, key): boxes field bytes}
+    every box of each recording (one read per segment, or from `fields`, `streamed_fields` of the boxes
     read ahead; RVT's label selection filters them)."""
     by_rec: dict[str, list] = {}
     for ref in refs:
@@ -180,11 +180,12 @@ def _label_times(reader: SegmentReader, segs) -> np.ndarray:
 
 
 def _segment_boxes(reader: SegmentReader, ref, fields: dict | None = None) -> np.ndarray:
-    data = fields.get((ref.shard, ref.key)) if fields is not None else None
+    got = fields.get((ref.shard, ref.key)) if fields is not None else None  # (bytes, the tar's address)
     try:
-        return decode_boxes(data if data is not None else reader.read_fields(ref, {BOXES_EXT})[BOXES_EXT])
+        return decode_boxes(got[0] if got is not None else reader.read_fields(ref, {BOXES_EXT})[BOXES_EXT])
     except ValueError as exc:
-        raise ValueError(f"{ref.tar}: cannot decode the boxes of segment {ref.key!r} ({exc})") from None
+        raise ValueError(f"{got[1] if got is not None else ref.tar}: cannot decode the boxes of segment {ref.key!r} "
+                         f"({exc})") from None
 
 
 def _recording_boxes(reader: SegmentReader, segs, fields: dict | None = None) -> np.ndarray:
@@ -197,8 +198,10 @@ def _recording_boxes(reader: SegmentReader, segs, fields: dict | None = None) ->
 
 
 def streamed_fields(opened, refs, ext: str, threads: int = 8) -> dict:
-    """{(shard, key): bytes} of field `ext` of every segment in `refs` that has it, read as byte ranges of the
-    set's tars (concurrent range requests per tar, `threads` tars at a time) without fetching any tar whole."""
+    """{(shard, key): (bytes, the tar's address)} of field `ext` of every segment in `refs` that has it, read as
+    byte ranges of the set's tars (concurrent range requests per tar, `threads` tars at a time) without fetching
+    any tar whole. Ranges are not covered by the tars' sha256 (checked on whole fetches): the caller decodes
+    them with its usual validation."""
     from concurrent.futures import ThreadPoolExecutor
 
     by_shard: dict[int, list] = {}
@@ -208,7 +211,7 @@ def streamed_fields(opened, refs, ext: str, threads: int = 8) -> dict:
 
     def read(shard: int):
         got = opened.read_ranges(shard, [ref.fields[ext] for ref in by_shard[shard]])
-        return {(shard, ref.key): data for ref, data in zip(by_shard[shard], got)}
+        return {(shard, ref.key): (data, opened.files[shard].address) for ref, data in zip(by_shard[shard], got)}
 
     out: dict = {}
     with ThreadPoolExecutor(max(1, min(threads, len(by_shard)))) as pool:

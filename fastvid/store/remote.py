@@ -330,9 +330,14 @@ def read_ranges(address: str, spans: list[tuple[int, int]]) -> list[bytes]:
     if not is_remote(address):
         fd = os.open(local_path(address), os.O_RDONLY)
         try:
-            return [os.pread(fd, size, offset) for offset, size in spans]
+            out = [os.pread(fd, size, offset) for offset, size in spans]
         finally:
             os.close(fd)
+        for data, (offset, size) in zip(out, spans):
+            if len(data) != size:
+                raise ShardSourceError(f"{address}: bytes {offset}..{offset + size} are cut short ({len(data)} bytes): "
+                                       "the file is shorter than its index says")
+        return out
     if is_pipe(address):
         raise ShardSourceError(f"{address}: a pipe: command has no byte ranges")
     fs, path = _filesystem(address)

@@ -73,8 +73,8 @@ def simota_assign(boxes, cls_logits, obj_logits, centers, strides, gt_boxes, gt_
     # A window whose labels reach no cell centre: each label's nearest cells are its candidates.
     nearest = d.sum(-1).argmin(-1)                                          # (W, G)
     lonely = (~cand.any(1))[:, None] & gt_valid                             # (W, G)
-    cand[torch.arange(W, device=boxes.device)[:, None].expand(-1, G)[lonely], nearest[lonely]] = True
-    iou = _iou_per_label(gt_boxes, boxes) * cand[:, None]                   # (W, G, N), 0 off the candidates
+    cand = cand | (F.one_hot(nearest, N).bool() & lonely[..., None]).any(1)  # (no boolean indexing: no host sync)
+    iou = torch.where(cand[:, None], _iou_per_label(gt_boxes, boxes), 0.0)  # (W, G, N), 0 off the candidates
     p = (torch.sigmoid(cls_logits.float()) * torch.sigmoid(obj_logits.float())).sqrt().clamp(1e-6, 1 - 1e-6)
     # binary cross-entropy of p against each label's one-hot class, summed over the classes
     log_not = torch.log1p(-p)                                               # (W, N, C)
