@@ -40,6 +40,13 @@ def _windows(loader) -> dict:
     return out
 
 
+def assert_same_windows(remote: dict, local: dict) -> None:
+    """The same windows, each with the same input and boxes."""
+    assert remote.keys() == local.keys()
+    for key, (x, boxes) in local.items():
+        assert torch.equal(remote[key][0], x) and remote[key][1] == boxes
+
+
 def test_two_ranks_stream_half_the_set_each_and_match_the_local_windows(event_root, tmp_path, monkeypatch):
     monkeypatch.setenv("FASTVID_CACHE_DIR", str(tmp_path / "cache"))
     ledger = Ledger()
@@ -68,9 +75,7 @@ def test_two_ranks_stream_half_the_set_each_and_match_the_local_windows(event_ro
         remote = {}
         for rank in range(2):
             remote.update(_windows(event_loader(f"{base}/data/ev", 2, rank=rank, world_size=2, stream_window=2, **kw)))
-        assert remote.keys() == local.keys()
-        for key, (x, boxes) in local.items():
-            assert torch.equal(remote[key][0], x) and remote[key][1] == boxes
+        assert_same_windows(remote, local)
     finally:
         stop()
 
@@ -94,9 +99,7 @@ def test_rvt_label_selection_reads_only_the_boxes_at_open(event_root, tmp_path, 
         assert 0 < opened < set_bytes / 20  # the boxes' ranges, not tars
         assert not list((tmp_path / "cache").rglob("*.tar"))
         remote = _windows(loader)
-        assert remote.keys() == local.keys()
-        for key, (x, boxes) in local.items():
-            assert torch.equal(remote[key][0], x) and remote[key][1] == boxes
+        assert_same_windows(remote, local)
     finally:
         stop()
 
@@ -125,9 +128,7 @@ def test_precomputed_windows_stream_each_tar_once_and_match_the_local_set(event_
             assert loader.precomputed is not None
             remote = _windows(loader)
             assert ledger.tar_gets("/data/pre") - before == tars  # one GET per tar, none fetched twice
-            assert remote.keys() == local.keys()
-            for key, (x, boxes) in local.items():
-                assert torch.equal(remote[key][0], x) and remote[key][1] == boxes
+            assert_same_windows(remote, local)
             monkeypatch.setenv("FASTVID_CACHE_DIR", str(tmp_path / "cache2"))
     finally:
         stop()
@@ -155,8 +156,6 @@ def test_recordings_spanning_many_shards_stream_through_a_small_window(event_roo
         assert len(order) == tars
         remote = _windows(loader)
         assert ledger.tar_gets("/data/many") == tars
-        assert remote.keys() == local.keys()
-        for key, (x, boxes) in local.items():
-            assert torch.equal(remote[key][0], x) and remote[key][1] == boxes
+        assert_same_windows(remote, local)
     finally:
         stop()
