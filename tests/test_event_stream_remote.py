@@ -152,10 +152,38 @@ def test_recordings_spanning_many_shards_stream_through_a_small_window(event_roo
     try:
         local = _windows(event_loader(many, 2, **kw))
         loader = event_loader(f"{base}/data/many", 2, stream_window=2, **kw)
-        order, _ = loader._backend.plan_reads(loader.steps())
-        assert len(order) == tars
+        assert len(loader._backend.plan_reads(loader.steps()).order) == tars
         remote = _windows(loader)
         assert ledger.tar_gets("/data/many") == tars
         assert_same_windows(remote, local)
+    finally:
+        stop()
+
+
+def test_random_sequences_over_a_streamed_set_hold_every_shard_they_come_back_to(event_root, tmp_path, monkeypatch,
+                                                                                   caplog):
+    """RVT's random sequences come back to a shard later in the epoch, so a shard stays held from its first
+    read to its last: the stream's window is raised to the most shards held at once (a warning when an
+    explicit stream_window is smaller) instead of waiting forever, and every window equals the local one."""
+    monkeypatch.setenv("FASTVID_CACHE_DIR", str(tmp_path / "cache"))
+    many = event_root / "data" / "many"
+    if not (many / "manifest.json").exists():
+        shard_events(event_root / "src", many, segment_ms=100, max_samples=2)
+    ledger = Ledger()
+    base, stop = http_server(event_root, ledger)
+    kw = dict(window_ms=50, window_mode="labels", sampler="random", seq_len=5, representation="histogram", bins=1,
+              device="cpu", seed=2, num_workers=2)
+    try:
+        local = _windows(event_loader(many, 2, **kw))
+        loader = event_loader(f"{base}/data/many", 2, stream_window=2, **kw)
+        plan = loader._backend.plan_reads(loader.steps())
+        assert plan.peak_open > 2
+        with caplog.at_level("WARNING"):
+            remote = _windows(loader)
+        assert f"stream_window=2 is below the {plan.peak_open} shards" in caplog.text
+        assert ledger.tar_gets("/data/many") == len(plan.order)  # each shard it reads, once
+        assert remote and all(torch.equal(x, local[key][0]) and boxes == local[key][1]
+                              for key, (x, boxes) in remote.items() if key in local)
+        assert len(set(remote) & set(local)) > len(remote) // 2
     finally:
         stop()

@@ -171,6 +171,15 @@ def window_boxes(boxes: np.ndarray, plan: WindowPlan, w: int, select=None) -> np
     return select(boxes) if select is not None and len(boxes) else boxes
 
 
+@dataclass(frozen=True)
+class ReadPlan:
+    """A rank's shard reads over an epoch (EventBackend.plan_reads)."""
+
+    order: list[int]            # shards in the order of their first read
+    counts: dict[int, int]      # reads per shard (a shard is done after its last)
+    peak_open: int              # the most shards between their first and last read at one step
+
+
 def runs(steps) -> dict[tuple[int, int], int]:
     """(step, stream) where a run starts -> index of its last window (runs are consecutive windows of one
     recording on one stream, starting at a reset)."""
@@ -245,24 +254,26 @@ class EventBackend:
             stop.set()
             thread.join(timeout=5)
 
-    def plan_reads(self, steps) -> tuple[list[int], dict[int, int]]:
-        """The shards the steps read, in the order of their first read (by step, then stream), and how many
-        reads each gets (segments of the runs' windows; one per window when representations are read
-        precomputed). A ShardStream fetches in this order within its window: ordered run by run instead, a
-        recording spanning more shards than the window would hold the window while the other streams wait
-        for theirs."""
+    def plan_reads(self, steps) -> ReadPlan:
+        """The shards the steps read, in the order of their first read (by step, then stream), how many reads
+        each gets (segments of the runs' windows; one per window when representations are read precomputed)
+        and the most shards in use at once. A ShardStream fetches in this order within its window: ordered
+        run by run instead, a recording spanning more shards than the window would hold the window while the
+        other streams wait for theirs."""
         first: dict[int, tuple[int, int]] = {}
+        last: dict[int, int] = {}
         counts = collections.Counter()
 
         def note(shard: int, when: tuple[int, int]) -> None:
             counts[shard] += 1
             if shard not in first or when < first[shard]:
                 first[shard] = when
+            last[shard] = max(last.get(shard, when[0]), when[0])
 
-        for (s, b), last in runs(steps).items():
+        for (s, b), end in runs(steps).items():
             item = steps[s][b]
             rec, plan = self.recordings[item.recording], self.windows[item.recording]
-            sub = _sub_plan(plan, item.window, last)  # window i of the run plays at step s + i
+            sub = _sub_plan(plan, item.window, end)  # window i of the run plays at step s + i
             if self.precomputed is not None:
                 for i, start in enumerate(sub.start.tolist()):
                     note(rec.segments[(int(start) - rec.t_begin) // rec.segment_us].shard, (s + i, b))
@@ -271,7 +282,16 @@ class EventBackend:
                 # the first window reaching into segment k (windows are in time order)
                 i = int(np.searchsorted(sub.stop, rec.t_begin + k * rec.segment_us, "right"))
                 note(rec.segments[k].shard, (s + min(i, len(sub) - 1), b))
-        return sorted(first, key=first.__getitem__), dict(counts)
+        # shards in use at once: from the step of a shard's first read to that of its last
+        change = collections.Counter()
+        for shard, (s, _) in first.items():
+            change[s] += 1
+            change[last[shard] + 1] -= 1
+        peak = open_now = 0
+        for s in sorted(change):
+            open_now += change[s]
+            peak = max(peak, open_now)
+        return ReadPlan(sorted(first, key=first.__getitem__), dict(counts), peak)
 
     def _produce(self, steps, stop: threading.Event, stream=None):
         from fastvid.store.stream import ShardUse
@@ -282,7 +302,7 @@ class EventBackend:
         pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="fastvid-event-read") if self.num_workers > 0 else None
         # Without reader threads this thread's progress is what frees the stream's window: it may fetch past it.
         with SegmentReader(stream, beyond_window=pool is None) as reader:
-            use = ShardUse(stream, self.plan_reads(steps)[1], on_done=reader.release) if stream is not None else None
+            use = ShardUse(stream, self.plan_reads(steps).counts, on_done=reader.release) if stream is not None else None
             try:
                 for s, row in enumerate(steps):
                     if stop.is_set():

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ from fastvid.pipeline.backends import cpu_count
 from fastvid.pipeline.contract import FailurePolicy, RebatchStats
 from fastvid.pipeline.runner import EpochBatches, FailureLimits, run_batches
 from fastvid.pipeline.stats import StageStats
+
+log = logging.getLogger(__name__)
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
 _COUNT_KINDS = ("histogram", "stacked_histogram", "stacked_histogram_rvt")  # non-negative counts: uint8 holds them
@@ -374,8 +377,16 @@ class EventSequenceLoader:
         limit = FailurePolicy(self.execution.failure_budget).limit(sum(len(row) for row in steps))
         stream = None
         if self._opened is not None:  # fetch this rank's shards in the order it reads them, window by window
+            plan = self._backend.plan_reads(steps)
             window = self.execution.stream_window or max(4, self.batch_size + 2)
-            stream = self._opened.stream(self._backend.plan_reads(steps)[0], window=window)
+            # A shard is held from its first read to its last (random sequences come back to it): a window
+            # smaller than the most shards held at once would wait forever for room (+2: read-ahead's slack).
+            if plan.peak_open > window:
+                if self.execution.stream_window:
+                    log.warning("fastvid: stream_window=%d is below the %d shards this rank's steps hold at once; "
+                                "using %d", window, plan.peak_open, plan.peak_open + 2)
+                window = plan.peak_open + 2
+            stream = self._opened.stream(plan.order, window=window)
             self.stream_stats = stream.stats
         batches = run_batches(self._backend.epoch_chunks(self.epoch, steps, stream), EpochBatches(self.batch_size, len(steps)),
                               FailureLimits(limit, where=str(self.shards)), device=self.device,
