@@ -35,7 +35,6 @@ from fastvid.pipeline.contract import Chunk, Failure, Ragged
 from fastvid.pipeline.device import host_buffer, host_zeros
 
 COLUMNS = ("t", "x", "y", "p")
-_BOX_CACHE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -211,20 +210,22 @@ class EventBackend:
         # (field, (C, H, W)) of representations precomputed in the shards for exactly these grid windows:
         # steps then read them (uint8) instead of events (fastvid.events.precompute).
         self.precomputed = precomputed
-        self._box_cache: dict = {}  # (tar, segment key) -> its boxes, while its precomputed windows are read
+        # (tar, segment key) -> its boxes, while its precomputed windows are read (by the step thread only)
+        self._box_cache: dict = {}
 
-    def epoch_chunks(self, epoch: int, steps, stream=None):
-        """The steps' chunks; `stream` (a ShardStream over the set, in `plan_reads` order): read each tar from it."""
+    def epoch_chunks(self, epoch: int, steps, stream=None, reads: ReadPlan | None = None):
+        """The steps' chunks; `stream` (a ShardStream over the set, in the order of `reads`, this epoch's
+        `plan_reads(steps)`, made here when not given): read each tar from it."""
         stop = threading.Event()
         if self.prefetch <= 0:
-            yield from self._produce(steps, stop, stream)
+            yield from self._produce(steps, stop, stream, reads)
             return
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         done = object()
 
         def produce():
             try:
-                for item in self._produce(steps, stop, stream):
+                for item in self._produce(steps, stop, stream, reads):
                     while not stop.is_set():
                         try:
                             q.put(item, timeout=0.1)
@@ -293,7 +294,7 @@ class EventBackend:
             peak = max(peak, open_now)
         return ReadPlan(sorted(first, key=first.__getitem__), dict(counts), peak)
 
-    def _produce(self, steps, stop: threading.Event, stream=None):
+    def _produce(self, steps, stop: threading.Event, stream=None, reads: ReadPlan | None = None):
         from fastvid.store.stream import ShardUse
 
         ends = runs(steps)
@@ -302,7 +303,9 @@ class EventBackend:
         pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="fastvid-event-read") if self.num_workers > 0 else None
         # Without reader threads this thread's progress is what frees the stream's window: it may fetch past it.
         with SegmentReader(stream, beyond_window=pool is None) as reader:
-            use = ShardUse(stream, self.plan_reads(steps).counts, on_done=reader.release) if stream is not None else None
+            use = None
+            if stream is not None:
+                use = ShardUse(stream, (reads or self.plan_reads(steps)).counts, on_done=reader.release)
             try:
                 for s, row in enumerate(steps):
                     if stop.is_set():
@@ -416,21 +419,10 @@ class EventBackend:
     @staticmethod
     def _segment_boxes(reader, ref, cache: dict) -> np.ndarray:
         """A segment's boxes by time, decoded once while its windows are read (`cache` holds the last few)."""
-        from fastvid.events.codec import BOXES_EXT, decode_boxes
-
         key = (ref.tar, ref.key)
         boxes = cache.get(key)
-        if boxes is not None:
-            return boxes
-        if BOXES_EXT not in ref.fields:
-            boxes = evio.empty_boxes()
-        else:
-            try:
-                boxes = decode_boxes(reader.read_fields(ref, {BOXES_EXT})[BOXES_EXT])
-            except ValueError as exc:
-                raise ValueError(f"{ref.tar}: cannot decode the boxes of segment {ref.key!r} ({exc})") from None
-            boxes = boxes[np.argsort(boxes["t"], kind="stable")]
-        with _BOX_CACHE_LOCK:  # reader threads fill it together
+        if boxes is None:
+            boxes = reader.read_boxes(ref)
             while len(cache) >= 256:  # segments of the streams' current windows only
                 cache.pop(next(iter(cache)))
             cache[key] = boxes

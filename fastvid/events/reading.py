@@ -154,6 +154,20 @@ class SegmentReader:
             out[ext] = data
         return out
 
+    def read_boxes(self, ref: SegmentRef, data: bytes | None = None, where: str | None = None) -> np.ndarray:
+        """The segment's boxes (BOX_DTYPE) by time; empty when it has none. `data`: its boxes field read
+        already (e.g. a byte range of a remote tar, named `where` in errors)."""
+        from fastvid.events.codec import BOXES_EXT, decode_boxes
+        from fastvid.events.io import empty_boxes
+
+        if data is None and BOXES_EXT not in ref.fields:
+            return empty_boxes()
+        try:
+            boxes = decode_boxes(data if data is not None else self.read_fields(ref, {BOXES_EXT})[BOXES_EXT])
+        except ValueError as exc:
+            raise ValueError(f"{where or ref.tar}: cannot decode the boxes of segment {ref.key!r} ({exc})") from None
+        return boxes[np.argsort(boxes["t"], kind="stable")]
+
     def read(self, ref: SegmentRef, columns: bool = False) -> dict:
         try:
             return decode_sample(self.read_fields(ref), columns)

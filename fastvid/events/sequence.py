@@ -51,7 +51,7 @@ import torch
 from fastvid.events import labels as label_rules
 from fastvid.events import sampling
 from fastvid.events.backend import EventBackend, Recording
-from fastvid.events.codec import BOXES_EXT, META_EXT, decode_boxes
+from fastvid.events.codec import BOXES_EXT, META_EXT
 from fastvid.events.reading import SegmentReader, index_segments, opened_segments
 from fastvid.events.windows import WINDOW_MODES, WindowPlan, make_windows
 from fastvid.pipeline.backends import cpu_count
@@ -178,24 +178,19 @@ def _label_times(reader: SegmentReader, segs) -> np.ndarray:
         if ref.meta is not None and "label_times" in ref.meta:
             times.append(np.asarray(ref.meta["label_times"], np.int64))
         else:
-            times.append(_segment_boxes(reader, ref)["t"].astype(np.int64))
+            times.append(reader.read_boxes(ref)["t"].astype(np.int64))
     return np.unique(np.concatenate(times)) if times else np.zeros(0, np.int64)
-
-
-def _segment_boxes(reader: SegmentReader, ref, fields: dict | None = None) -> np.ndarray:
-    got = fields.get((ref.shard, ref.key)) if fields is not None else None  # (bytes, the tar's address)
-    try:
-        return decode_boxes(got[0] if got is not None else reader.read_fields(ref, {BOXES_EXT})[BOXES_EXT])
-    except ValueError as exc:
-        raise ValueError(f"{got[1] if got is not None else ref.tar}: cannot decode the boxes of segment {ref.key!r} "
-                         f"({exc})") from None
 
 
 def _recording_boxes(reader: SegmentReader, segs, fields: dict | None = None) -> np.ndarray:
     """Every box of a recording, in time order (one small read per segment, or from `fields`)."""
     from fastvid.events.io import empty_boxes
 
-    parts = [_segment_boxes(reader, ref, fields) for ref in segs if BOXES_EXT in ref.fields]
+    parts = []
+    for ref in segs:
+        if BOXES_EXT in ref.fields:
+            data, address = (fields or {}).get((ref.shard, ref.key), (None, None))
+            parts.append(reader.read_boxes(ref, data, address))
     boxes = np.concatenate(parts) if parts else empty_boxes()
     return boxes[np.argsort(boxes["t"], kind="stable")]
 
@@ -375,7 +370,7 @@ class EventSequenceLoader:
         steps = self.steps()
         rebatch_stats = RebatchStats()
         limit = FailurePolicy(self.execution.failure_budget).limit(sum(len(row) for row in steps))
-        stream = None
+        stream = plan = None
         if self._opened is not None:  # fetch this rank's shards in the order it reads them, window by window
             plan = self._backend.plan_reads(steps)
             window = self.execution.stream_window or max(4, self.batch_size + 2)
@@ -388,7 +383,8 @@ class EventSequenceLoader:
                 window = plan.peak_open + 2
             stream = self._opened.stream(plan.order, window=window)
             self.stream_stats = stream.stats
-        batches = run_batches(self._backend.epoch_chunks(self.epoch, steps, stream), EpochBatches(self.batch_size, len(steps)),
+        chunks = self._backend.epoch_chunks(self.epoch, steps, stream, plan)
+        batches = run_batches(chunks, EpochBatches(self.batch_size, len(steps)),
                               FailureLimits(limit, where=str(self.shards)), device=self.device,
                               stage_stats=self.stage_stats, rebatch_stats=rebatch_stats, finish=self._finish,
                               device_fields={"events"})

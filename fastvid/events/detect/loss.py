@@ -1,10 +1,11 @@
 """YOLOX-style detection loss with SimOTA assignment (written here from the YOLOX paper's description).
 
-Per labelled window (all windows assigned together, as padded tensors): candidate cells lie inside a label box or within 2.5 strides of its centre;
-each label takes its k cheapest candidates (cost = class BCE + 3 x -log IoU, cells both inside the box
-and near its centre strongly preferred), k = the summed top-10 IoUs (at least 1); a cell claimed by
-several labels goes to the cheapest. Losses: 1 - GIoU on positives (x5), objectness BCE on every cell,
-class BCE on positives against IoU-weighted one-hot targets; normalized by the number of positives.
+Per labelled window (all windows assigned together, as padded tensors): candidate cells lie inside a
+label box or within 2.5 strides of its centre; each label takes its k cheapest candidates (cost = class
+BCE + 3 x -log IoU, cells both inside the box and near its centre strongly preferred), k = the summed
+top-10 IoUs (at least 1); a cell claimed by several labels goes to the cheapest. Losses: 1 - GIoU on
+positives (x5), objectness BCE on every cell, class BCE on positives against IoU-weighted one-hot
+targets; normalized by the number of positives.
 """
 
 from __future__ import annotations

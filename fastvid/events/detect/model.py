@@ -5,7 +5,8 @@ decoupled head (box offsets, objectness, class logits per grid cell) on strides 
 `model(x, state) -> (out, state)`: x (B, C, H, W) one window per stream; out (B, N, 5 + num_classes)
 raw predictions over the N cells of all levels ([dx, dy, log w, log h, obj, cls...]); state: one
 (h, c) pair per stage (None before the first window). `model.forward_sequence(xs, resets, state)` runs T
-consecutive windows at once (what TBPTT training uses). Builders register in the one model registry (fastvid.train.models, task "detection").
+consecutive windows at once (what TBPTT training uses). Builders register in the one model registry
+(fastvid.train.models, task "detection").
 """
 
 from __future__ import annotations
